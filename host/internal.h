@@ -1,0 +1,106 @@
+/* Internal interfaces between the layers of host/: device, program, buffers, compute, reference. */
+#ifndef KLCL_INTERNAL_H
+#define KLCL_INTERNAL_H
+
+#include "klcl.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+
+/* Per-row statistics written by the row kernels; mirrors RS_* and RF_* in kernels_cl/common.cl. */
+enum { RS_H_T = 7, RS_H_S = 8, RS_COUNT = 9 };
+enum { RF_FLAGS = 0, RF_COUNT = 4 };
+enum {
+    FLAG_SKIPPED = 1,
+    FLAG_INVALID = 2,
+    FLAG_BAD_LABEL = 4,
+    FLAG_AGREE = 8,
+    FLAG_CORRECT = 16,
+    FLAG_TEACHER_OK = 32
+};
+
+/* A device buffer the context owns and grows on demand. */
+typedef struct klcl_scratch {
+    cl_mem mem;
+    size_t bytes;
+} klcl_scratch;
+
+enum { SCRATCH_TEACHER, SCRATCH_STUDENT, SCRATCH_LABELS, SCRATCH_MASK, SCRATCH_GRAD, SCRATCH_ROW_LOSS,
+       SCRATCH_ROW_STATS, SCRATCH_ROW_FLAGS, SCRATCH_DUMMY, SCRATCH_COUNT };
+
+struct klcl_context {
+    int is_reference;
+    int verify;
+    char device_name[256];
+
+    cl_platform_id platform;
+    cl_device_id device;
+    cl_context cl_ctx;
+    cl_command_queue queue;
+
+    /* Program state: built once per context on first use. */
+    cl_program program;
+    klcl_status build_status; /* KLCL_OK until a build fails; the failure is kept */
+    int built;
+    size_t wg; /* work-group size of the row kernels */
+    cl_kernel rows_kernel[KLCL_LOSS_COUNT];
+    cl_kernel grad_kernel[KLCL_LOSS_COUNT];
+
+    klcl_scratch scratch[SCRATCH_COUNT];
+
+    char *build_log;
+    char error[1024];
+};
+
+/* Records a failure on ctx (which may be NULL) and returns status: printf-style message. */
+klcl_status klcl_fail(klcl_context *ctx, klcl_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Records an OpenCL failure of `call` and returns its code. */
+klcl_status klcl_fail_cl(klcl_context *ctx, cl_int err, const char *call);
+
+/* Descriptor checks shared by klcl_compute and klcl_reference_row (message on ctx when not NULL). */
+klcl_status klcl_check_desc(const klcl_loss_desc *desc, klcl_context *ctx);
+int klcl_loss_needs_labels(klcl_loss loss);
+/* The loss the kernels compute: jsd at beta 0 is kl and at beta 1 is rkl (LOSSES.md, TRL convention). */
+klcl_loss klcl_effective_loss(const klcl_loss_desc *desc);
+
+/* Device layer (device.c). */
+klcl_status klcl_select_device(klcl_context *ctx, const char *spec);
+
+/* Program layer (program.c): builds the kernels once, choosing the work-group size. */
+klcl_status klcl_program_build(klcl_context *ctx);
+void klcl_program_release(klcl_context *ctx);
+
+/* Buffer layer (buffers.c). */
+klcl_status klcl_scratch_reserve(klcl_context *ctx, int which, size_t bytes);
+void klcl_scratch_release(klcl_context *ctx);
+
+/* Running totals of a call, shared by both backends so that they reduce alike (compute.c). */
+typedef struct klcl_tally {
+    double sum, teacher_entropy, student_entropy;
+    size_t used, skipped, nonfinite, with_teacher, finite, agree, with_label, correct;
+    size_t first_nonfinite[8];
+} klcl_tally;
+
+/* One row: `loss` after scale; the metrics only count for finite used rows. */
+void klcl_tally_row(klcl_tally *t, size_t row, int skipped, double loss, int teacher_ok, double h_t, double h_s,
+                    int agree, int has_label, int correct);
+void klcl_tally_finish(const klcl_tally *t, klcl_reduction reduction, size_t rows, klcl_result *out);
+
+/* Validates a batch against desc for either backend (message on ctx). */
+klcl_status klcl_check_batch(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b);
+
+/* Reference backend over a whole batch of host tensors (reference_batch.c). */
+klcl_status klcl_reference_compute(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *batch,
+                                   klcl_result *result);
+
+/* Reductions shared by both backends: the denominator of the gradient and the reduced value. */
+double klcl_denominator(klcl_reduction reduction, size_t rows, size_t rows_used);
+
+/* Verify mode: compares a finished device call with the reference on the same inputs (host copies) and
+ * fills result->verify_* (reference_batch.c). */
+klcl_status klcl_verify(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b, const float *teacher,
+                        const float *student, const int32_t *labels, const uint8_t *mask, const float *row_loss,
+                        const float *grad, size_t grad_stride, klcl_result *result);
+
+#endif

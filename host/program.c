@@ -1,0 +1,190 @@
+/* The program layer: kernel sources (embedded at build time, or read from KLCL_KERNEL_DIR), one build per
+ * context, the work-group size chosen for the device and clamped to what the built kernels allow. */
+#include "internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Generated from kernels_cl/ by cmake/embed_kernels.cmake, in the order they are concatenated. */
+extern const char *const klcl_kernel_names[];
+extern const char *const klcl_kernel_sources[];
+extern const size_t klcl_kernel_lengths[];
+extern const size_t klcl_kernel_count;
+
+enum { WG_MAX = 256, WG_MIN = 1 };
+/* Local memory of one row-kernel work-group per work-item: 8 float + 3 uint lanes and a float4. */
+enum { LOCAL_BYTES_PER_ITEM = 8 * 4 + 3 * 4 + 16 };
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long n = ftell(f);
+        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
+            if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+                free(buf);
+                buf = NULL;
+            } else {
+                buf[n] = '\0';
+                *len = (size_t)n;
+            }
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+/* The concatenated sources: embedded, or the same file names under KLCL_KERNEL_DIR. */
+static klcl_status load_sources(klcl_context *ctx, char **out)
+{
+    const char *dir = getenv("KLCL_KERNEL_DIR");
+    size_t total = 1;
+    char **parts = calloc(klcl_kernel_count, sizeof *parts);
+    size_t *lens = calloc(klcl_kernel_count, sizeof *lens);
+    klcl_status st = KLCL_OK;
+    if (!parts || !lens) {
+        st = klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "loading kernel sources: out of host memory");
+        goto done;
+    }
+    for (size_t i = 0; i < klcl_kernel_count; i++) {
+        if (dir && *dir) {
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s", dir, klcl_kernel_names[i]);
+            parts[i] = read_file(path, &lens[i]);
+            if (!parts[i]) {
+                st = klcl_fail(ctx, KLCL_ERR_KERNEL_SOURCE, "KLCL_KERNEL_DIR: cannot read %s", path);
+                goto done;
+            }
+        }
+        total += (parts[i] ? lens[i] : klcl_kernel_lengths[i]) + 1;
+    }
+    char *src = malloc(total);
+    if (!src) {
+        st = klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "loading kernel sources: out of host memory");
+        goto done;
+    }
+    size_t at = 0;
+    for (size_t i = 0; i < klcl_kernel_count; i++) {
+        const char *p = parts[i] ? parts[i] : klcl_kernel_sources[i];
+        size_t n = parts[i] ? lens[i] : klcl_kernel_lengths[i];
+        memcpy(src + at, p, n);
+        at += n;
+        src[at++] = '\n';
+    }
+    src[at] = '\0';
+    *out = src;
+done:
+    if (parts)
+        for (size_t i = 0; i < klcl_kernel_count; i++) free(parts[i]);
+    free(parts);
+    free(lens);
+    return st;
+}
+
+static void keep_build_log(klcl_context *ctx, cl_program program)
+{
+    size_t n = 0;
+    free(ctx->build_log);
+    ctx->build_log = NULL;
+    if (clGetProgramBuildInfo(program, ctx->device, CL_PROGRAM_BUILD_LOG, 0, NULL, &n) != CL_SUCCESS) return;
+    ctx->build_log = malloc(n + 1);
+    if (!ctx->build_log) return;
+    if (clGetProgramBuildInfo(program, ctx->device, CL_PROGRAM_BUILD_LOG, n, ctx->build_log, NULL) != CL_SUCCESS)
+        n = 0;
+    ctx->build_log[n] = '\0';
+}
+
+static void release_kernels(klcl_context *ctx)
+{
+    for (int i = 0; i < KLCL_LOSS_COUNT; i++) {
+        if (ctx->rows_kernel[i]) clReleaseKernel(ctx->rows_kernel[i]);
+        if (ctx->grad_kernel[i]) clReleaseKernel(ctx->grad_kernel[i]);
+        ctx->rows_kernel[i] = ctx->grad_kernel[i] = NULL;
+    }
+}
+
+void klcl_program_release(klcl_context *ctx)
+{
+    release_kernels(ctx);
+    if (ctx->program) clReleaseProgram(ctx->program);
+    ctx->program = NULL;
+    ctx->built = 0;
+}
+
+static size_t floor_pow2(size_t x)
+{
+    size_t p = 1;
+    while (p * 2 <= x) p *= 2;
+    return p;
+}
+
+/* One build with work-group size wg; on success *kernel_limit is the smallest CL_KERNEL_WORK_GROUP_SIZE
+ * of the row kernels on this device. */
+static klcl_status build_with(klcl_context *ctx, const char *src, size_t wg, size_t *kernel_limit)
+{
+    cl_int err;
+    char options[128];
+    snprintf(options, sizeof options, "-DKLCL_WG=%zu", wg);
+    klcl_program_release(ctx);
+    ctx->program = clCreateProgramWithSource(ctx->cl_ctx, 1, &src, NULL, &err);
+    if (!ctx->program) return klcl_fail_cl(ctx, err, "clCreateProgramWithSource");
+    err = clBuildProgram(ctx->program, 1, &ctx->device, options, NULL, NULL);
+    keep_build_log(ctx, ctx->program);
+    if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clBuildProgram (log: klcl_build_log)");
+    *kernel_limit = wg;
+    for (int i = 0; i < KLCL_LOSS_COUNT; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "klcl_rows_%s", klcl_loss_name((klcl_loss)i));
+        ctx->rows_kernel[i] = clCreateKernel(ctx->program, name, &err);
+        if (!ctx->rows_kernel[i]) return klcl_fail_cl(ctx, err, "clCreateKernel (row kernel)");
+        snprintf(name, sizeof name, "klcl_grad_%s", klcl_loss_name((klcl_loss)i));
+        ctx->grad_kernel[i] = clCreateKernel(ctx->program, name, &err);
+        if (!ctx->grad_kernel[i]) return klcl_fail_cl(ctx, err, "clCreateKernel (gradient kernel)");
+        size_t limit = 0;
+        err = clGetKernelWorkGroupInfo(ctx->rows_kernel[i], ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof limit,
+                                       &limit, NULL);
+        if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
+        if (limit < *kernel_limit) *kernel_limit = limit;
+    }
+    return KLCL_OK;
+}
+
+klcl_status klcl_program_build(klcl_context *ctx)
+{
+    if (ctx->built) return KLCL_OK;
+    if (ctx->build_status != KLCL_OK)
+        return klcl_fail(ctx, ctx->build_status, "an earlier kernel build on this context failed: %s",
+                         klcl_status_string(ctx->build_status));
+    size_t dev_wg = 0;
+    cl_ulong local_mem = 0;
+    cl_int err = clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof dev_wg, &dev_wg, NULL);
+    if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetDeviceInfo(CL_DEVICE_MAX_WORK_GROUP_SIZE)");
+    err = clGetDeviceInfo(ctx->device, CL_DEVICE_LOCAL_MEM_SIZE, sizeof local_mem, &local_mem, NULL);
+    if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetDeviceInfo(CL_DEVICE_LOCAL_MEM_SIZE)");
+
+    size_t wg = WG_MAX < dev_wg ? WG_MAX : dev_wg;
+    if (local_mem / LOCAL_BYTES_PER_ITEM < wg) wg = (size_t)(local_mem / LOCAL_BYTES_PER_ITEM);
+    wg = floor_pow2(wg < WG_MIN ? WG_MIN : wg);
+
+    char *src = NULL;
+    klcl_status st = load_sources(ctx, &src);
+    if (st != KLCL_OK) return st; /* not kept: the file may appear later */
+    for (;;) {
+        size_t limit = 0;
+        st = build_with(ctx, src, wg, &limit);
+        if (st != KLCL_OK || limit >= wg || wg == WG_MIN) break;
+        wg = floor_pow2(limit); /* clamp to the kernel's own limit on this device and rebuild */
+    }
+    free(src);
+    if (st != KLCL_OK) {
+        klcl_program_release(ctx);
+        ctx->build_status = st;
+        return st;
+    }
+    ctx->wg = wg;
+    ctx->built = 1;
+    return KLCL_OK;
+}
