@@ -203,20 +203,21 @@ static klcl_status bind_input(klcl_context *ctx, const klcl_tensor *t, int which
 
 /* Binds an output: the caller's buffer, or scratch `which` to be downloaded afterwards. */
 static klcl_status bind_output(klcl_context *ctx, const klcl_tensor *t, int which, size_t elem, size_t rows,
-                               size_t width, bound *out)
+                               size_t vocab, int matrix, bound *out)
 {
     memset(out, 0, sizeof *out);
     out->given = tensor_given(t);
     if (t->mem) {
         out->mem = t->mem;
         out->offset = t->offset / elem;
-        out->stride = width > 1 ? row_stride(t, width) : 1;
+        out->stride = matrix ? row_stride(t, vocab) : 1;
         return KLCL_OK;
     }
+    size_t width = matrix ? vocab : 1;
     klcl_status st = klcl_scratch_reserve(ctx, which, rows * width * elem);
     if (st != KLCL_OK) return st;
     out->mem = ctx->scratch[which].mem;
-    out->stride = width > 1 ? width : 1;
+    out->stride = width;
     return KLCL_OK;
 }
 
@@ -291,7 +292,7 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
         (st = bind_input(ctx, &b->student, SCRATCH_STUDENT, sizeof(float), rows, vocab, 1, &s)) != KLCL_OK ||
         (st = bind_input(ctx, &b->labels, SCRATCH_LABELS, sizeof(int32_t), rows, vocab, 0, &y)) != KLCL_OK ||
         (st = bind_input(ctx, &b->mask, SCRATCH_MASK, sizeof(uint8_t), rows, vocab, 0, &m)) != KLCL_OK ||
-        (st = bind_output(ctx, &b->row_loss, SCRATCH_ROW_LOSS, sizeof(float), rows, 1, &rl)) != KLCL_OK ||
+        (st = bind_output(ctx, &b->row_loss, SCRATCH_ROW_LOSS, sizeof(float), rows, vocab, 0, &rl)) != KLCL_OK ||
         (st = klcl_scratch_reserve(ctx, SCRATCH_ROW_STATS, rows * RS_COUNT * sizeof(float))) != KLCL_OK ||
         (st = klcl_scratch_reserve(ctx, SCRATCH_ROW_FLAGS, rows * RF_COUNT * sizeof(cl_int))) != KLCL_OK)
         goto done;
@@ -371,7 +372,7 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
 
     /* Gradient kernel: element-wise, so any launch shape gives the same bits. */
     if (tensor_given(&b->grad)) {
-        if ((st = bind_output(ctx, &b->grad, SCRATCH_GRAD, sizeof(float), rows, vocab, &g)) != KLCL_OK) goto done;
+        if ((st = bind_output(ctx, &b->grad, SCRATCH_GRAD, sizeof(float), rows, vocab, 1, &g)) != KLCL_OK) goto done;
         const float inv_denom = (float)(1.0 / klcl_denominator(desc->reduction, rows, tally.used));
         cl_kernel gk = ctx->grad_kernel[kind];
         size_t per_row = (vocab + 63) / 64 * 64;

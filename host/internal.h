@@ -7,9 +7,11 @@
 #include <stdarg.h>
 #include <stddef.h>
 
-/* Per-row statistics written by the row kernels; mirrors RS_* and RF_* in kernels_cl/common.cl. */
+/* Per-row statistics written by the row kernels; mirrors RS_* and RF_* in kernels_cl/common.cl. The host
+ * passes KLCL_HOST_LAYOUT to every build and common.cl refuses to compile when the two disagree. */
 enum { RS_H_T = 7, RS_H_S = 8, RS_COUNT = 9 };
 enum { RF_FLAGS = 0, RF_COUNT = 4 };
+#define KLCL_HOST_LAYOUT (RS_COUNT * 1000 + RS_H_T * 100 + RS_H_S * 10 + RF_COUNT)
 enum {
     FLAG_SKIPPED = 1,
     FLAG_INVALID = 2,
@@ -40,7 +42,8 @@ struct klcl_context {
 
     /* Program state: built once per context on first use. */
     cl_program program;
-    klcl_status build_status; /* KLCL_OK until a build fails; the failure is kept */
+    klcl_status build_status; /* KLCL_OK until a build fails; the failure and its message are kept */
+    char build_error[1024];
     int built;
     size_t wg; /* work-group size of the row kernels */
     cl_kernel rows_kernel[KLCL_LOSS_COUNT];

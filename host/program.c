@@ -127,7 +127,7 @@ static klcl_status build_with(klcl_context *ctx, const char *src, size_t wg, siz
 {
     cl_int err;
     char options[128];
-    snprintf(options, sizeof options, "-DKLCL_WG=%zu", wg);
+    snprintf(options, sizeof options, "-DKLCL_WG=%zu -DKLCL_HOST_LAYOUT=%d", wg, KLCL_HOST_LAYOUT);
     klcl_program_release(ctx);
     ctx->program = clCreateProgramWithSource(ctx->cl_ctx, 1, &src, NULL, &err);
     if (!ctx->program) return klcl_fail_cl(ctx, err, "clCreateProgramWithSource");
@@ -156,8 +156,7 @@ klcl_status klcl_program_build(klcl_context *ctx)
 {
     if (ctx->built) return KLCL_OK;
     if (ctx->build_status != KLCL_OK)
-        return klcl_fail(ctx, ctx->build_status, "an earlier kernel build on this context failed: %s",
-                         klcl_status_string(ctx->build_status));
+        return klcl_fail(ctx, ctx->build_status, "%s", ctx->build_error);
     size_t dev_wg = 0;
     cl_ulong local_mem = 0;
     cl_int err = clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof dev_wg, &dev_wg, NULL);
@@ -182,6 +181,7 @@ klcl_status klcl_program_build(klcl_context *ctx)
     if (st != KLCL_OK) {
         klcl_program_release(ctx);
         ctx->build_status = st;
+        memcpy(ctx->build_error, ctx->error, sizeof ctx->build_error);
         return st;
     }
     ctx->wg = wg;

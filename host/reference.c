@@ -130,7 +130,8 @@ klcl_status klcl_reference_row(const klcl_loss_desc *desc, size_t vocab, const f
     }
     double ce_term = 0.0;
     if (kind == KLCL_LOSS_CE) {
-        l = -(1.0 - eps) * lq[label] - eps / V * aux + zl * lse_s * lse_s;
+        l = -(1.0 - eps) * lq[label] + zl * lse_s * lse_s;
+        if (eps > 0.0) l -= eps / V * aux; /* never 0 * -inf: no smoothing, no term */
     } else if (kind == KLCL_LOSS_KD) {
         ce_term = -lq1[label];
     }

@@ -17,8 +17,8 @@
 #define RS_MAX_S 2
 #define RS_LOGS_S 3  /* log S_s at tau */
 #define RS_LOGS_S1 4 /* log S_s at tau = 1 (kd's hard-label term) */
-#define RS_LOSS 5    /* the row value before scale (rkl and srkl gradients need it) */
-#define RS_AUX 6     /* the loss's auxiliary row sum (sum q g for the gradient) */
+#define RS_AUX 5     /* the loss's row sum the gradient needs (see losses.cl) */
+#define RS_G_REF 6   /* g = dL/dq at the reference token (the student's argmax) */
 #define RS_H_T 7     /* teacher entropy */
 #define RS_H_S 8     /* student entropy */
 #define RS_COUNT 9
@@ -27,6 +27,10 @@
 #define RF_ARGMAX_T 1
 #define RF_ARGMAX_S 2
 #define RF_COUNT 4
+
+#if defined(KLCL_HOST_LAYOUT) && KLCL_HOST_LAYOUT != RS_COUNT * 1000 + RS_H_T * 100 + RS_H_S * 10 + RF_COUNT
+#error "per-row layout differs between kernels_cl/common.cl and host/internal.h"
+#endif
 
 #define FLAG_SKIPPED 1       /* mask 0 or label == ignore_index */
 #define FLAG_INVALID 2       /* NaN or +inf in a logit the loss uses, or a row that is all -inf */

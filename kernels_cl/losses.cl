@@ -5,8 +5,13 @@
  *   pass 1  one read of both rows: running max and sum of exponentials of teacher and student (online
  *           softmax, merged in a fixed tree), argmax of each (ties to the lowest index), non-finite flags;
  *   pass 2  one more read: the row value, the row sum the gradient needs, both entropies (fixed tree).
- * klcl_grad_<loss>, global size (columns, rows): dL/ds_v = q_v (g_v - sum_u q_u g_u) / tau * softcap'
- *   * scale / denominator, with g = dL/dq, in the closed forms below.
+ * klcl_grad_<loss>, global size (columns, rows): dL/ds_v = dL/dz_v / tau * softcap' * scale / denominator.
+ *
+ * The gradient rule of LOSSES.md, dL/dz_v = q_v (g_v - sum_u q_u g_u) with g = dL/dq, cancels
+ * catastrophically at the student's dominant token when tau is small: both terms are near the same large
+ * value. Since sum_u q_u = 1 it equals q_v ((g_v - g_r) + sum_u q_u (g_r - g_u)) for any token r; with r the
+ * student's argmax the dominant term drops out of the sum. rkl, jsd, skl, srkl and tvd use that form, with
+ * the row sum (RS_AUX) taken in pass 2 and g_r kept in RS_G_REF; kl, soft_ce, ce and kd have closed forms.
  *
  * Every loss is its own kernel, generated from one body with the loss as a compile-time constant. */
 
@@ -36,6 +41,28 @@
 /* Pass-1 partials of one work-item, laid out in local memory as 8 float lanes and 3 uint lanes. */
 #define LF(i) lf[(i) * KLCL_WG + lid]
 #define LU(i) lu[(i) * KLCL_WG + lid]
+
+/* g_u = dL/dq_u of the losses whose gradient is taken in the centred form, up to a constant that cancels.
+ * xt, xs: softcapped logits; a, b: log p, log q. rkl's g = log q - log p = (xs - xt)/tau + const is formed
+ * from the logits, which keeps it exact where log p and log q are both far below 0. */
+inline float centered_g(const int loss, float xt, float xs, float a, float b, float inv_tau, float beta,
+                        float lambda, float lwa, float lwb)
+{
+    switch (loss) {
+    case LOSS_RKL: return (xs - xt) * inv_tau;
+    case LOSS_JSD: return (1.0f - beta) * (b - log_mix(a, b, lwa, lwb));
+    case LOSS_SKL: return a == KLCL_NEG_INF ? 0.0f : -(1.0f - lambda) * exp(a - log_mix(a, b, lwa, lwb));
+    case LOSS_SRKL: {
+        const float r = b - log_mix(a, b, lwa, lwb); /* log(q/m) */
+        return r - lambda * exp(r);
+    }
+    case LOSS_TVD: {
+        const float p = exp(a), q = exp(b);
+        return 0.5f * (float)((q > p) - (q < p));
+    }
+    default: return 0.0f;
+    }
+}
 
 inline void rows_body(const int loss, __local float *lf, __local uint *lu, __local float4 *l4, ROW_ARGS)
 {
@@ -139,6 +166,15 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         return;
     }
 
+    const int centered = loss == LOSS_RKL || loss == LOSS_JSD || loss == LOSS_SKL || loss == LOSS_SRKL ||
+                         loss == LOSS_TVD;
+    float g_ref = 0.0f;
+    if (centered) {
+        const float xt = softcap_logit(t[asi], cap), xs = softcap_logit(s[asi], cap);
+        const float a = (xt - mt) * inv_tau - lst, b = (xs - ms) * inv_tau - lss;
+        g_ref = centered_g(loss, xt, xs, a, b, inv_tau, beta, lambda, lwa, lwb);
+    }
+
     /* Pass 2: row value and auxiliary sum (see the table of LOSSES.md), entropies. */
     float4 acc = (float4)(0.0f); /* loss, aux, H(p), H(q) */
     for (uint v = lid; v < vocab; v += KLCL_WG) {
@@ -156,27 +192,18 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         case LOSS_KD: acc.x += xlogratio(p, a, b); break;
         case LOSS_RKL: acc.x += xlogratio(q, b, a); break;
         case LOSS_SOFT_CE: acc.x += xlogratio(p, 0.0f, b); break;
-        case LOSS_CE: acc.y += b; break;
+        case LOSS_CE: acc.y += eps > 0.0f ? b : 0.0f; break; /* sum of log q, for smoothing only */
         case LOSS_JSD:
             lm = log_mix(a, b, lwa, lwb);
             acc.x += beta * xlogratio(p, a, lm) + (1.0f - beta) * xlogratio(q, b, lm);
-            acc.y += xlogratio(q, b, lm);
             break;
-        case LOSS_SKL:
-            lm = log_mix(a, b, lwa, lwb);
-            acc.x += xlogratio(p, a, lm);
-            acc.y += (p > 0.0f && q > 0.0f) ? exp(a + b - lm) : 0.0f;
-            break;
-        case LOSS_SRKL:
-            lm = log_mix(a, b, lwa, lwb);
-            acc.x += xlogratio(q, b, lm);
-            acc.y += q > 0.0f ? exp(2.0f * b - lm) : 0.0f;
-            break;
-        case LOSS_TVD:
-            acc.x += 0.5f * fabs(p - q);
-            acc.y += 0.5f * q * (float)((q > p) - (q < p));
-            break;
+        case LOSS_SKL: acc.x += xlogratio(p, a, log_mix(a, b, lwa, lwb)); break;
+        case LOSS_SRKL: acc.x += xlogratio(q, b, log_mix(a, b, lwa, lwb)); break;
+        case LOSS_TVD: acc.x += 0.5f * fabs(p - q); break;
         }
+        if (centered && q > 0.0f)
+            acc.y += q * (g_ref - centered_g(loss, softcap_logit(t[v], cap), xs, a, b, inv_tau, beta, lambda, lwa,
+                                             lwb));
         acc.z -= xlogratio(p, a, 0.0f);
         acc.w -= xlogratio(q, b, 0.0f);
     }
@@ -193,7 +220,8 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         if (loss == LOSS_CE) {
             float lse_s = ms * inv_tau + lss;
             float b_y = (softcap_logit(s[y], cap) - ms) * inv_tau - lss;
-            value = -(1.0f - eps) * b_y - eps / (float)vocab * acc.y + zl * lse_s * lse_s;
+            value = -(1.0f - eps) * b_y + zl * lse_s * lse_s;
+            if (eps > 0.0f) value -= eps / (float)vocab * acc.y; /* never 0 * -inf */
             out = scale * value;
         } else if (loss == LOSS_KD) {
             float b1_y = (softcap_logit(s[y], cap) - ms) - lss1;
@@ -206,8 +234,8 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         stats[RS_MAX_S] = ms;
         stats[RS_LOGS_S] = lss;
         stats[RS_LOGS_S1] = lss1;
-        stats[RS_LOSS] = value;
         stats[RS_AUX] = acc.y;
+        stats[RS_G_REF] = g_ref;
         stats[RS_H_T] = acc.z;
         stats[RS_H_S] = acc.w;
         int f = teacher_ok ? FLAG_TEACHER_OK : 0;
@@ -248,7 +276,7 @@ inline void grad_body(const int loss, GRAD_ARGS)
     __global const float *s = student + s_off + row * s_stride;
     const float mt = stats[RS_MAX_T], lst = stats[RS_LOGS_T], ms = stats[RS_MAX_S];
     const float lss = stats[RS_LOGS_S], lss1 = stats[RS_LOGS_S1];
-    const float value = stats[RS_LOSS], aux = stats[RS_AUX];
+    const float aux = stats[RS_AUX], g_ref = stats[RS_G_REF];
     const int y = has_labels ? labels[l_off + row] : -1;
     const float lse_s = ms * inv_tau + lss;
 
@@ -263,27 +291,15 @@ inline void grad_body(const int loss, GRAD_ARGS)
             p = exp(a);
         }
         const float onehot = (int)v == y ? 1.0f : 0.0f;
-        float dz, lm, ds;
-        switch (loss) {
-        case LOSS_RKL: dz = q == 0.0f ? 0.0f : q * (b - a - value); break;
-        case LOSS_CE:
+        float dz, ds;
+        if (loss == LOSS_RKL || loss == LOSS_JSD || loss == LOSS_SKL || loss == LOSS_SRKL || loss == LOSS_TVD) {
+            const float g = centered_g(loss, softcap_logit(t[v], cap), xs, a, b, inv_tau, beta, lambda, lwa, lwb);
+            dz = q == 0.0f ? 0.0f : q * ((g - g_ref) + aux);
+        } else if (loss == LOSS_CE) {
             /* q - onehot is formed in fp32 before anything else touches it. */
             dz = (q - (1.0f - eps) * onehot) - eps / (float)vocab + 2.0f * zl * lse_s * q;
-            break;
-        case LOSS_JSD:
-            lm = log_mix(a, b, lwa, lwb);
-            dz = q == 0.0f ? 0.0f : (1.0f - beta) * q * (b - lm - aux);
-            break;
-        case LOSS_SKL:
-            lm = log_mix(a, b, lwa, lwb);
-            dz = -(1.0f - lambda) * ((p > 0.0f && q > 0.0f ? exp(a + b - lm) : 0.0f) - q * aux);
-            break;
-        case LOSS_SRKL:
-            lm = log_mix(a, b, lwa, lwb);
-            dz = q == 0.0f ? 0.0f : q * (b - lm - value) - lambda * (exp(2.0f * b - lm) - q * aux);
-            break;
-        case LOSS_TVD: dz = 0.5f * q * (float)((q > p) - (q < p)) - q * aux; break;
-        default: dz = q - p; break; /* kl, soft_ce, and kd's soft part */
+        } else {
+            dz = q - p; /* kl, soft_ce, and kd's soft part */
         }
         if (loss == LOSS_KD) {
             const float q1 = exp((xs - ms) - lss1);

@@ -1,0 +1,577 @@
+/* The OpenCL kernels against the CPU reference, on whatever OpenCL device is present (PoCL in CI):
+ * every loss x reduction over a grid of shapes, special values, determinism, cl_mem tensors, adopted
+ * queues, verify mode. KLCL_TEST_SMALL=1 shrinks the grid for runs under a simulator. */
+#include "test_util.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static klcl_context *ctx;
+static int small_grid;
+
+static int setup(void **state)
+{
+    (void)state;
+    const char *s = getenv("KLCL_TEST_SMALL");
+    small_grid = s && strcmp(s, "1") == 0;
+    ctx = tu_device_context(0);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    klcl_context_destroy(ctx);
+    return 0;
+}
+
+/* One batch of test data with its reference. */
+typedef struct batch_data {
+    size_t rows, vocab;
+    float *teacher, *student;
+    int32_t *labels; /* NULL when the loss needs none */
+    double *ref_loss; /* per row, after scale; 0 for skipped rows */
+    double *ref_grad; /* rows x vocab, d(row loss)/ds after scale, denominator 1 */
+    size_t used;
+} batch_data;
+
+static void data_alloc(batch_data *d, size_t rows, size_t vocab, int with_labels)
+{
+    memset(d, 0, sizeof *d);
+    d->rows = rows;
+    d->vocab = vocab;
+    d->teacher = malloc(rows * vocab * sizeof(float));
+    d->student = malloc(rows * vocab * sizeof(float));
+    d->ref_loss = malloc(rows * sizeof(double));
+    d->ref_grad = malloc(rows * vocab * sizeof(double));
+    assert_non_null(d->teacher);
+    assert_non_null(d->student);
+    assert_non_null(d->ref_loss);
+    assert_non_null(d->ref_grad);
+    tu_fill_logits(d->teacher, d->student, rows, vocab, vocab);
+    if (with_labels) {
+        d->labels = malloc(rows * sizeof(int32_t));
+        assert_non_null(d->labels);
+        for (size_t i = 0; i < rows; i++) d->labels[i] = (int32_t)(tu_uniform() * (double)vocab);
+        if (rows > 1) d->labels[rows / 2] = -100; /* one ignored row */
+    }
+}
+
+static void data_free(batch_data *d)
+{
+    free(d->teacher);
+    free(d->student);
+    free(d->labels);
+    free(d->ref_loss);
+    free(d->ref_grad);
+}
+
+static void data_reference(batch_data *d, const klcl_loss_desc *desc)
+{
+    d->used = 0;
+    for (size_t i = 0; i < d->rows; i++) {
+        double *g = d->ref_grad + i * d->vocab;
+        if (d->labels && d->labels[i] == desc->ignore_index) {
+            d->ref_loss[i] = 0.0;
+            for (size_t v = 0; v < d->vocab; v++) g[v] = 0.0;
+            continue;
+        }
+        d->used++;
+        assert_int_equal(klcl_reference_row(desc, d->vocab, d->teacher + i * d->vocab, d->student + i * d->vocab,
+                                            d->labels ? d->labels[i] : 0, &d->ref_loss[i], g, NULL, NULL),
+                         KLCL_OK);
+    }
+}
+
+static klcl_batch host_batch(const batch_data *d, float *grad, float *row_loss)
+{
+    klcl_batch b = KLCL_BATCH_INIT;
+    b.rows = d->rows;
+    b.vocab = d->vocab;
+    b.teacher = klcl_host_tensor(d->teacher, 0);
+    b.student = klcl_host_tensor(d->student, 0);
+    if (d->labels) b.labels = klcl_host_tensor(d->labels, 0);
+    b.grad = klcl_host_tensor(grad, 0);
+    b.row_loss = klcl_host_tensor(row_loss, 0);
+    return b;
+}
+
+static double denominator(klcl_reduction r, const batch_data *d)
+{
+    return r == KLCL_REDUCTION_MEAN ? (d->used ? (double)d->used : 1.0)
+           : r == KLCL_REDUCTION_BATCHMEAN ? (double)d->rows
+                                           : 1.0;
+}
+
+/* The device against the reference for every reduction; fails with the first entry out of tolerance. */
+static void check_all_reductions(batch_data *d, klcl_loss_desc desc, const char *what)
+{
+    data_reference(d, &desc);
+    float *grad = malloc(d->rows * d->vocab * sizeof(float));
+    float *row_loss = malloc(d->rows * sizeof(float));
+    assert_non_null(grad);
+    assert_non_null(row_loss);
+    /* Gradients compare before scale (LOSSES.md); kd's scale weighs only its soft part. */
+    const double unscale = desc.loss == KLCL_LOSS_KD || desc.scale == 0.0f ? 1.0 : 1.0 / fabs(desc.scale);
+    for (int r = KLCL_REDUCTION_NONE; r <= KLCL_REDUCTION_BATCHMEAN; r++) {
+        desc.reduction = (klcl_reduction)r;
+        klcl_batch b = host_batch(d, grad, row_loss);
+        klcl_result res;
+        klcl_status st = klcl_compute(ctx, &desc, &b, &res);
+        if (st != KLCL_OK) fail_msg("%s: %s", what, klcl_last_error(ctx));
+        double sum = 0.0;
+        for (size_t i = 0; i < d->rows; i++) {
+            sum += d->ref_loss[i];
+            if (!tu_loss_close(row_loss[i], d->ref_loss[i]))
+                fail_msg("%s %s: row %zu loss %.9g, reference %.9g", what, klcl_reduction_name(desc.reduction), i,
+                         (double)row_loss[i], d->ref_loss[i]);
+        }
+        double den = denominator(desc.reduction, d);
+        double expect = desc.reduction == KLCL_REDUCTION_MEAN && d->used == 0 ? 0.0 : sum / den;
+        if (!tu_loss_close(res.loss, expect))
+            fail_msg("%s %s: reduced %.9g, reference %.9g", what, klcl_reduction_name(desc.reduction), res.loss,
+                     expect);
+        assert_int_equal(res.rows_used, d->used);
+        for (size_t k = 0; k < d->rows * d->vocab; k++) {
+            double dev = grad[k] * den * unscale, ref = d->ref_grad[k] * unscale;
+            if (!tu_grad_close(dev, ref))
+                fail_msg("%s %s: grad[%zu][%zu] %.9g, reference %.9g", what, klcl_reduction_name(desc.reduction),
+                         k / d->vocab, k % d->vocab, dev, ref);
+        }
+    }
+    free(grad);
+    free(row_loss);
+}
+
+static int needs_labels(klcl_loss loss)
+{
+    return loss == KLCL_LOSS_CE || loss == KLCL_LOSS_KD;
+}
+
+static klcl_loss_desc desc_for(klcl_loss loss)
+{
+    klcl_loss_desc desc;
+    klcl_loss_desc_init(&desc, loss);
+    desc.tau = 1.5f;
+    desc.scale = 2.25f;
+    desc.beta = 0.3f;
+    desc.alpha = 0.4f;
+    if (loss == KLCL_LOSS_CE) {
+        desc.label_smoothing = 0.1f;
+        desc.z_loss = 1e-3f;
+    }
+    return desc;
+}
+
+/* Every loss x reduction over V in {1, 2, 3, 1000, 4097, 32000, 262144} and N in {1, 7, 64}. */
+static void test_grid(void **state)
+{
+    (void)state;
+    static const size_t vocabs[] = {1, 2, 3, 1000, 4097, 32000, 262144};
+    static const size_t rows[] = {1, 7, 64};
+    static const size_t small_vocabs[] = {1, 2, 3, 100, 257};
+    static const size_t small_rows[] = {1, 3};
+    const size_t *vs = small_grid ? small_vocabs : vocabs, *ns = small_grid ? small_rows : rows;
+    size_t nv = small_grid ? 5 : 7, nn = small_grid ? 2 : 3;
+    tu_seed(1);
+    for (size_t iv = 0; iv < nv; iv++)
+        for (size_t in = 0; in < nn; in++) {
+            batch_data d;
+            data_alloc(&d, ns[in], vs[iv], 1);
+            for (int l = 0; l < KLCL_LOSS_COUNT; l++) {
+                klcl_loss_desc desc = desc_for((klcl_loss)l);
+                int32_t *labels = d.labels;
+                if (!needs_labels((klcl_loss)l) && l % 2) d.labels = NULL; /* some without */
+                char what[96];
+                snprintf(what, sizeof what, "%s V=%zu N=%zu", klcl_loss_name((klcl_loss)l), d.vocab, d.rows);
+                check_all_reductions(&d, desc, what);
+                d.labels = labels;
+            }
+            data_free(&d);
+        }
+}
+
+/* -inf columns, softcap, temperatures far from 1: every loss, against the reference. */
+static void test_special_values(void **state)
+{
+    (void)state;
+    const size_t vocab = small_grid ? 100 : 5000;
+    tu_seed(2);
+    const float taus[] = {0.01f, 0.2f, 50.0f};
+    for (int l = 0; l < KLCL_LOSS_COUNT; l++) {
+        batch_data d;
+        data_alloc(&d, 5, vocab, 1);
+        for (size_t i = 0; i < d.rows; i++)
+            for (size_t v = i; v < vocab; v += 7) d.teacher[i * vocab + v] = d.student[i * vocab + v] = -INFINITY;
+        char what[96];
+        for (size_t k = 0; k < sizeof taus / sizeof taus[0]; k++) {
+            klcl_loss_desc desc = desc_for((klcl_loss)l);
+            desc.tau = taus[k];
+            snprintf(what, sizeof what, "%s -inf columns tau=%g", klcl_loss_name((klcl_loss)l), (double)taus[k]);
+            check_all_reductions(&d, desc, what);
+        }
+        klcl_loss_desc desc = desc_for((klcl_loss)l);
+        desc.softcap = 5.0f;
+        snprintf(what, sizeof what, "%s softcap", klcl_loss_name((klcl_loss)l));
+        check_all_reductions(&d, desc, what);
+        data_free(&d);
+    }
+}
+
+/* p > 0 where q = 0: +inf for that row (kl), never a clamp; the call reports it. */
+static void test_infinite_row(void **state)
+{
+    (void)state;
+    batch_data d;
+    tu_seed(3);
+    data_alloc(&d, 3, 64, 0);
+    d.student[1 * 64 + 5] = -INFINITY; /* the teacher keeps mass there */
+    klcl_loss_desc desc = desc_for(KLCL_LOSS_KL);
+    check_all_reductions(&d, desc, "kl with q=0 where p>0");
+    float row_loss[3];
+    klcl_batch b = host_batch(&d, NULL, row_loss);
+    klcl_result r;
+    assert_int_equal(klcl_compute(ctx, &desc, &b, &r), KLCL_OK);
+    assert_true(isinf(row_loss[1]) && row_loss[1] > 0);
+    assert_true(isfinite(row_loss[0]) && isfinite(row_loss[2]));
+    assert_int_equal(r.rows_nonfinite, 1);
+    assert_int_equal(r.first_nonfinite[0], 1);
+    data_free(&d);
+}
+
+/* A NaN row: that row's loss and gradient are NaN, every other row is exactly what it is without it. */
+static void test_nan_row(void **state)
+{
+    (void)state;
+    const size_t rows = 6, vocab = 300;
+    for (int l = 0; l < KLCL_LOSS_COUNT; l++) {
+        batch_data d;
+        tu_seed(4);
+        data_alloc(&d, rows, vocab, 1);
+        d.labels[rows / 2] = 0; /* no ignored row here */
+        klcl_loss_desc desc = desc_for((klcl_loss)l);
+        desc.reduction = KLCL_REDUCTION_SUM;
+        float clean_grad[6 * 300], grad[6 * 300], clean_loss[6], row_loss[6];
+        klcl_batch b = host_batch(&d, clean_grad, clean_loss);
+        klcl_result r;
+        assert_int_equal(klcl_compute(ctx, &desc, &b, &r), KLCL_OK);
+        assert_int_equal(r.rows_nonfinite, 0);
+        d.student[2 * vocab + 17] = NAN;
+        b = host_batch(&d, grad, row_loss);
+        assert_int_equal(klcl_compute(ctx, &desc, &b, &r), KLCL_OK);
+        assert_int_equal(r.rows_nonfinite, 1);
+        assert_int_equal(r.first_nonfinite[0], 2);
+        assert_true(isnan(r.loss));
+        for (size_t i = 0; i < rows; i++) {
+            if (i == 2) {
+                assert_true(isnan(row_loss[i]));
+                for (size_t v = 0; v < vocab; v++) assert_true(isnan(grad[i * vocab + v]));
+            } else {
+                assert_memory_equal(&row_loss[i], &clean_loss[i], sizeof(float));
+                assert_memory_equal(&grad[i * vocab], &clean_grad[i * vocab], vocab * sizeof(float));
+            }
+        }
+        data_free(&d);
+    }
+}
+
+/* All -inf, +inf: invalid rows, reported as non-finite. Every row ignored: mean 0, zero gradient. */
+static void test_invalid_and_ignored_rows(void **state)
+{
+    (void)state;
+    batch_data d;
+    tu_seed(5);
+    data_alloc(&d, 4, 50, 1);
+    for (size_t v = 0; v < 50; v++) d.teacher[0 * 50 + v] = -INFINITY;
+    d.student[3 * 50 + 9] = INFINITY;
+    for (size_t i = 0; i < 4; i++) d.labels[i] = 1;
+    klcl_loss_desc desc = desc_for(KLCL_LOSS_KD);
+    float grad[4 * 50], row_loss[4];
+    klcl_batch b = host_batch(&d, grad, row_loss);
+    klcl_result r;
+    assert_int_equal(klcl_compute(ctx, &desc, &b, &r), KLCL_OK);
+    assert_int_equal(r.rows_nonfinite, 2);
+    assert_int_equal(r.first_nonfinite[0], 0);
+    assert_int_equal(r.first_nonfinite[1], 3);
+    assert_true(isnan(row_loss[0]) && isnan(row_loss[3]) && isfinite(row_loss[1]));
+
+    for (size_t i = 0; i < 4; i++) d.labels[i] = -100;
+    desc.reduction = KLCL_REDUCTION_MEAN;
+    memset(grad, 0xff, sizeof grad);
+    assert_int_equal(klcl_compute(ctx, &desc, &b, &r), KLCL_OK);
+    assert_true(r.loss == 0.0);
+    assert_int_equal(r.rows_used, 0);
+    assert_int_equal(r.rows_skipped, 4);
+    for (size_t k = 0; k < 4 * 50; k++) assert_true(grad[k] == 0.0f);
+
+    /* A row mask skips rows the same way. */
+    uint8_t mask[4] = {1, 0, 1, 0};
+    for (size_t i = 0; i < 4; i++) d.labels[i] = 2;
+    d.teacher[0] = 0.0f; /* row 0 valid again */
+    d.student[3 * 50 + 9] = 0.0f;
+    b.mask = klcl_host_tensor(mask, 0);
+    assert_int_equal(klcl_compute(ctx, &desc, &b, &r), KLCL_OK);
+    assert_int_equal(r.rows_used, 2);
+    assert_true(row_loss[1] == 0.0f && row_loss[3] == 0.0f && row_loss[0] > 0.0f);
+    for (size_t v = 0; v < 50; v++) assert_true(grad[1 * 50 + v] == 0.0f);
+    data_free(&d);
+}
+
+/* The same inputs give the same bits, run after run. */
+static void test_deterministic(void **state)
+{
+    (void)state;
+    const size_t rows = 7, vocab = small_grid ? 300 : 40000;
+    batch_data d;
+    tu_seed(6);
+    data_alloc(&d, rows, vocab, 1);
+    float *g0 = malloc(rows * vocab * sizeof(float)), *g1 = malloc(rows * vocab * sizeof(float));
+    float l0[7], l1[7];
+    for (int l = 0; l < KLCL_LOSS_COUNT; l++) {
+        klcl_loss_desc desc = desc_for((klcl_loss)l);
+        klcl_result r0, r1;
+        klcl_batch b = host_batch(&d, g0, l0);
+        assert_int_equal(klcl_compute(ctx, &desc, &b, &r0), KLCL_OK);
+        for (int rep = 0; rep < 3; rep++) {
+            b = host_batch(&d, g1, l1);
+            assert_int_equal(klcl_compute(ctx, &desc, &b, &r1), KLCL_OK);
+            assert_memory_equal(&r0.loss, &r1.loss, sizeof r0.loss);
+            assert_memory_equal(l0, l1, sizeof l0);
+            assert_memory_equal(g0, g1, rows * vocab * sizeof(float));
+        }
+    }
+    free(g0);
+    free(g1);
+    data_free(&d);
+}
+
+static cl_mem make_buffer(cl_context cl_ctx, size_t bytes, size_t offset, const void *data, size_t data_bytes)
+{
+    cl_int err;
+    cl_mem m = clCreateBuffer(cl_ctx, CL_MEM_READ_WRITE, bytes, NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    if (data) {
+        cl_command_queue q = klcl_context_cl_queue(ctx);
+        assert_int_equal(clEnqueueWriteBuffer(q, m, CL_TRUE, offset, data_bytes, data, 0, NULL, NULL), CL_SUCCESS);
+    }
+    return m;
+}
+
+/* Caller-owned cl_mem tensors with offsets and row strides give the same bits as host pointers. */
+static void test_cl_mem_tensors(void **state)
+{
+    (void)state;
+    const size_t rows = 5, vocab = 333, stride = 352, off = 64;
+    batch_data d;
+    tu_seed(7);
+    data_alloc(&d, rows, vocab, 1);
+    float *padded_t = calloc(rows * stride, sizeof(float)), *padded_s = calloc(rows * stride, sizeof(float));
+    for (size_t i = 0; i < rows; i++) {
+        memcpy(padded_t + i * stride, d.teacher + i * vocab, vocab * sizeof(float));
+        memcpy(padded_s + i * stride, d.student + i * vocab, vocab * sizeof(float));
+    }
+    cl_context cc = klcl_context_cl_context(ctx);
+    size_t mat = rows * stride * sizeof(float);
+    cl_mem t = make_buffer(cc, off + mat, off, padded_t, mat);
+    cl_mem s = make_buffer(cc, off + mat, off, padded_s, mat);
+    cl_mem y = make_buffer(cc, off + rows * 4, off, d.labels, rows * 4);
+    cl_mem g = make_buffer(cc, off + mat, 0, NULL, 0);
+    cl_mem rl = make_buffer(cc, off + rows * 4, 0, NULL, 0);
+
+    klcl_loss_desc desc = desc_for(KLCL_LOSS_KD);
+    float host_grad[5 * 333], host_loss[5], dev_grad[5 * 352], dev_loss[5];
+    klcl_result rh, rm;
+    klcl_batch b = host_batch(&d, host_grad, host_loss);
+    assert_int_equal(klcl_compute(ctx, &desc, &b, &rh), KLCL_OK);
+
+    klcl_batch bm = KLCL_BATCH_INIT;
+    bm.rows = rows;
+    bm.vocab = vocab;
+    bm.teacher = klcl_mem_tensor(t, off, stride);
+    bm.student = klcl_mem_tensor(s, off, stride);
+    bm.labels = klcl_mem_tensor(y, off, 0);
+    bm.grad = klcl_mem_tensor(g, off, stride);
+    bm.row_loss = klcl_mem_tensor(rl, off, 0);
+    assert_int_equal(klcl_compute(ctx, &desc, &bm, &rm), KLCL_OK);
+    cl_command_queue q = klcl_context_cl_queue(ctx);
+    assert_int_equal(clEnqueueReadBuffer(q, g, CL_TRUE, off, sizeof dev_grad, dev_grad, 0, NULL, NULL), CL_SUCCESS);
+    assert_int_equal(clEnqueueReadBuffer(q, rl, CL_TRUE, off, sizeof dev_loss, dev_loss, 0, NULL, NULL), CL_SUCCESS);
+    assert_memory_equal(&rh.loss, &rm.loss, sizeof rh.loss);
+    assert_memory_equal(host_loss, dev_loss, sizeof host_loss);
+    for (size_t i = 0; i < rows; i++)
+        assert_memory_equal(host_grad + i * vocab, dev_grad + i * stride, vocab * sizeof(float));
+
+    /* Host tensors with row strides: the same, and the padding columns of the gradient untouched. */
+    float strided_grad[5 * 352];
+    for (size_t k = 0; k < rows * stride; k++) strided_grad[k] = 42.0f;
+    klcl_batch bs = host_batch(&d, NULL, NULL);
+    bs.teacher = klcl_host_tensor(padded_t, stride);
+    bs.student = klcl_host_tensor(padded_s, stride);
+    bs.grad = klcl_host_tensor(strided_grad, stride);
+    assert_int_equal(klcl_compute(ctx, &desc, &bs, &rm), KLCL_OK);
+    assert_memory_equal(&rh.loss, &rm.loss, sizeof rh.loss);
+    for (size_t i = 0; i < rows; i++) {
+        assert_memory_equal(host_grad + i * vocab, strided_grad + i * stride, vocab * sizeof(float));
+        for (size_t v = vocab; v < stride; v++) assert_true(strided_grad[i * stride + v] == 42.0f);
+    }
+    clReleaseMemObject(t);
+    clReleaseMemObject(s);
+    clReleaseMemObject(y);
+    clReleaseMemObject(g);
+    clReleaseMemObject(rl);
+    free(padded_t);
+    free(padded_s);
+    data_free(&d);
+}
+
+/* A one-column vocabulary still honours a cl_mem gradient's row stride. */
+static void test_cl_mem_grad_stride_vocab_one(void **state)
+{
+    (void)state;
+    const size_t rows = 4, stride = 3;
+    batch_data d;
+    tu_seed(11);
+    data_alloc(&d, rows, 1, 0);
+    klcl_loss_desc desc = desc_for(KLCL_LOSS_KL);
+    float host_grad[4], dev_grad[12];
+    for (size_t k = 0; k < 12; k++) dev_grad[k] = 7.0f;
+    cl_mem g = make_buffer(klcl_context_cl_context(ctx), sizeof dev_grad, 0, dev_grad, sizeof dev_grad);
+    klcl_batch b = host_batch(&d, host_grad, NULL);
+    assert_int_equal(klcl_compute(ctx, &desc, &b, NULL), KLCL_OK);
+    b.grad = klcl_mem_tensor(g, 0, stride);
+    assert_int_equal(klcl_compute(ctx, &desc, &b, NULL), KLCL_OK);
+    assert_int_equal(clEnqueueReadBuffer(klcl_context_cl_queue(ctx), g, CL_TRUE, 0, sizeof dev_grad, dev_grad, 0,
+                                         NULL, NULL),
+                     CL_SUCCESS);
+    for (size_t i = 0; i < rows; i++) {
+        assert_memory_equal(&dev_grad[i * stride], &host_grad[i], sizeof(float));
+        assert_true(dev_grad[i * stride + 1] == 7.0f && dev_grad[i * stride + 2] == 7.0f);
+    }
+    clReleaseMemObject(g);
+    data_free(&d);
+}
+
+/* A caller's queue is adopted, used, and left alive for the caller. */
+static void test_adopted_queue(void **state)
+{
+    (void)state;
+    cl_command_queue own_q = klcl_context_cl_queue(ctx);
+    cl_device_id dev;
+    assert_int_equal(clGetCommandQueueInfo(own_q, CL_QUEUE_DEVICE, sizeof dev, &dev, NULL), CL_SUCCESS);
+    cl_int err;
+    cl_context cc = clCreateContext(NULL, 1, &dev, NULL, NULL, &err);
+    assert_int_equal(err, CL_SUCCESS);
+    cl_command_queue q = clCreateCommandQueue(cc, dev, 0, &err);
+    assert_int_equal(err, CL_SUCCESS);
+
+    klcl_context_options o = KLCL_CONTEXT_OPTIONS_INIT;
+    o.queue = q;
+    o.cl_ctx = cc;
+    klcl_context *adopted = NULL;
+    assert_int_equal(klcl_context_create(&o, &adopted), KLCL_OK);
+    assert_ptr_equal(klcl_context_cl_queue(adopted), q);
+    batch_data d;
+    tu_seed(8);
+    data_alloc(&d, 3, 100, 0);
+    klcl_loss_desc desc = desc_for(KLCL_LOSS_JSD);
+    float g1[300], g2[300];
+    klcl_batch b = host_batch(&d, g1, NULL);
+    klcl_result r1, r2;
+    assert_int_equal(klcl_compute(adopted, &desc, &b, &r1), KLCL_OK);
+    klcl_context_destroy(adopted);
+    b = host_batch(&d, g2, NULL);
+    assert_int_equal(klcl_compute(ctx, &desc, &b, &r2), KLCL_OK);
+    assert_memory_equal(&r1.loss, &r2.loss, sizeof r1.loss);
+    assert_memory_equal(g1, g2, sizeof g1);
+    /* Still the caller's: usable, then released by the caller. */
+    assert_int_equal(clFinish(q), CL_SUCCESS);
+    assert_int_equal(clReleaseCommandQueue(q), CL_SUCCESS);
+    assert_int_equal(clReleaseContext(cc), CL_SUCCESS);
+    data_free(&d);
+}
+
+/* Verify mode reports the comparison with the reference. */
+static void test_verify_mode(void **state)
+{
+    (void)state;
+    klcl_context *v = tu_device_context(1);
+    batch_data d;
+    tu_seed(9);
+    data_alloc(&d, 4, 1000, 1);
+    for (int l = 0; l < KLCL_LOSS_COUNT; l++) {
+        klcl_loss_desc desc = desc_for((klcl_loss)l);
+        float grad[4 * 1000];
+        klcl_batch b = host_batch(&d, grad, NULL);
+        klcl_result r;
+        assert_int_equal(klcl_compute(v, &desc, &b, &r), KLCL_OK);
+        assert_int_equal(r.verified, 1);
+        if (!r.verify_ok)
+            fail_msg("%s: verify loss %.3g grad %.3g", klcl_loss_name((klcl_loss)l), r.verify_max_loss_err,
+                     r.verify_max_grad_err);
+        assert_true(r.verify_max_loss_err <= 1e-5);
+    }
+    klcl_context_destroy(v);
+    data_free(&d);
+}
+
+/* Devices are listed with identifiers that select them; metrics are those of the reference. */
+static void test_devices_and_metrics(void **state)
+{
+    (void)state;
+    size_t n = 0;
+    assert_int_equal(klcl_list_devices(NULL, 0, &n), KLCL_OK);
+    assert_true(n >= 1);
+    klcl_device_info info[8];
+    assert_int_equal(klcl_list_devices(info, 8, &n), KLCL_OK);
+    klcl_context_options o = KLCL_CONTEXT_OPTIONS_INIT;
+    o.device = info[0].id;
+    klcl_context *c = NULL;
+    assert_int_equal(klcl_context_create(&o, &c), KLCL_OK);
+    assert_string_equal(klcl_context_device_name(c), info[0].name);
+    klcl_context_destroy(c);
+
+    batch_data d;
+    tu_seed(10);
+    data_alloc(&d, 9, 77, 1);
+    klcl_context_options ro = KLCL_CONTEXT_OPTIONS_INIT;
+    ro.device = "cpu";
+    klcl_context *ref = NULL;
+    assert_int_equal(klcl_context_create(&ro, &ref), KLCL_OK);
+    klcl_loss_desc desc = desc_for(KLCL_LOSS_KD);
+    klcl_batch b = host_batch(&d, NULL, NULL);
+    klcl_result rd, rr;
+    assert_int_equal(klcl_compute(ctx, &desc, &b, &rd), KLCL_OK);
+    assert_int_equal(klcl_compute(ref, &desc, &b, &rr), KLCL_OK);
+    if (!(fabs(rd.teacher_entropy - rr.teacher_entropy) <= 1e-5 * rr.teacher_entropy))
+        fail_msg("teacher entropy %.9g, reference %.9g", rd.teacher_entropy, rr.teacher_entropy);
+    assert_true(fabs(rd.student_entropy - rr.student_entropy) <= 1e-5 * rr.student_entropy);
+    assert_true(rd.top1_agreement == rr.top1_agreement);
+    assert_true(rd.accuracy == rr.accuracy);
+    assert_int_equal(rd.rows_used, rr.rows_used);
+    klcl_context_destroy(ref);
+    data_free(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_grid),
+        cmocka_unit_test(test_special_values),
+        cmocka_unit_test(test_infinite_row),
+        cmocka_unit_test(test_nan_row),
+        cmocka_unit_test(test_invalid_and_ignored_rows),
+        cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_cl_mem_tensors),
+        cmocka_unit_test(test_cl_mem_grad_stride_vocab_one),
+        cmocka_unit_test(test_adopted_queue),
+        cmocka_unit_test(test_verify_mode),
+        cmocka_unit_test(test_devices_and_metrics),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
