@@ -1,5 +1,6 @@
 # Turns the kernel sources into a C file of byte arrays (run with cmake -P).
 #   -DOUT=<generated .c>  -DSOURCES=<|-separated .cl paths, in the order they are concatenated>
+#   -DPREFIX=<symbol prefix: PREFIX_names, PREFIX_sources, PREFIX_lengths, PREFIX_count>
 # Each array carries its length; sources are joined by the library at run time.
 string(REPLACE "|" ";" SOURCES "${SOURCES}")
 set(names "")
@@ -20,5 +21,5 @@ foreach(src IN LISTS SOURCES)
   string(APPEND lengths "${len}, ")
   math(EXPR i "${i} + 1")
 endforeach()
-file(WRITE "${OUT}.tmp" "/* Generated from kernels_cl/ by cmake/embed_kernels.cmake: do not edit. */\n#include <stddef.h>\n\n${arrays}\nconst char *const klcl_kernel_names[] = {${names}};\nconst char *const klcl_kernel_sources[] = {${refs}};\nconst size_t klcl_kernel_lengths[] = {${lengths}};\nconst size_t klcl_kernel_count = ${i};\n")
+file(WRITE "${OUT}.tmp" "/* Generated from kernels_cl/ by cmake/embed_kernels.cmake: do not edit. */\n#include <stddef.h>\n\n${arrays}\nconst char *const ${PREFIX}_names[] = {${names}};\nconst char *const ${PREFIX}_sources[] = {${refs}};\nconst size_t ${PREFIX}_lengths[] = {${lengths}};\nconst size_t ${PREFIX}_count = ${i};\n")
 file(RENAME "${OUT}.tmp" "${OUT}")
