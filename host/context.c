@@ -29,12 +29,16 @@ static klcl_status adopt_queue(klcl_context *ctx, const klcl_context_options *o)
     if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "options->queue: clGetCommandQueueInfo");
     if (o->cl_ctx && o->cl_ctx != qctx)
         return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "options->cl_ctx is not the context of options->queue");
+    cl_command_queue_properties props = 0;
+    err = clGetCommandQueueInfo(o->queue, CL_QUEUE_PROPERTIES, sizeof props, &props, NULL);
+    if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "options->queue: clGetCommandQueueInfo");
+    if (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)
+        return klcl_fail(ctx, KLCL_ERR_UNSUPPORTED, "options->queue is out-of-order: klcl needs an in-order queue");
     err = clGetCommandQueueInfo(o->queue, CL_QUEUE_DEVICE, sizeof ctx->device, &ctx->device, NULL);
     if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "options->queue: clGetCommandQueueInfo");
     clGetDeviceInfo(ctx->device, CL_DEVICE_PLATFORM, sizeof ctx->platform, &ctx->platform, NULL);
-    if (clGetDeviceInfo(ctx->device, CL_DEVICE_NAME, sizeof ctx->device_name - 1, ctx->device_name, NULL) !=
-        CL_SUCCESS)
-        snprintf(ctx->device_name, sizeof ctx->device_name, "(adopted device)");
+    klcl_device_string(ctx->device, CL_DEVICE_NAME, ctx->device_name, sizeof ctx->device_name);
+    if (!ctx->device_name[0]) snprintf(ctx->device_name, sizeof ctx->device_name, "(adopted device)");
     clRetainCommandQueue(o->queue);
     clRetainContext(qctx);
     ctx->queue = o->queue;

@@ -14,6 +14,29 @@ typedef struct found_device {
     klcl_device_info info;
 } found_device;
 
+/* buf (NUL-terminated by the caller) into out, cut to cap - 1 characters. */
+static void copy_truncated(char *out, size_t cap, const char *buf)
+{
+    size_t n = strlen(buf);
+    if (n >= cap) n = cap - 1;
+    memcpy(out, buf, n);
+    out[n] = '\0';
+}
+
+void klcl_device_string(cl_device_id dev, cl_device_info what, char *out, size_t cap)
+{
+    char buf[1024] = {0};
+    out[0] = '\0';
+    if (clGetDeviceInfo(dev, what, sizeof buf - 1, buf, NULL) == CL_SUCCESS) copy_truncated(out, cap, buf);
+}
+
+static void platform_string(cl_platform_id p, cl_platform_info what, char *out, size_t cap)
+{
+    char buf[1024] = {0};
+    out[0] = '\0';
+    if (clGetPlatformInfo(p, what, sizeof buf - 1, buf, NULL) == CL_SUCCESS) copy_truncated(out, cap, buf);
+}
+
 static void fill_info(found_device *d, unsigned pi, unsigned di)
 {
     klcl_device_info *info = &d->info;
@@ -24,14 +47,11 @@ static void fill_info(found_device *d, unsigned pi, unsigned di)
     snprintf(info->id, sizeof info->id, "%u:%u", pi, di);
     info->platform_index = pi;
     info->device_index = di;
-    if (clGetDeviceInfo(d->device, CL_DEVICE_NAME, sizeof info->name - 1, info->name, NULL) != CL_SUCCESS)
-        snprintf(info->name, sizeof info->name, "(unnamed)");
-    if (clGetPlatformInfo(d->platform, CL_PLATFORM_NAME, sizeof info->platform_name - 1, info->platform_name,
-                          NULL) != CL_SUCCESS)
-        snprintf(info->platform_name, sizeof info->platform_name, "(unnamed)");
-    if (clGetDeviceInfo(d->device, CL_DRIVER_VERSION, sizeof info->driver_version - 1, info->driver_version,
-                        NULL) != CL_SUCCESS)
-        info->driver_version[0] = '\0';
+    klcl_device_string(d->device, CL_DEVICE_NAME, info->name, sizeof info->name);
+    if (!info->name[0]) snprintf(info->name, sizeof info->name, "(unnamed)");
+    platform_string(d->platform, CL_PLATFORM_NAME, info->platform_name, sizeof info->platform_name);
+    if (!info->platform_name[0]) snprintf(info->platform_name, sizeof info->platform_name, "(unnamed)");
+    klcl_device_string(d->device, CL_DRIVER_VERSION, info->driver_version, sizeof info->driver_version);
     clGetDeviceInfo(d->device, CL_DEVICE_TYPE, sizeof type, &type, NULL);
     clGetDeviceInfo(d->device, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof mem, &mem, NULL);
     clGetDeviceInfo(d->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof alloc, &alloc, NULL);

@@ -69,6 +69,8 @@ klcl_loss klcl_effective_loss(const klcl_loss_desc *desc);
 
 /* Device layer (device.c). */
 klcl_status klcl_select_device(klcl_context *ctx, const char *spec);
+/* A string property of a device, truncated to cap; "" when the query fails. */
+void klcl_device_string(cl_device_id dev, cl_device_info what, char *out, size_t cap);
 
 /* Program layer (program.c): builds the kernels once, choosing the work-group size. */
 klcl_status klcl_program_build(klcl_context *ctx);

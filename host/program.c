@@ -165,6 +165,11 @@ klcl_status klcl_program_build(klcl_context *ctx)
     if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetDeviceInfo(CL_DEVICE_LOCAL_MEM_SIZE)");
 
     size_t wg = WG_MAX < dev_wg ? WG_MAX : dev_wg;
+    const char *override = getenv("KLCL_WORK_GROUP"); /* tuning experiments: a power of two, clamped below */
+    if (override && *override) {
+        unsigned long w = strtoul(override, NULL, 10);
+        if (w >= 1 && w < wg) wg = (size_t)w;
+    }
     if (local_mem / LOCAL_BYTES_PER_ITEM < wg) wg = (size_t)(local_mem / LOCAL_BYTES_PER_ITEM);
     wg = floor_pow2(wg < WG_MIN ? WG_MIN : wg);
 

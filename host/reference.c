@@ -3,6 +3,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 /* x*log-ratio with the conventions of LOSSES.md: a zero weight contributes 0 (0*log 0 = 0), a positive
@@ -33,13 +34,14 @@ static double softcapped(float x, double cap)
  * (a NaN or +inf entry, or every entry -inf). */
 static double log_softmax_row(const float *x, size_t vocab, double cap, double tau, double *out)
 {
-    double m = -INFINITY;
+    double m = -INFINITY, raw_max = -INFINITY;
     for (size_t v = 0; v < vocab; v++) {
         if (isnan(x[v]) || x[v] == INFINITY) return NAN;
+        if (x[v] > raw_max) raw_max = x[v];
         out[v] = softcapped(x[v], cap) / tau;
         if (out[v] > m) m = out[v];
     }
-    if (m == -INFINITY) return NAN;
+    if (raw_max == -INFINITY) return NAN; /* every logit -inf; softcap would have turned them into -c */
     double sum = 0.0;
     for (size_t v = 0; v < vocab; v++) sum += exp(out[v] - m);
     double lse = m + log(sum);
@@ -54,7 +56,7 @@ klcl_status klcl_reference_row(const klcl_loss_desc *desc, size_t vocab, const f
     if (!desc || !student || !loss) return KLCL_ERR_NULL_POINTER;
     klcl_status st = klcl_check_desc(desc, NULL);
     if (st != KLCL_OK) return st;
-    if (vocab == 0) return KLCL_ERR_INVALID_SHAPE;
+    if (vocab == 0 || vocab > INT32_MAX) return KLCL_ERR_INVALID_SHAPE;
     int needs_label = klcl_loss_needs_labels(desc->loss);
     if (!teacher && desc->loss != KLCL_LOSS_CE) return KLCL_ERR_NULL_POINTER;
     if (needs_label && (label < 0 || (size_t)label >= vocab)) return KLCL_ERR_LABEL_OUT_OF_RANGE;
@@ -130,12 +132,17 @@ klcl_status klcl_reference_row(const klcl_loss_desc *desc, size_t vocab, const f
     }
     double ce_term = 0.0;
     if (kind == KLCL_LOSS_CE) {
-        l = -(1.0 - eps) * lq[label] + zl * lse_s * lse_s;
-        if (eps > 0.0) l -= eps / V * aux; /* never 0 * -inf: no smoothing, no term */
+        /* A term whose weight is exactly 0 is left out: never 0 * inf. */
+        l = zl > 0.0 ? zl * lse_s * lse_s : 0.0;
+        if (eps < 1.0) l -= (1.0 - eps) * lq[label];
+        if (eps > 0.0) l -= eps / V * aux;
     } else if (kind == KLCL_LOSS_KD) {
         ce_term = -lq1[label];
     }
-    *loss = kind == KLCL_LOSS_KD ? alpha * ce_term + (1.0 - alpha) * scale * l : scale * l;
+    if (kind == KLCL_LOSS_KD)
+        *loss = (alpha > 0.0 ? alpha * ce_term : 0.0) + ((1.0 - alpha) * scale != 0.0 ? (1.0 - alpha) * scale * l : 0.0);
+    else
+        *loss = scale == 0.0 ? 0.0 : scale * l;
 
     if (grad) {
         for (size_t v = 0; v < vocab; v++) {

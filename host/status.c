@@ -150,6 +150,9 @@ klcl_status klcl_check_desc(const klcl_loss_desc *desc, klcl_context *ctx)
         {"label_smoothing", desc->label_smoothing, 0.0f, 1.0f, 0},
         {"z_loss", desc->z_loss, 0.0f, INFINITY, 0},
     };
+    if (isfinite(desc->tau) && desc->tau > 0.0f && !isfinite(1.0f / desc->tau))
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "desc->tau is %g: 1/tau overflows a float",
+                         (double)desc->tau);
     for (size_t i = 0; i < sizeof params / sizeof params[0]; i++) {
         float v = params[i].value;
         if (!isfinite(v))

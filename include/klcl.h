@@ -82,7 +82,8 @@ typedef enum klcl_status {
     KLCL_ERR_OUT_OF_HOST_MEMORY = 8, /* malloc failed */
     KLCL_ERR_KERNEL_SOURCE = 9,      /* a kernel file under KLCL_KERNEL_DIR could not be read */
     KLCL_ERR_UNSUPPORTED = 10,       /* valid request this build or backend cannot serve (see message) */
-    KLCL_ERR_NONFINITE_ARG = 11      /* a float parameter is NaN or infinite */
+    KLCL_ERR_NONFINITE_ARG = 11,     /* a float parameter is NaN or infinite */
+    KLCL_STATUS_SIGNED_ = -0x7fffffff - 1 /* not a status: keeps the type signed for OpenCL's codes */
 } klcl_status;
 
 /* A constant English name and short meaning for any status, OpenCL codes included. Never NULL. */
@@ -136,7 +137,8 @@ typedef struct klcl_context_options {
     /* Adopt a caller's OpenCL objects instead: when `queue` is set, klcl uses it (and its context and
      * device) and `device` is ignored. The caller keeps ownership: klcl retains them while the klcl
      * context lives and releases only its own references. `cl_ctx` may be NULL (taken from the queue);
-     * when given it must be the queue's context. */
+     * when given it must be the queue's context. An out-of-order queue is refused (KLCL_ERR_UNSUPPORTED):
+     * klcl orders its steps by the queue. */
     cl_context cl_ctx;
     cl_command_queue queue;
     /* Verify mode: every klcl_compute also runs the CPU reference on the same inputs and reports the
@@ -214,14 +216,14 @@ KLCL_API klcl_status klcl_reduction_from_name(const char *name, klcl_reduction *
 typedef struct klcl_loss_desc {
     klcl_loss loss;
     klcl_reduction reduction; /* default mean */
-    float tau;                /* temperature > 0, default 1 */
+    float tau;                /* temperature > 0 (1/tau finite as a float), default 1 */
     float softcap;            /* c > 0 applies logit <- c*tanh(logit/c) before tau; 0 (default) means none */
     float scale;              /* multiplies every per-row loss and the gradient, default 1 (tau^2: Hinton) */
     float beta;               /* jsd, in [0, 1], default 0.5 */
     float lambda;             /* skl, srkl: in [0, 1], default 0.1 */
     float alpha;              /* kd: weight of the hard-label term, in [0, 1], default 0.5 */
-    float label_smoothing;    /* ce: epsilon in [0, 1], default 0 */
-    float z_loss;             /* ce: weight of lse(z_s)^2, >= 0, default 0 */
+    float label_smoothing;    /* ce: epsilon in [0, 1], default 0 (kd's hard term is plain ce) */
+    float z_loss;             /* ce: weight of lse(z_s)^2, >= 0, default 0 (not applied by kd) */
     int32_t ignore_index;     /* label marking a row to skip, default -100 */
 } klcl_loss_desc;
 
@@ -237,7 +239,8 @@ typedef struct klcl_tensor {
     void *host;    /* host pointer (read for inputs, written for outputs) */
     cl_mem mem;    /* or a device buffer */
     size_t offset; /* bytes from the start of `mem` (multiple of the element size); ignored for host */
-    size_t stride; /* elements between the starts of consecutive rows, >= vocab; 0 means vocab */
+    size_t stride; /* matrices: elements between the starts of consecutive rows, >= vocab; 0 means vocab.
+                      Ignored for the per-row vectors (labels, mask, row_loss), which are contiguous. */
 } klcl_tensor;
 
 /* Helpers that fill a klcl_tensor (stride 0 means contiguous rows). */
@@ -247,11 +250,14 @@ KLCL_API klcl_tensor klcl_mem_tensor(cl_mem mem, size_t offset_bytes, size_t str
 typedef struct klcl_batch {
     size_t rows;         /* N >= 1 */
     size_t vocab;        /* V >= 1, the width of both teacher and student rows */
-    klcl_tensor teacher; /* N x V fp32 logits; not needed (may be empty) for ce */
+    klcl_tensor teacher; /* N x V fp32 logits; optional for ce (then only its teacher metrics are NaN) */
     klcl_tensor student; /* N x V fp32 logits */
-    klcl_tensor labels;  /* optional N int32; required for ce and kd; rows equal to ignore_index skipped */
+    klcl_tensor labels;  /* optional N int32; required for ce and kd. With any loss, a row whose label is
+                            ignore_index is skipped, and the labels feed result.accuracy */
     klcl_tensor mask;    /* optional N uint8; 0 skips the row */
-    klcl_tensor grad;    /* optional output, N x V fp32: d(reduced loss)/d(student logits) */
+    klcl_tensor grad;    /* optional output, N x V fp32: d(reduced loss)/d(student logits); for reduction
+                            none, each row holds the gradient of its own loss. Skipped rows get zeros,
+                            columns past vocab in a strided row are left untouched */
     klcl_tensor row_loss; /* optional output, N fp32: per-row loss after scale (skipped rows 0) */
 } klcl_batch;
 
@@ -280,14 +286,20 @@ typedef struct klcl_result {
 /* Computes the loss described by `desc` over the batch, and the gradient when batch->grad is given, in
  * one call. Blocks until outputs in host memory are written (and, for cl_mem outputs, until the device has
  * finished). `result` may be NULL. Outputs are bit-identical across runs for the same inputs, device and
- * library version. On an error nothing is guaranteed about the outputs except that they are not read
+ * library version. On an error nothing is guaranteed about the outputs except that they are not written
  * past their extents, and the context stays usable.
+ *
+ * Special values (LOSSES.md): a logit of -inf is probability 0 (0 log 0 = 0); p > 0 where q = 0 gives +inf
+ * for kl; a row holding NaN or +inf, or whose logits are all -inf, is invalid: its loss and gradient are
+ * NaN, other rows are unaffected, and result->rows_nonfinite counts it. The reduced value then follows
+ * IEEE arithmetic (NaN). Host inputs are uploaded into device scratch the context keeps (grown to the
+ * largest batch seen, freed by klcl_context_destroy); cl_mem tensors are used in place.
  *
  * Argument errors (status, and the message names the argument):
  *   KLCL_ERR_NULL_POINTER       ctx, desc or batch is NULL; student missing; teacher missing (not ce);
  *                                labels missing for ce and kd
  *   KLCL_ERR_INVALID_SHAPE      rows or vocab 0; a stride smaller than vocab; vocab > 2^31 - 1
- *   KLCL_ERR_INVALID_VALUE      tau <= 0; softcap < 0; beta, lambda, alpha, label_smoothing outside [0, 1];
+ *   KLCL_ERR_INVALID_VALUE      tau <= 0 or so small that 1/tau overflows a float; softcap < 0; beta, lambda, alpha, label_smoothing outside [0, 1];
  *                                z_loss < 0; unknown loss or reduction; both host and mem set
  *   KLCL_ERR_NONFINITE_ARG      a float parameter of desc is NaN or infinite
  *   KLCL_ERR_LABEL_OUT_OF_RANGE a label outside [0, vocab) not equal to ignore_index (the message names

@@ -52,9 +52,10 @@ inline float centered_g(const int loss, float xt, float xs, float a, float b, fl
     case LOSS_RKL: return (xs - xt) * inv_tau;
     case LOSS_JSD: return (1.0f - beta) * (b - log_mix(a, b, lwa, lwb));
     case LOSS_SKL: return a == KLCL_NEG_INF ? 0.0f : -(1.0f - lambda) * exp(a - log_mix(a, b, lwa, lwb));
+        /* (used at the reference token only: q_r >= 1/V keeps p/m finite there; see centered_qg) */
     case LOSS_SRKL: {
         const float r = b - log_mix(a, b, lwa, lwb); /* log(q/m) */
-        return r - lambda * exp(r);
+        return r - exp(lwb + r);                     /* lambda q/m, exactly 0 at lambda = 0 */
     }
     case LOSS_TVD: {
         const float p = exp(a), q = exp(b);
@@ -62,6 +63,16 @@ inline float centered_g(const int loss, float xt, float xs, float a, float b, fl
     }
     default: return 0.0f;
     }
+}
+
+/* q_u g_u: skl's g = -(1 - lambda) p/m overflows where q (and so m) is tiny, while q g never does. */
+inline float centered_qg(const int loss, float xt, float xs, float a, float b, float q, float inv_tau,
+                         float beta, float lambda, float lwa, float lwb)
+{
+    if (loss == LOSS_SKL)
+        return (a == KLCL_NEG_INF || q == 0.0f) ? 0.0f
+                                                : -(1.0f - lambda) * exp(a + b - log_mix(a, b, lwa, lwb));
+    return q * centered_g(loss, xt, xs, a, b, inv_tau, beta, lambda, lwa, lwb);
 }
 
 inline void rows_body(const int loss, __local float *lf, __local uint *lu, __local float4 *l4, ROW_ARGS)
@@ -152,8 +163,11 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     mt = lf[0]; st = lf[KLCL_WG]; ms = lf[2 * KLCL_WG]; ss = lf[3 * KLCL_WG]; ss1 = lf[5 * KLCL_WG];
     ati = lu[0]; asi = lu[KLCL_WG]; bad = lu[2 * KLCL_WG];
 
-    const int teacher_ok = has_teacher && !(bad & 1u) && mt != KLCL_NEG_INF;
-    const int invalid = (bad & 2u) || ms == KLCL_NEG_INF || (uses_teacher && !teacher_ok);
+    /* Validity from the raw maxima: softcap maps -inf to -c, so the capped maxima cannot tell. */
+    atv = lf[6 * KLCL_WG];
+    asv = lf[7 * KLCL_WG];
+    const int teacher_ok = has_teacher && !(bad & 1u) && atv != KLCL_NEG_INF;
+    const int invalid = (bad & 2u) || asv == KLCL_NEG_INF || (uses_teacher && !teacher_ok);
     const float lst = log(st), lss = log(ss), lss1 = log(ss1);
     if (invalid) {
         if (lid == 0) {
@@ -201,9 +215,12 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         case LOSS_SRKL: acc.x += xlogratio(q, b, log_mix(a, b, lwa, lwb)); break;
         case LOSS_TVD: acc.x += 0.5f * fabs(p - q); break;
         }
-        if (centered && q > 0.0f)
-            acc.y += q * (g_ref - centered_g(loss, softcap_logit(t[v], cap), xs, a, b, inv_tau, beta, lambda, lwa,
-                                             lwb));
+        if (centered && q > 0.0f) {
+            const float xt = softcap_logit(t[v], cap);
+            acc.y += loss == LOSS_SKL
+                         ? q * g_ref - centered_qg(loss, xt, xs, a, b, q, inv_tau, beta, lambda, lwa, lwb)
+                         : q * (g_ref - centered_g(loss, xt, xs, a, b, inv_tau, beta, lambda, lwa, lwb));
+        }
         acc.z -= xlogratio(p, a, 0.0f);
         acc.w -= xlogratio(q, b, 0.0f);
     }
@@ -220,14 +237,17 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         if (loss == LOSS_CE) {
             float lse_s = ms * inv_tau + lss;
             float b_y = (softcap_logit(s[y], cap) - ms) * inv_tau - lss;
-            value = -(1.0f - eps) * b_y + zl * lse_s * lse_s;
-            if (eps > 0.0f) value -= eps / (float)vocab * acc.y; /* never 0 * -inf */
-            out = scale * value;
+            /* A term whose weight is exactly 0 is left out: never 0 * inf. */
+            value = zl > 0.0f ? zl * lse_s * lse_s : 0.0f;
+            if (eps < 1.0f) value -= (1.0f - eps) * b_y;
+            if (eps > 0.0f) value -= eps / (float)vocab * acc.y;
+            out = scale == 0.0f ? 0.0f : scale * value;
         } else if (loss == LOSS_KD) {
             float b1_y = (softcap_logit(s[y], cap) - ms) - lss1;
-            out = alpha * -b1_y + (1.0f - alpha) * scale * value;
+            float soft = (1.0f - alpha) * scale;
+            out = (alpha > 0.0f ? alpha * -b1_y : 0.0f) + (soft != 0.0f ? soft * value : 0.0f);
         } else {
-            out = scale * value;
+            out = scale == 0.0f ? 0.0f : scale * value;
         }
         stats[RS_MAX_T] = mt;
         stats[RS_LOGS_T] = lst;
@@ -293,8 +313,13 @@ inline void grad_body(const int loss, GRAD_ARGS)
         const float onehot = (int)v == y ? 1.0f : 0.0f;
         float dz, ds;
         if (loss == LOSS_RKL || loss == LOSS_JSD || loss == LOSS_SKL || loss == LOSS_SRKL || loss == LOSS_TVD) {
-            const float g = centered_g(loss, softcap_logit(t[v], cap), xs, a, b, inv_tau, beta, lambda, lwa, lwb);
-            dz = q == 0.0f ? 0.0f : q * ((g - g_ref) + aux);
+            const float xt = softcap_logit(t[v], cap);
+            if (q == 0.0f)
+                dz = 0.0f;
+            else if (loss == LOSS_SKL)
+                dz = centered_qg(loss, xt, xs, a, b, q, inv_tau, beta, lambda, lwa, lwb) - q * g_ref + q * aux;
+            else
+                dz = q * ((centered_g(loss, xt, xs, a, b, inv_tau, beta, lambda, lwa, lwb) - g_ref) + aux);
         } else if (loss == LOSS_CE) {
             /* q - onehot is formed in fp32 before anything else touches it. */
             dz = (q - (1.0f - eps) * onehot) - eps / (float)vocab + 2.0f * zl * lse_s * q;

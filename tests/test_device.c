@@ -224,6 +224,97 @@ static void test_special_values(void **state)
     }
 }
 
+/* Mixture weights at and near their ends, on rows with large log-ratios: skl and srkl at lambda 0 and 1,
+ * jsd at beta near 0 and 1. Nothing may overflow into NaN where the reference is finite. */
+static void test_mixture_endpoints(void **state)
+{
+    (void)state;
+    batch_data d;
+    tu_seed(12);
+    data_alloc(&d, 4, small_grid ? 64 : 3000, 0);
+    for (size_t k = 0; k < d.rows * d.vocab; k++) d.teacher[k] *= 12.0f; /* log q/p up to ~100 */
+    const float ends[] = {0.0f, 1e-3f, 0.999f, 1.0f};
+    for (size_t e = 0; e < sizeof ends / sizeof ends[0]; e++) {
+        char what[96];
+        klcl_loss_desc desc = desc_for(KLCL_LOSS_SKL);
+        desc.lambda = ends[e];
+        snprintf(what, sizeof what, "skl lambda=%g", (double)ends[e]);
+        check_all_reductions(&d, desc, what);
+        desc = desc_for(KLCL_LOSS_SRKL);
+        desc.lambda = ends[e];
+        snprintf(what, sizeof what, "srkl lambda=%g", (double)ends[e]);
+        check_all_reductions(&d, desc, what);
+        desc = desc_for(KLCL_LOSS_JSD);
+        desc.beta = ends[e];
+        snprintf(what, sizeof what, "jsd beta=%g", (double)ends[e]);
+        check_all_reductions(&d, desc, what);
+    }
+    data_free(&d);
+}
+
+/* Weights of exactly 0 never multiply an infinite term (kd at alpha 1, ce at smoothing 1, scale 0). */
+static void test_zero_weights(void **state)
+{
+    (void)state;
+    batch_data d;
+    tu_seed(13);
+    data_alloc(&d, 3, 40, 1);
+    d.labels[1] = 5;
+    d.student[1 * 40 + 7] = -INFINITY; /* p > 0, q = 0: kl is +inf on row 1 */
+    klcl_loss_desc desc = desc_for(KLCL_LOSS_KD);
+    desc.alpha = 1.0f;
+    check_all_reductions(&d, desc, "kd alpha=1 with q=0 where p>0");
+    float row_loss[3];
+    klcl_batch b = host_batch(&d, NULL, row_loss);
+    assert_int_equal(klcl_compute(ctx, &desc, &b, NULL), KLCL_OK);
+    assert_true(isfinite(row_loss[1]));
+
+    d.labels[1] = 7; /* the label's logit is -inf: ce is +inf, never NaN */
+    desc = desc_for(KLCL_LOSS_CE);
+    desc.label_smoothing = 1.0f;
+    check_all_reductions(&d, desc, "ce smoothing=1, -inf logit at the label");
+    desc.label_smoothing = 0.0f;
+    assert_int_equal(klcl_compute(ctx, &desc, &b, NULL), KLCL_OK);
+    assert_true(isinf(row_loss[1]) && row_loss[1] > 0.0f);
+
+    desc = desc_for(KLCL_LOSS_KL);
+    desc.scale = 0.0f;
+    assert_int_equal(klcl_compute(ctx, &desc, &b, NULL), KLCL_OK);
+    for (size_t i = 0; i < 3; i++) assert_true(row_loss[i] == 0.0f);
+    data_free(&d);
+}
+
+/* With a softcap, -inf logits become -c; a row of nothing but -inf must still be invalid (NaN), and no
+ * kernel may read outside the row looking for its argmax. */
+static void test_softcap_all_neginf_row(void **state)
+{
+    (void)state;
+    batch_data d;
+    tu_seed(14);
+    data_alloc(&d, 3, 50, 0);
+    for (size_t v = 0; v < 50; v++) {
+        d.student[1 * 50 + v] = -INFINITY;
+        d.teacher[2 * 50 + v] = -INFINITY;
+    }
+    for (int l = 0; l < KLCL_LOSS_COUNT; l++) {
+        if (l == KLCL_LOSS_CE || l == KLCL_LOSS_KD) continue; /* need labels; rkl..tvd cover the argmax path */
+        klcl_loss_desc desc = desc_for((klcl_loss)l);
+        desc.softcap = 2.0f;
+        float grad[150], row_loss[3];
+        klcl_batch b = host_batch(&d, grad, row_loss);
+        klcl_result r;
+        assert_int_equal(klcl_compute(ctx, &desc, &b, &r), KLCL_OK);
+        assert_true(isfinite(row_loss[0]));
+        assert_true(isnan(row_loss[1]) && isnan(row_loss[2]));
+        assert_int_equal(r.rows_nonfinite, 2);
+        for (size_t v = 0; v < 50; v++) assert_true(isnan(grad[50 + v]) && isfinite(grad[v]));
+        char what[64];
+        snprintf(what, sizeof what, "%s softcap, all -inf rows", klcl_loss_name((klcl_loss)l));
+        check_all_reductions(&d, desc, what);
+    }
+    data_free(&d);
+}
+
 /* p > 0 where q = 0: +inf for that row (kl), never a clamp; the call reports it. */
 static void test_infinite_row(void **state)
 {
@@ -471,6 +562,15 @@ static void test_adopted_queue(void **state)
     assert_int_equal(err, CL_SUCCESS);
 
     klcl_context_options o = KLCL_CONTEXT_OPTIONS_INIT;
+    /* An out-of-order queue is refused: klcl orders its steps by the queue. */
+    cl_command_queue ooo = clCreateCommandQueue(cc, dev, CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE, &err);
+    if (ooo) {
+        klcl_context *refused = NULL;
+        o.queue = ooo;
+        assert_int_equal(klcl_context_create(&o, &refused), KLCL_ERR_UNSUPPORTED);
+        assert_null(refused);
+        clReleaseCommandQueue(ooo);
+    }
     o.queue = q;
     o.cl_ctx = cc;
     klcl_context *adopted = NULL;
@@ -563,6 +663,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_grid),
         cmocka_unit_test(test_special_values),
+        cmocka_unit_test(test_mixture_endpoints),
+        cmocka_unit_test(test_zero_weights),
+        cmocka_unit_test(test_softcap_all_neginf_row),
         cmocka_unit_test(test_infinite_row),
         cmocka_unit_test(test_nan_row),
         cmocka_unit_test(test_invalid_and_ignored_rows),

@@ -353,6 +353,7 @@ static void test_invalid_values(void **state)
         BAD_VALUE(tau, 0.0f, KLCL_ERR_INVALID_VALUE, "desc->tau");
         BAD_VALUE(tau, -0.0f, KLCL_ERR_INVALID_VALUE, "desc->tau");
         BAD_VALUE(tau, -1.0f, KLCL_ERR_INVALID_VALUE, "desc->tau");
+        BAD_VALUE(tau, 1e-39f, KLCL_ERR_INVALID_VALUE, "desc->tau"); /* 1/tau overflows a float */
         BAD_VALUE(softcap, -1.0f, KLCL_ERR_INVALID_VALUE, "desc->softcap");
         BAD_VALUE(beta, -0.01f, KLCL_ERR_INVALID_VALUE, "desc->beta");
         BAD_VALUE(beta, 1.01f, KLCL_ERR_INVALID_VALUE, "desc->beta");
@@ -705,6 +706,9 @@ static void test_context_errors(void **state)
 static void test_names_and_statuses(void **state)
 {
     (void)state;
+    /* OpenCL's codes pass through as negative statuses: the type must be signed. */
+    klcl_status cl_code = (klcl_status)CL_OUT_OF_RESOURCES;
+    assert_true(cl_code < 0);
     const char *seen[KLCL_ERR_NONFINITE_ARG + 1];
     for (int s = KLCL_OK; s <= KLCL_ERR_NONFINITE_ARG; s++) {
         const char *str = klcl_status_string(s);
