@@ -7,7 +7,7 @@
 #include <string.h>
 
 /* Rows per launch: keeps the global size of both kernels far from any device's limit. */
-enum { ROWS_PER_LAUNCH = 32768, GRAD_ITEMS_PER_ROW_MAX = 16384 };
+enum { ROWS_PER_LAUNCH = 32768, GRAD_ITEMS_PER_ROW_MAX = 4096 };
 
 /* ------------------------------------------------------------------------------------------------------ */
 /* Argument checks                                                                                          */
@@ -375,7 +375,8 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
         if ((st = bind_output(ctx, &b->grad, SCRATCH_GRAD, sizeof(float), rows, vocab, 1, &g)) != KLCL_OK) goto done;
         const float inv_denom = (float)(1.0 / klcl_denominator(desc->reduction, rows, tally.used));
         cl_kernel gk = ctx->grad_kernel[kind];
-        size_t per_row = (vocab + 63) / 64 * 64;
+        /* Work-items per row: one per 8-logit vector, in multiples of 64, at most GRAD_ITEMS_PER_ROW_MAX. */
+        size_t per_row = ((vocab + 7) / 8 + 63) / 64 * 64;
         if (per_row > GRAD_ITEMS_PER_ROW_MAX) per_row = GRAD_ITEMS_PER_ROW_MAX;
         for (size_t r0 = 0; r0 < rows; r0 += ROWS_PER_LAUNCH) {
             size_t n = rows - r0 < ROWS_PER_LAUNCH ? rows - r0 : ROWS_PER_LAUNCH;

@@ -3,6 +3,10 @@
  * Build-time defines (set by the host, part of every cache key):
  *   KLCL_WG  work-group size of the row kernels, a power of two.
  *
+ * Rows are read as 8-wide vectors: vector k (logits 8k .. 8k+7) belongs to work-item k mod KLCL_WG, so a
+ * work-group of 1 streams a row contiguously (CPU devices) and a wide one makes coalesced 32-byte loads
+ * (GPUs); the last vocab mod 8 logits are read one by one.
+ *
  * Softmax statistics are kept against the running maximum m of the (softcapped) logits x:
  *   S = sum_v exp((x_v - m) / tau),   lse(x / tau) = m / tau + log S,
  * so log p_v = (x_v - m) / tau - log S is formed from a difference of nearby values before dividing by tau.
@@ -39,11 +43,6 @@
 #define FLAG_CORRECT 16      /* argmax student == label */
 #define FLAG_TEACHER_OK 32   /* the teacher row was present and finite: teacher metrics are meaningful */
 
-inline float softcap_logit(float x, float cap)
-{
-    return cap > 0.0f ? cap * tanh(x / cap) : x;
-}
-
 /* Adds one logit to a running (max, sum of exponentials) pair. */
 inline void online_add(float *m, float *s, float x, float k)
 {
@@ -78,35 +77,35 @@ inline void argmax_merge(float *val, uint *idx, float val2, uint idx2)
     }
 }
 
-/* w * (log_num - log_den) with 0 * log 0 = 0 and a positive weight against probability 0 giving +inf. */
-inline float xlogratio(float w, float log_num, float log_den)
-{
-    if (w == 0.0f) return 0.0f;
-    if (log_den == KLCL_NEG_INF) return INFINITY;
-    return w * (log_num - log_den);
-}
-
-/* log(e^(la + lwa) + e^(lb + lwb)): the log of a mixture, by logsumexp, never log of a sum of
- * probabilities. lwa, lwb are the log weights (may be -inf). */
-inline float log_mix(float la, float lb, float lwa, float lwb)
-{
-    float x = la + lwa, y = lb + lwb;
-    float hi = fmax(x, y), lo = fmin(x, y);
-    if (hi == KLCL_NEG_INF) return KLCL_NEG_INF;
-    return hi + log1p(exp(lo - hi));
-}
-
-/* Sum of a work-group's private values in a fixed tree: the same inputs always add in the same order. */
-inline float group_sum(float x, __local float *scratch)
-{
-    uint lid = get_local_id(0);
-    scratch[lid] = x;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint off = KLCL_WG / 2; off > 0; off >>= 1) {
-        if (lid < off) scratch[lid] += scratch[lid + off];
-        barrier(CLK_LOCAL_MEM_FENCE);
+/* Element-wise helpers, defined once for a scalar (S = 1, T = float) and for an 8-wide vector (S = 8,
+ * T = float8). Every choice is a ?: so that vectors select per lane. */
+#define KLCL_ELEMENT_HELPERS(T, S)                                                                      \
+    /* logit <- cap * tanh(logit / cap) when a softcap is set */                                         \
+    inline T softcap##S(T x, float cap) { return cap > 0.0f ? (T)(cap) * tanh(x / cap) : x; }           \
+    /* w * (log_num - log_den) with 0 * log 0 = 0 and a positive weight against probability 0 = +inf */ \
+    inline T xlogratio##S(T w, T log_num, T log_den)                                                    \
+    {                                                                                                    \
+        return w == (T)(0.0f) ? (T)(0.0f)                                                                \
+                              : (log_den == (T)(KLCL_NEG_INF) ? (T)(INFINITY) : w * (log_num - log_den)); \
+    }                                                                                                    \
+    /* log(e^(la + lwa) + e^(lb + lwb)): the log of a mixture by logsumexp, never log of a sum of        \
+     * probabilities; lwa, lwb are the log weights (may be -inf). */                                     \
+    inline T log_mix##S(T la, T lb, float lwa, float lwb)                                               \
+    {                                                                                                    \
+        const T x = la + lwa, y = lb + lwb, hi = fmax(x, y), lo = fmin(x, y);                            \
+        return hi == (T)(KLCL_NEG_INF) ? (T)(KLCL_NEG_INF) : hi + log1p(exp(lo - hi));                   \
     }
-    float r = scratch[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return r;
+
+KLCL_ELEMENT_HELPERS(float, 1)
+KLCL_ELEMENT_HELPERS(float8, 8)
+
+/* Lane reductions in a fixed order (the same bits on every run). */
+inline float hsum8(float8 x)
+{
+    return ((x.s0 + x.s1) + (x.s2 + x.s3)) + ((x.s4 + x.s5) + (x.s6 + x.s7));
+}
+
+inline float hmax8(float8 x)
+{
+    return fmax(fmax(fmax(x.s0, x.s1), fmax(x.s2, x.s3)), fmax(fmax(x.s4, x.s5), fmax(x.s6, x.s7)));
 }

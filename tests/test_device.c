@@ -109,6 +109,41 @@ static double denominator(klcl_reduction r, const batch_data *d)
                                            : 1.0;
 }
 
+/* p_v and q_v in double, for the tvd kink below. */
+static void probabilities(const batch_data *d, const klcl_loss_desc *desc, size_t row, size_t col, double *p,
+                          double *q)
+{
+    const float *rows[2] = {d->teacher + row * d->vocab, d->student + row * d->vocab};
+    double out[2];
+    for (int k = 0; k < 2; k++) {
+        double m = -INFINITY, sum = 0.0, x_col = 0.0;
+        for (size_t v = 0; v < d->vocab; v++) {
+            double x = desc->softcap > 0 ? desc->softcap * tanh(rows[k][v] / desc->softcap) : rows[k][v];
+            if (x / desc->tau > m) m = x / desc->tau;
+        }
+        for (size_t v = 0; v < d->vocab; v++) {
+            double x = desc->softcap > 0 ? desc->softcap * tanh(rows[k][v] / desc->softcap) : rows[k][v];
+            sum += exp(x / desc->tau - m);
+            if (v == col) x_col = x / desc->tau;
+        }
+        out[k] = exp(x_col - m) / sum;
+    }
+    *p = out[0];
+    *q = out[1];
+}
+
+/* tvd's gradient has a kink where p_v = q_v: any sign in [-1, 1] is a valid subgradient there. Where p_v and
+ * q_v agree to fp32 resolution the device may pick the other side than the double reference; accept that
+ * and only that: the entry must differ by what flipping the sign accounts for, q_v scale / (tau den). */
+static int tvd_tie(const batch_data *d, const klcl_loss_desc *desc, size_t k, double dev, double ref, double den)
+{
+    if (desc->loss != KLCL_LOSS_TVD) return 0;
+    double p, q;
+    probabilities(d, desc, k / d->vocab, k % d->vocab, &p, &q);
+    if (fabs(p - q) > 1e-5 * fmax(p, q)) return 0;
+    return fabs(dev - ref) <= q * fabs(desc->scale) / desc->tau / den * (1.0 + 1e-3) + 1e-6;
+}
+
 /* The device against the reference for every reduction; fails with the first entry out of tolerance. */
 static void check_all_reductions(batch_data *d, klcl_loss_desc desc, const char *what)
 {
@@ -140,7 +175,7 @@ static void check_all_reductions(batch_data *d, klcl_loss_desc desc, const char 
         assert_int_equal(res.rows_used, d->used);
         for (size_t k = 0; k < d->rows * d->vocab; k++) {
             double dev = grad[k] * den * unscale, ref = d->ref_grad[k] * unscale;
-            if (!tu_grad_close(dev, ref))
+            if (!tu_grad_close(dev, ref) && !tvd_tie(d, &desc, k, grad[k], d->ref_grad[k] / den, den))
                 fail_msg("%s %s: grad[%zu][%zu] %.9g, reference %.9g", what, klcl_reduction_name(desc.reduction),
                          k / d->vocab, k % d->vocab, dev, ref);
         }
