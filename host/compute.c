@@ -302,6 +302,7 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
     /* Row kernel, in launches of at most ROWS_PER_LAUNCH rows. */
     const cl_uint vocab_u = (cl_uint)vocab;
     const cl_int has_teacher = t.given, has_labels = y.given, has_mask = m.given;
+    const cl_int want_grad = tensor_given(&b->grad);
     cl_kernel rk = ctx->rows_kernel[kind];
     for (size_t r0 = 0; r0 < rows; r0 += ROWS_PER_LAUNCH) {
         size_t n = rows - r0 < ROWS_PER_LAUNCH ? rows - r0 : ROWS_PER_LAUNCH;
@@ -323,6 +324,7 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
         arg(&a, sizeof(cl_mem), &rs.mem);
         arg(&a, sizeof(cl_mem), &rf.mem);
         arg(&a, sizeof(cl_ulong), &row0);
+        arg(&a, sizeof(cl_int), &want_grad);
         if (a.err != CL_SUCCESS) {
             st = klcl_fail_cl(ctx, a.err, "clSetKernelArg (row kernel)");
             goto done;

@@ -13,8 +13,8 @@ extern const size_t klcl_kernel_lengths[];
 extern const size_t klcl_kernel_count;
 
 enum { WG_MAX = 256, WG_CPU = 1, WG_MIN = 1 };
-/* Local memory of one row-kernel work-group per work-item: 8 float + 3 uint lanes and a float4. */
-enum { LOCAL_BYTES_PER_ITEM = 8 * 4 + 3 * 4 + 16 };
+/* Local memory of one row-kernel work-group per work-item: 12 float + 4 uint lanes and a float4. */
+enum { LOCAL_BYTES_PER_ITEM = 12 * 4 + 4 * 4 + 16 };
 
 static char *read_file(const char *path, size_t *len)
 {
@@ -126,8 +126,11 @@ static size_t floor_pow2(size_t x)
 static klcl_status build_with(klcl_context *ctx, const char *src, size_t wg, size_t *kernel_limit)
 {
     cl_int err;
-    char options[128];
-    snprintf(options, sizeof options, "-DKLCL_WG=%zu -DKLCL_HOST_LAYOUT=%d", wg, KLCL_HOST_LAYOUT);
+    char options[160];
+    cl_device_fp_config fp64 = 0; /* long row sums fold into double where the device has it */
+    if (clGetDeviceInfo(ctx->device, CL_DEVICE_DOUBLE_FP_CONFIG, sizeof fp64, &fp64, NULL) != CL_SUCCESS) fp64 = 0;
+    snprintf(options, sizeof options, "-DKLCL_WG=%zu -DKLCL_HOST_LAYOUT=%d%s", wg, KLCL_HOST_LAYOUT,
+             fp64 ? " -DKLCL_HAS_FP64" : "");
     klcl_program_release(ctx);
     ctx->program = clCreateProgramWithSource(ctx->cl_ctx, 1, &src, NULL, &err);
     if (!ctx->program) return klcl_fail_cl(ctx, err, "clCreateProgramWithSource");

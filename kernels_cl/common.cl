@@ -43,31 +43,6 @@
 #define FLAG_CORRECT 16      /* argmax student == label */
 #define FLAG_TEACHER_OK 32   /* the teacher row was present and finite: teacher metrics are meaningful */
 
-/* Adds one logit to a running (max, sum of exponentials) pair. */
-inline void online_add(float *m, float *s, float x, float k)
-{
-    if (x > *m) {
-        *s = *s * exp2((*m - x) * k) + 1.0f;
-        *m = x;
-    } else if (x > KLCL_NEG_INF) {
-        *s += exp2((x - *m) * k);
-    }
-}
-
-/* Merges the pair (m2, s2) into (m, s): the step of the fixed reduction tree. */
-inline void online_merge(float *m, float *s, float m2, float s2, float k)
-{
-    if (m2 == KLCL_NEG_INF) return;
-    if (*m == KLCL_NEG_INF) {
-        *m = m2;
-        *s = s2;
-        return;
-    }
-    float mx = fmax(*m, m2);
-    *s = *s * exp2((*m - mx) * k) + s2 * exp2((m2 - mx) * k);
-    *m = mx;
-}
-
 /* Argmax with ties to the lowest index: (value, index) pairs, the larger value wins. */
 inline void argmax_merge(float *val, uint *idx, float val2, uint idx2)
 {

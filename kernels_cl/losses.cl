@@ -2,10 +2,12 @@
  * writes the gradient (klcl_grad_*) from the row's statistics.
  *
  * klcl_rows_<loss>, one work-group of KLCL_WG work-items per row:
- *   pass 1  one read of both rows: running max and sum of exponentials of teacher and student (online
- *           softmax: one running max per work-item, one exponential per logit), argmax of each (ties to the
- *           lowest index), non-finite flags; merged across work-items in a fixed tree;
- *   pass 2  one more read: the row value, the row sum the gradient needs, both entropies (fixed tree).
+ *   pass 1  one read of both rows: online softmax of teacher and student (one running max per work-item,
+ *           one exponential per logit) with the sums that give both entropies and, for kl, rkl, soft_ce,
+ *           ce and kd, the row value itself (see row_lanes); argmax of each (ties to the lowest index);
+ *           non-finite flags; merged across work-items in a fixed tree;
+ *   pass 2  for jsd, skl, srkl and tvd only, whose terms need log p and log q first: one more read for
+ *           the row value and the row sum their gradient needs (fixed tree).
  * klcl_grad_<loss>, global size (columns, rows): dL/ds_v = dL/dz_v / tau * softcap' * scale / denominator.
  *
  * The gradient rule of LOSSES.md, dL/dz_v = q_v (g_v - sum_u q_u g_u) with g = dL/dq, cancels
@@ -74,24 +76,15 @@ typedef struct row_softmax {
         }                                                                                                \
         return q * (g_ref - centered_g##S(loss, xt, xs, a, b, P));                                       \
     }                                                                                                    \
-    /* Pass 2 for one group of logits: adds the loss terms, the centred row sum and both entropies. */   \
+    /* Pass 2 for one group of logits (jsd, skl, srkl, tvd): adds the loss terms and the centred row    \
+     * sum. */                                                                                           \
     inline void pass2_##S(const int loss, int teacher_ok, T rt, T rs, row_softmax R, float g_ref,        \
-                          loss_params P, T *l, T *aux, T *ht, T *hs)                                     \
+                          loss_params P, T *l, T *aux)                                                   \
     {                                                                                                    \
-        const T xs = softcap##S(rs, P.cap);                                                              \
+        const T xs = softcap##S(rs, P.cap), xt = softcap##S(rt, P.cap);                                  \
         const T b = (xs - R.ms) * P.inv_tau - R.lss, q = exp(b);                                         \
-        T xt = (T)(0.0f), a = (T)(KLCL_NEG_INF), p = (T)(0.0f);                                          \
-        if (teacher_ok) {                                                                                \
-            xt = softcap##S(rt, P.cap);                                                                  \
-            a = (xt - R.mt) * P.inv_tau - R.lst;                                                         \
-            p = exp(a);                                                                                  \
-        }                                                                                                \
+        const T a = (xt - R.mt) * P.inv_tau - R.lst, p = exp(a);                                         \
         switch (loss) {                                                                                  \
-        case LOSS_KL:                                                                                    \
-        case LOSS_KD: *l += xlogratio##S(p, a, b); break;                                                \
-        case LOSS_RKL: *l += xlogratio##S(q, b, a); break;                                               \
-        case LOSS_SOFT_CE: *l += xlogratio##S(p, (T)(0.0f), b); break;                                   \
-        case LOSS_CE: *aux += P.eps > 0.0f ? b : (T)(0.0f); break; /* sum log q, for smoothing only */   \
         case LOSS_JSD: {                                                                                 \
             const T lm = log_mix##S(a, b, P.lwa, P.lwb);                                                 \
             *l += P.beta * xlogratio##S(p, a, lm) + (1.0f - P.beta) * xlogratio##S(q, b, lm);            \
@@ -101,10 +94,7 @@ typedef struct row_softmax {
         case LOSS_SRKL: *l += xlogratio##S(q, b, log_mix##S(a, b, P.lwa, P.lwb)); break;                 \
         case LOSS_TVD: *l += 0.5f * fabs(p - q); break;                                                  \
         }                                                                                                \
-        if (IS_CENTERED(loss))                                                                           \
-            *aux += q > (T)(0.0f) ? centered_term##S(loss, xt, xs, a, b, q, g_ref, P) : (T)(0.0f);       \
-        *ht -= xlogratio##S(p, a, (T)(0.0f));                                                            \
-        *hs -= xlogratio##S(q, b, (T)(0.0f));                                                            \
+        *aux += q > (T)(0.0f) ? centered_term##S(loss, xt, xs, a, b, q, g_ref, P) : (T)(0.0f);           \
     }                                                                                                    \
     /* dL/ds for one group of logits, before 1/denominator; idx: their token indices. */                 \
     inline T grad_##S(const int loss, T rt, T rs, IT idx, int y, row_softmax R, float aux, float g_ref,  \
@@ -141,32 +131,151 @@ typedef struct row_softmax {
 KLCL_LOSS_HELPERS(float, int, 1)
 KLCL_LOSS_HELPERS(float8, int8, 8)
 
+#define ONE_PASS(loss) ((loss) == LOSS_KL || (loss) == LOSS_RKL || (loss) == LOSS_SOFT_CE || (loss) == LOSS_CE || (loss) == LOSS_KD)
+#define USES_CTS(loss) ((loss) == LOSS_KL || (loss) == LOSS_SOFT_CE || (loss) == LOSS_KD)
+
+/* Pass-1 sums of one work-item (or of each of its 8 lanes), with w_t = exp((x_t - mt)/tau) and
+ * w_s = exp((x_s - ms)/tau) against running maxima mt, ms shared by the lanes:
+ *   st = sum w_t, bt = sum w_t (x_t - mt), cts = sum w_t (x_s - ms),
+ *   ss = sum w_s, bs = sum w_s (x_s - ms), cst = sum w_s (x_t - mt),
+ *   ss1 = sum exp(x_s - ms) (kd's tau = 1), dsum = sum (x_s - ms) (ce's smoothing).
+ * Then H(p) = log st - bt/(tau st), kl = (bt - cts)/(tau st) - log st + log ss, soft_ce = log ss -
+ * cts/(tau st), and rkl mirrors kl: the row value in the same pass as the softmax. A -inf value term with
+ * a positive weight stays -inf (probability 0 against mass: kl = +inf), never NaN. */
+#define KLCL_ROW_LANES(T, S)                                                                            \
+    typedef struct row_lanes##S {                                                                        \
+        T st, bt, cts, ss, bs, cst, ss1, dsum;                                                           \
+    } row_lanes##S;                                                                                      \
+    /* Moves the sums to larger maxima; cnt: logits each lane has seen (for dsum). An old maximum of    \
+     * -inf means no mass yet: the sums are 0 (or -inf where they must be) and stay. */                 \
+    inline void lanes_rescale##S(const int loss, row_lanes##S *L, float *mt, float *ms, float mt_new,    \
+                                 float ms_new, float cnt, float k)                                       \
+    {                                                                                                    \
+        if (mt_new > *mt) {                                                                              \
+            if (*mt != KLCL_NEG_INF) {                                                                   \
+                const float d = *mt - mt_new, f = exp2(d * k);                                           \
+                L->bt = f * (L->bt + d * L->st);                                                         \
+                L->st *= f;                                                                              \
+                if (USES_CTS(loss)) L->cts *= f;                                                         \
+                if (loss == LOSS_RKL) L->cst += d * L->ss;                                               \
+            }                                                                                            \
+            *mt = mt_new;                                                                                \
+        }                                                                                                \
+        if (ms_new > *ms) {                                                                              \
+            if (*ms != KLCL_NEG_INF) {                                                                   \
+                const float d = *ms - ms_new, g = exp2(d * k);                                           \
+                L->bs = g * (L->bs + d * L->ss);                                                         \
+                L->ss *= g;                                                                              \
+                if (loss == LOSS_RKL) L->cst *= g;                                                       \
+                if (USES_CTS(loss)) L->cts += d * L->st;                                                 \
+                if (loss == LOSS_KD) L->ss1 *= exp2(d * M_LOG2E_F);                                      \
+                if (loss == LOSS_CE) L->dsum += d * cnt;                                                 \
+            }                                                                                            \
+            *ms = ms_new;                                                                                \
+        }                                                                                                \
+    }                                                                                                    \
+    /* Adds softcapped logits xt, xs (maxima already raised to cover them). */                           \
+    inline void lanes_add##S(const int loss, row_lanes##S *L, float mt, float ms, T xt, T xs, float k,  \
+                             int has_teacher)                                                            \
+    {                                                                                                    \
+        const T ds = xs - ms;                                                                            \
+        const T ws = ms == KLCL_NEG_INF ? (T)(0.0f) : exp2(ds * k);                                      \
+        L->ss += ws;                                                                                     \
+        L->bs += ws > (T)(0.0f) ? ws * ds : (T)(0.0f);                                                   \
+        if (loss == LOSS_KD) L->ss1 += ms == KLCL_NEG_INF ? (T)(0.0f) : exp2(ds * M_LOG2E_F);           \
+        if (loss == LOSS_CE) L->dsum += xs == (T)(KLCL_NEG_INF) ? (T)(KLCL_NEG_INF) : ds;                \
+        if (!has_teacher) return;                                                                        \
+        const T dt = xt - mt;                                                                            \
+        const T wt = mt == KLCL_NEG_INF ? (T)(0.0f) : exp2(dt * k);                                      \
+        L->st += wt;                                                                                     \
+        L->bt += wt > (T)(0.0f) ? wt * dt : (T)(0.0f);                                                   \
+        if (USES_CTS(loss))                                                                              \
+            L->cts += wt > (T)(0.0f) ? (xs == (T)(KLCL_NEG_INF) ? (T)(KLCL_NEG_INF) : wt * ds) : (T)(0.0f); \
+        if (loss == LOSS_RKL)                                                                            \
+            L->cst += ws > (T)(0.0f) ? (xt == (T)(KLCL_NEG_INF) ? (T)(KLCL_NEG_INF) : ws * dt) : (T)(0.0f); \
+    }
+
+KLCL_ROW_LANES(float, 1)
+KLCL_ROW_LANES(float8, 8)
+
+/* Long rows are summed in two levels: blocks of ACC_BLOCK vectors in fp32 lanes, folded into one
+ * accumulator per work-item, in double where the device has it. A single fp32 running sum over a long
+ * tail drops every term below half an ulp of the sum (a language model's thousands of unlikely tokens:
+ * 6e-5 of S measured at V = 32000); per block the loss is bounded by the block, and the fold is exact
+ * enough in double. */
+#define ACC_BLOCK 32
+#ifdef KLCL_HAS_FP64
+#pragma OPENCL EXTENSION cl_khr_fp64 : enable
+typedef double acc_t;
+#else
+typedef float acc_t;
+#endif
+KLCL_ROW_LANES(acc_t, A)
+
+inline void lanes_fold8(row_lanesA *acc, row_lanes8 *blk)
+{
+    acc->st += hsum8(blk->st);
+    acc->bt += hsum8(blk->bt);
+    acc->cts += hsum8(blk->cts);
+    acc->ss += hsum8(blk->ss);
+    acc->bs += hsum8(blk->bs);
+    acc->cst += hsum8(blk->cst);
+    acc->ss1 += hsum8(blk->ss1);
+    acc->dsum += hsum8(blk->dsum);
+    const float8 z = (float8)(0.0f);
+    blk->st = blk->bt = blk->cts = blk->ss = blk->bs = blk->cst = blk->ss1 = blk->dsum = z;
+}
+
+inline void lanes_fold1(row_lanesA *acc, row_lanes1 *blk)
+{
+    acc->st += blk->st;
+    acc->bt += blk->bt;
+    acc->cts += blk->cts;
+    acc->ss += blk->ss;
+    acc->bs += blk->bs;
+    acc->cst += blk->cst;
+    acc->ss1 += blk->ss1;
+    acc->dsum += blk->dsum;
+    blk->st = blk->bt = blk->cts = blk->ss = blk->bs = blk->cst = blk->ss1 = blk->dsum = 0.0f;
+}
+
+/* Number of row_lanes fields, plus mt and ms, that the merge tree keeps in local memory. */
+#define LANE_FLOATS 10
+
+inline void lanes_store(__local float *lf, uint i, float mt, float ms, row_lanes1 L)
+{
+    const float v[LANE_FLOATS] = {mt, ms, L.st, L.bt, L.cts, L.ss, L.bs, L.cst, L.ss1, L.dsum};
+    for (int j = 0; j < LANE_FLOATS; j++) lf[j * KLCL_WG + i] = v[j];
+}
+
+inline void lanes_load(__local const float *lf, uint i, float *mt, float *ms, row_lanes1 *L)
+{
+    *mt = lf[i];
+    *ms = lf[KLCL_WG + i];
+    L->st = lf[2 * KLCL_WG + i];
+    L->bt = lf[3 * KLCL_WG + i];
+    L->cts = lf[4 * KLCL_WG + i];
+    L->ss = lf[5 * KLCL_WG + i];
+    L->bs = lf[6 * KLCL_WG + i];
+    L->cst = lf[7 * KLCL_WG + i];
+    L->ss1 = lf[8 * KLCL_WG + i];
+    L->dsum = lf[9 * KLCL_WG + i];
+}
+
 #define ROW_ARGS                                                                                       \
     __global const float *teacher, ulong t_off, ulong t_stride, __global const float *student,          \
         ulong s_off, ulong s_stride, __global const int *labels, ulong l_off, int has_labels,           \
         __global const uchar *mask, ulong m_off, int has_mask, uint vocab, int has_teacher,             \
         int ignore_index, float inv_tau, float cap, float scale, float alpha, float beta, float lambda, \
         float eps, float zl, float lwa, float lwb, __global float *row_loss, ulong rl_off,              \
-        __global float *row_stats, __global int *row_flags, ulong row0
+        __global float *row_stats, __global int *row_flags, ulong row0, int want_grad
 
 #define ROW_ARG_NAMES                                                                                  \
     teacher, t_off, t_stride, student, s_off, s_stride, labels, l_off, has_labels, mask, m_off,         \
         has_mask, vocab, has_teacher, ignore_index, inv_tau, cap, scale, alpha, beta, lambda, eps, zl,  \
-        lwa, lwb, row_loss, rl_off, row_stats, row_flags, row0
+        lwa, lwb, row_loss, rl_off, row_stats, row_flags, row0, want_grad
 
 #define PARAMS_FROM_ARGS {inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, vocab}
-
-/* Adds 8 logits to a running (max, 8 lane sums) pair sharing one maximum: one exponential per logit,
- * one more per group that raises the maximum. */
-inline void online_add8(float *m, float8 *s, float8 x, float k)
-{
-    const float cm = hmax8(x);
-    if (cm > *m) {
-        *s *= exp2((*m - cm) * k);
-        *m = cm;
-    }
-    if (*m != KLCL_NEG_INF) *s += exp2((x - *m) * k);
-}
 
 /* Lane-wise argmax (ties keep the earlier, lower index), folded into a scalar (value, index) pair. */
 inline void argmax_fold8(float *val, uint *idx, float8 vals, uint8 idxs)
@@ -212,13 +321,15 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     __global const float *t = teacher + t_off + row * t_stride;
     __global const float *s = student + s_off + row * s_stride;
 
-    /* Pass 1: softmax statistics and argmax, 8 logits at a time, then the tail one by one. */
+    /* Pass 1: softmax sums and argmax, 8 logits at a time, then the tail one by one. */
     float mt = KLCL_NEG_INF, ms = KLCL_NEG_INF;
-    float8 st8 = (float8)(0.0f), ss8 = (float8)(0.0f), ss18 = (float8)(0.0f);
+    row_lanesA acc = {0, 0, 0, 0, 0, 0, 0, 0};
+    row_lanes8 blk = {(float8)(0.0f), (float8)(0.0f), (float8)(0.0f), (float8)(0.0f),
+                      (float8)(0.0f), (float8)(0.0f), (float8)(0.0f), (float8)(0.0f)};
     float8 atv8 = (float8)(KLCL_NEG_INF), asv8 = (float8)(KLCL_NEG_INF);
     uint8 ati8 = (uint8)(UINT_MAX), asi8 = (uint8)(UINT_MAX);
     const uint8 lane = (uint8)(0, 1, 2, 3, 4, 5, 6, 7);
-    uint bad = 0;
+    uint bad = 0, in_block = 0, count = 0; /* in_block: logits per lane in blk; count: logits in acc */
     for (uint kk = lid; kk < nvec; kk += KLCL_WG) {
         const uint8 idx = (uint8)(kk * 8) + lane;
         const float8 rs = vload8(kk, s);
@@ -226,90 +337,113 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         const int8 sup = rs > asv8;
         asv8 = select(asv8, rs, sup);
         asi8 = select(asi8, idx, as_uint8(sup));
-        /* kd's hard term needs the sum at tau = 1 too, against the same maximum. */
         const float8 xs = softcap8(rs, cap);
-        if (loss == LOSS_KD) {
-            const float cm = hmax8(xs);
-            if (cm > ms) ss18 *= exp2((ms - cm) * M_LOG2E_F);
-            if (fmax(ms, cm) != KLCL_NEG_INF) ss18 += exp2((xs - fmax(ms, cm)) * M_LOG2E_F);
-        }
-        online_add8(&ms, &ss8, xs, k);
+        float8 xt = (float8)(0.0f);
+        float mt_new = mt;
         if (has_teacher) {
             const float8 rt = vload8(kk, t);
             bad |= any(isnan(rt) | (rt == (float8)(INFINITY))) ? 1u : 0u;
             const int8 tup = rt > atv8;
             atv8 = select(atv8, rt, tup);
             ati8 = select(ati8, idx, as_uint8(tup));
-            online_add8(&mt, &st8, softcap8(rt, cap), k);
+            xt = softcap8(rt, cap);
+            mt_new = fmax(mt, hmax8(xt));
+        }
+        const float ms_new = fmax(ms, hmax8(xs));
+        if (mt_new > mt || ms_new > ms) {
+            float bmt = mt, bms = ms;
+            lanes_rescale8(loss, &blk, &bmt, &bms, mt_new, ms_new, (float)in_block, k);
+            lanes_rescaleA(loss, &acc, &mt, &ms, mt_new, ms_new, (float)count, k);
+        }
+        lanes_add8(loss, &blk, mt, ms, xt, xs, k, has_teacher);
+        if (++in_block == ACC_BLOCK) {
+            lanes_fold8(&acc, &blk);
+            count += 8 * in_block;
+            in_block = 0;
         }
     }
-    float st = hsum8(st8), ss = hsum8(ss8), ss1 = hsum8(ss18), ms1 = ms;
+    lanes_fold8(&acc, &blk);
+    count += 8 * in_block;
     float atv = KLCL_NEG_INF, asv = KLCL_NEG_INF;
     uint ati = UINT_MAX, asi = UINT_MAX;
     argmax_fold8(&asv, &asi, asv8, asi8);
     argmax_fold8(&atv, &ati, atv8, ati8);
+    row_lanes1 tail = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    uint in_tail = 0;
     for (uint v = nvec * 8 + lid; v < vocab; v += KLCL_WG) {
         const float rs = s[v];
         bad |= (isnan(rs) || rs == INFINITY) ? 2u : 0u;
         argmax_merge(&asv, &asi, rs, v);
         const float xs = softcap1(rs, cap);
-        online_add(&ms, &ss, xs, k);
-        if (loss == LOSS_KD) online_add(&ms1, &ss1, xs, M_LOG2E_F);
+        float xt = 0.0f, mt_new = mt;
         if (has_teacher) {
             const float rt = t[v];
             bad |= (isnan(rt) || rt == INFINITY) ? 1u : 0u;
             argmax_merge(&atv, &ati, rt, v);
-            online_add(&mt, &st, softcap1(rt, cap), k);
+            xt = softcap1(rt, cap);
+            mt_new = fmax(mt, xt);
         }
+        const float ms_new = fmax(ms, xs);
+        if (mt_new > mt || ms_new > ms) {
+            float bmt = mt, bms = ms;
+            lanes_rescale1(loss, &tail, &bmt, &bms, mt_new, ms_new, (float)in_tail, k);
+            lanes_rescaleA(loss, &acc, &mt, &ms, mt_new, ms_new, (float)count, k);
+        }
+        lanes_add1(loss, &tail, mt, ms, xt, xs, k, has_teacher);
+        in_tail++;
     }
+    lanes_fold1(&acc, &tail);
+    count += in_tail;
+    row_lanes1 L = {(float)acc.st, (float)acc.bt, (float)acc.cts, (float)acc.ss,
+                    (float)acc.bs, (float)acc.cst, (float)acc.ss1, (float)acc.dsum};
 
-    /* Merge the work-items' partials in a fixed tree: 8 float lanes and 3 uint lanes in local memory.
-     * OpenCL C 1.2 has no generic address space, so each step merges private copies and stores back. */
-    lf[0 * KLCL_WG + lid] = mt;
-    lf[1 * KLCL_WG + lid] = st;
-    lf[2 * KLCL_WG + lid] = ms;
-    lf[3 * KLCL_WG + lid] = ss;
-    lf[4 * KLCL_WG + lid] = ms1;
-    lf[5 * KLCL_WG + lid] = ss1;
-    lf[6 * KLCL_WG + lid] = atv;
-    lf[7 * KLCL_WG + lid] = asv;
-    lu[0 * KLCL_WG + lid] = ati;
-    lu[1 * KLCL_WG + lid] = asi;
+    /* Merge the work-items' sums in a fixed tree. OpenCL C 1.2 has no generic address space, so each
+     * step merges private copies and stores back. */
+    lanes_store(lf, lid, mt, ms, L);
+    lf[LANE_FLOATS * KLCL_WG + lid] = atv;
+    lf[(LANE_FLOATS + 1) * KLCL_WG + lid] = asv;
+    lu[lid] = ati;
+    lu[KLCL_WG + lid] = asi;
     lu[2 * KLCL_WG + lid] = bad;
+    lu[3 * KLCL_WG + lid] = count;
     barrier(CLK_LOCAL_MEM_FENCE);
     for (uint off = KLCL_WG / 2; off > 0; off >>= 1) {
         if (lid < off) {
             const uint o = lid + off;
-            float x[8], z[8];
-            uint u[3], w[3];
-            for (int i = 0; i < 8; i++) {
-                x[i] = lf[i * KLCL_WG + lid];
-                z[i] = lf[i * KLCL_WG + o];
-            }
-            for (int i = 0; i < 3; i++) {
-                u[i] = lu[i * KLCL_WG + lid];
-                w[i] = lu[i * KLCL_WG + o];
-            }
-            online_merge(&x[0], &x[1], z[0], z[1], k);
-            online_merge(&x[2], &x[3], z[2], z[3], k);
-            if (loss == LOSS_KD) online_merge(&x[4], &x[5], z[4], z[5], M_LOG2E_F);
-            argmax_merge(&x[6], &u[0], z[6], w[0]);
-            argmax_merge(&x[7], &u[1], z[7], w[1]);
-            u[2] |= w[2];
-            for (int i = 0; i < 8; i++) lf[i * KLCL_WG + lid] = x[i];
-            for (int i = 0; i < 3; i++) lu[i * KLCL_WG + lid] = u[i];
+            float amt, ams, bmt, bms;
+            row_lanes1 A, B;
+            lanes_load(lf, lid, &amt, &ams, &A);
+            lanes_load(lf, o, &bmt, &bms, &B);
+            const uint acount = lu[3 * KLCL_WG + lid], bcount = lu[3 * KLCL_WG + o];
+            const float nmt = fmax(amt, bmt), nms = fmax(ams, bms);
+            lanes_rescale1(loss, &A, &amt, &ams, nmt, nms, (float)acount, k);
+            lanes_rescale1(loss, &B, &bmt, &bms, nmt, nms, (float)bcount, k);
+            A.st += B.st;
+            A.bt += B.bt;
+            A.cts += B.cts;
+            A.ss += B.ss;
+            A.bs += B.bs;
+            A.cst += B.cst;
+            A.ss1 += B.ss1;
+            A.dsum += B.dsum;
+            lanes_store(lf, lid, nmt, nms, A);
+            float tv = lf[LANE_FLOATS * KLCL_WG + lid], sv = lf[(LANE_FLOATS + 1) * KLCL_WG + lid];
+            uint ti = lu[lid], si = lu[KLCL_WG + lid];
+            argmax_merge(&tv, &ti, lf[LANE_FLOATS * KLCL_WG + o], lu[o]);
+            argmax_merge(&sv, &si, lf[(LANE_FLOATS + 1) * KLCL_WG + o], lu[KLCL_WG + o]);
+            lf[LANE_FLOATS * KLCL_WG + lid] = tv;
+            lf[(LANE_FLOATS + 1) * KLCL_WG + lid] = sv;
+            lu[lid] = ti;
+            lu[KLCL_WG + lid] = si;
+            lu[2 * KLCL_WG + lid] |= lu[2 * KLCL_WG + o];
+            lu[3 * KLCL_WG + lid] = acount + bcount;
         }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    /* ms1 equals ms exactly (the maximum of the same values), so lss1 is stored against ms. */
     row_softmax R;
-    R.mt = lf[0];
-    R.ms = lf[2 * KLCL_WG];
-    st = lf[KLCL_WG];
-    ss = lf[3 * KLCL_WG];
-    ss1 = lf[5 * KLCL_WG];
-    atv = lf[6 * KLCL_WG];
-    asv = lf[7 * KLCL_WG];
+    lanes_load(lf, 0, &R.mt, &R.ms, &L);
+    atv = lf[LANE_FLOATS * KLCL_WG];
+    asv = lf[(LANE_FLOATS + 1) * KLCL_WG];
     ati = lu[0];
     asi = lu[KLCL_WG];
     bad = lu[2 * KLCL_WG];
@@ -317,9 +451,9 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     /* Validity from the raw maxima: softcap maps -inf to -c, so the capped maxima cannot tell. */
     const int teacher_ok = has_teacher && !(bad & 1u) && atv != KLCL_NEG_INF;
     const int invalid = (bad & 2u) || asv == KLCL_NEG_INF || (uses_teacher && !teacher_ok);
-    R.lst = log(st);
-    R.lss = log(ss);
-    R.lss1 = log(ss1);
+    R.lst = log(L.st);
+    R.lss = log(L.ss);
+    R.lss1 = log(L.ss1);
     if (invalid) {
         if (lid == 0) {
             for (int i = 0; i < RS_COUNT; i++) stats[i] = NAN;
@@ -337,32 +471,56 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         g_ref = centered_g1(loss, xt, xs, (xt - R.mt) * inv_tau - R.lst, (xs - R.ms) * inv_tau - R.lss, P);
     }
 
-    /* Pass 2: row value, the centred row sum, entropies (see the table of LOSSES.md). */
-    float8 l8 = (float8)(0.0f), aux8 = (float8)(0.0f), ht8 = (float8)(0.0f), hs8 = (float8)(0.0f);
-    for (uint kk = lid; kk < nvec; kk += KLCL_WG) {
-        const float8 rt = has_teacher ? vload8(kk, t) : (float8)(0.0f);
-        pass2_8(loss, teacher_ok, rt, vload8(kk, s), R, g_ref, P, &l8, &aux8, &ht8, &hs8);
-    }
-    float l1 = hsum8(l8), aux1 = hsum8(aux8), ht1 = hsum8(ht8), hs1 = hsum8(hs8);
-    for (uint v = nvec * 8 + lid; v < vocab; v += KLCL_WG)
-        pass2_1(loss, teacher_ok, has_teacher ? t[v] : 0.0f, s[v], R, g_ref, P, &l1, &aux1, &ht1, &hs1);
-    l4[lid] = (float4)(l1, aux1, ht1, hs1);
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint off = KLCL_WG / 2; off > 0; off >>= 1) {
-        if (lid < off) l4[lid] += l4[lid + off];
+    /* Pass 2 (jsd, skl, srkl, tvd; rkl only for its gradient): row value and the centred row sum (see
+     * the table of LOSSES.md). rkl's sum needs its reference token, known only after pass 1; forming it
+     * from pass-1 sums instead would bring back the cancellation the centred form removes. */
+    float value = 0.0f, aux = 0.0f;
+    if (!ONE_PASS(loss) || (IS_CENTERED(loss) && want_grad)) {
+        /* Two levels again: blocks of ACC_BLOCK vectors folded into acc_t. */
+        float8 l8 = (float8)(0.0f), aux8 = (float8)(0.0f);
+        acc_t l_acc = 0, aux_acc = 0;
+        uint n = 0;
+        for (uint kk = lid; kk < nvec; kk += KLCL_WG) {
+            pass2_8(loss, teacher_ok, vload8(kk, t), vload8(kk, s), R, g_ref, P, &l8, &aux8);
+            if (++n == ACC_BLOCK) {
+                l_acc += hsum8(l8);
+                aux_acc += hsum8(aux8);
+                l8 = aux8 = (float8)(0.0f);
+                n = 0;
+            }
+        }
+        float l1 = hsum8(l8), aux1 = hsum8(aux8);
+        for (uint v = nvec * 8 + lid; v < vocab; v += KLCL_WG)
+            pass2_1(loss, teacher_ok, t[v], s[v], R, g_ref, P, &l1, &aux1);
+        l4[lid] = (float4)((float)(l_acc + l1), (float)(aux_acc + aux1), 0.0f, 0.0f);
         barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint off = KLCL_WG / 2; off > 0; off >>= 1) {
+            if (lid < off) l4[lid] += l4[lid + off];
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+        if (!ONE_PASS(loss)) value = l4[0].x;
+        aux = l4[0].y;
     }
 
     if (lid == 0) {
-        const float4 acc = l4[0];
-        float value = acc.x, out;
+        /* The one-pass values from the sums (row_lanes); log p - log q terms divided by tau once. */
+        const float h_t = teacher_ok ? R.lst - L.bt / L.st * inv_tau : NAN;
+        const float h_s = R.lss - L.bs / L.ss * inv_tau;
+        float out;
+        if (loss == LOSS_KL || loss == LOSS_KD)
+            value = (L.bt - L.cts) / L.st * inv_tau - R.lst + R.lss;
+        else if (loss == LOSS_RKL)
+            value = (L.bs - L.cst) / L.ss * inv_tau - R.lss + R.lst;
+        else if (loss == LOSS_SOFT_CE)
+            value = R.lss - L.cts / L.st * inv_tau;
         if (loss == LOSS_CE) {
             const float lse_s = R.ms * inv_tau + R.lss;
             const float b_y = (softcap1(s[y], cap) - R.ms) * inv_tau - R.lss;
+            const float sum_log_q = L.dsum * inv_tau - (float)vocab * R.lss;
             /* A term whose weight is exactly 0 is left out: never 0 * inf. */
             value = zl > 0.0f ? zl * lse_s * lse_s : 0.0f;
             if (eps < 1.0f) value -= (1.0f - eps) * b_y;
-            if (eps > 0.0f) value -= eps / (float)vocab * acc.y;
+            if (eps > 0.0f) value -= eps / (float)vocab * sum_log_q;
             out = scale == 0.0f ? 0.0f : scale * value;
         } else if (loss == LOSS_KD) {
             const float b1_y = (softcap1(s[y], cap) - R.ms) - R.lss1;
@@ -376,10 +534,10 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         stats[RS_MAX_S] = R.ms;
         stats[RS_LOGS_S] = R.lss;
         stats[RS_LOGS_S1] = R.lss1;
-        stats[RS_AUX] = acc.y;
+        stats[RS_AUX] = aux;
         stats[RS_G_REF] = g_ref;
-        stats[RS_H_T] = acc.z;
-        stats[RS_H_S] = acc.w;
+        stats[RS_H_T] = h_t;
+        stats[RS_H_S] = h_s;
         int f = teacher_ok ? FLAG_TEACHER_OK : 0;
         if (teacher_ok && ati == asi) f |= FLAG_AGREE;
         if (has_labels && (uint)y == asi) f |= FLAG_CORRECT;
@@ -443,8 +601,8 @@ inline void grad_body(const int loss, GRAD_ARGS)
 #define KLCL_LOSS_KERNELS(name, id)                                                                    \
     __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_rows_##name(ROW_ARGS)      \
     {                                                                                                  \
-        __local float lf[8 * KLCL_WG];                                                                 \
-        __local uint lu[3 * KLCL_WG];                                                                  \
+        __local float lf[(LANE_FLOATS + 2) * KLCL_WG];                                                 \
+        __local uint lu[4 * KLCL_WG];                                                                  \
         __local float4 l4[KLCL_WG];                                                                    \
         rows_body(id, lf, lu, l4, ROW_ARG_NAMES);                                                      \
     }                                                                                                  \
