@@ -263,6 +263,16 @@ static void arg_bound(arg_setter *a, const bound *b)
     arg(a, sizeof(cl_ulong), &b->stride);
 }
 
+/* The arguments both kernels start with: teacher, student, labels. */
+static void arg_inputs(arg_setter *a, const bound *t, const bound *s, const bound *y, cl_int has_labels)
+{
+    arg_bound(a, t);
+    arg_bound(a, s);
+    arg(a, sizeof(cl_mem), &y->mem);
+    arg(a, sizeof(cl_ulong), &y->offset);
+    arg(a, sizeof(cl_int), &has_labels);
+}
+
 static void arg_params(arg_setter *a, const kernel_params *p, int with_ignore_index, cl_int ignore_index)
 {
     if (with_ignore_index) arg(a, sizeof(cl_int), &ignore_index);
@@ -308,11 +318,7 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
         size_t n = rows - r0 < ROWS_PER_LAUNCH ? rows - r0 : ROWS_PER_LAUNCH;
         const cl_ulong row0 = r0;
         arg_setter a = {rk, 0, CL_SUCCESS};
-        arg_bound(&a, &t);
-        arg_bound(&a, &s);
-        arg(&a, sizeof(cl_mem), &y.mem);
-        arg(&a, sizeof(cl_ulong), &y.offset);
-        arg(&a, sizeof(cl_int), &has_labels);
+        arg_inputs(&a, &t, &s, &y, has_labels);
         arg(&a, sizeof(cl_mem), &m.mem);
         arg(&a, sizeof(cl_ulong), &m.offset);
         arg(&a, sizeof(cl_int), &has_mask);
@@ -384,11 +390,7 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
             size_t n = rows - r0 < ROWS_PER_LAUNCH ? rows - r0 : ROWS_PER_LAUNCH;
             const cl_ulong row0 = r0;
             arg_setter a = {gk, 0, CL_SUCCESS};
-            arg_bound(&a, &t);
-            arg_bound(&a, &s);
-            arg(&a, sizeof(cl_mem), &y.mem);
-            arg(&a, sizeof(cl_ulong), &y.offset);
-            arg(&a, sizeof(cl_int), &has_labels);
+            arg_inputs(&a, &t, &s, &y, has_labels);
             arg(&a, sizeof(cl_uint), &vocab_u);
             arg_params(&a, &prm, 0, 0);
             arg(&a, sizeof(float), &inv_denom);
