@@ -128,6 +128,11 @@ const char *klcl_last_error(const klcl_context *ctx)
     return ctx ? ctx->error : "";
 }
 
+int klcl_context_cache_hit(const klcl_context *ctx)
+{
+    return ctx ? ctx->from_cache : 0;
+}
+
 const char *klcl_build_log(const klcl_context *ctx)
 {
     return ctx && ctx->build_log ? ctx->build_log : "";

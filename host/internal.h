@@ -45,6 +45,7 @@ struct klcl_context {
     klcl_status build_status; /* KLCL_OK until a build fails; the failure and its message are kept */
     char build_error[1024];
     int built;
+    int from_cache; /* the program came from the binary cache */
     size_t wg; /* work-group size of the row kernels */
     cl_kernel rows_kernel[KLCL_LOSS_COUNT];
     cl_kernel grad_kernel[KLCL_LOSS_COUNT];
@@ -71,6 +72,11 @@ klcl_loss klcl_effective_loss(const klcl_loss_desc *desc);
 klcl_status klcl_select_device(klcl_context *ctx, const char *spec);
 /* A string property of a device, truncated to cap; "" when the query fails. */
 void klcl_device_string(cl_device_id dev, cl_device_info what, char *out, size_t cap);
+
+/* Binary cache (cache.c): a built program for (source, options, device), or NULL on any miss; storing
+ * never fails visibly. */
+cl_program klcl_cache_load(klcl_context *ctx, const char *src, const char *options);
+void klcl_cache_store(klcl_context *ctx, const char *src, const char *options, cl_program program);
 
 /* Program layer (program.c): builds the kernels once, choosing the work-group size. */
 klcl_status klcl_program_build(klcl_context *ctx);

@@ -132,11 +132,16 @@ static klcl_status build_with(klcl_context *ctx, const char *src, size_t wg, siz
     snprintf(options, sizeof options, "-DKLCL_WG=%zu -DKLCL_HOST_LAYOUT=%d%s", wg, KLCL_HOST_LAYOUT,
              fp64 ? " -DKLCL_HAS_FP64" : "");
     klcl_program_release(ctx);
-    ctx->program = clCreateProgramWithSource(ctx->cl_ctx, 1, &src, NULL, &err);
-    if (!ctx->program) return klcl_fail_cl(ctx, err, "clCreateProgramWithSource");
-    err = clBuildProgram(ctx->program, 1, &ctx->device, options, NULL, NULL);
-    keep_build_log(ctx, ctx->program);
-    if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clBuildProgram (log: klcl_build_log)");
+    ctx->program = klcl_cache_load(ctx, src, options);
+    ctx->from_cache = ctx->program != NULL;
+    if (!ctx->program) {
+        ctx->program = clCreateProgramWithSource(ctx->cl_ctx, 1, &src, NULL, &err);
+        if (!ctx->program) return klcl_fail_cl(ctx, err, "clCreateProgramWithSource");
+        err = clBuildProgram(ctx->program, 1, &ctx->device, options, NULL, NULL);
+        keep_build_log(ctx, ctx->program);
+        if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clBuildProgram (log: klcl_build_log)");
+        klcl_cache_store(ctx, src, options, ctx->program);
+    }
     *kernel_limit = wg;
     for (int i = 0; i < KLCL_LOSS_COUNT; i++) {
         char name[64];

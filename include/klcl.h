@@ -160,8 +160,18 @@ KLCL_API klcl_status klcl_context_create(const klcl_context_options *options, kl
 KLCL_API void klcl_context_destroy(klcl_context *ctx);
 
 /* Builds the kernels now rather than on the first klcl_compute. On CL_BUILD_PROGRAM_FAILURE the compiler's
- * log is readable with klcl_build_log. KLCL_OK at once on the CPU reference. */
+ * log is readable with klcl_build_log. KLCL_OK at once on the CPU reference.
+ *
+ * Built programs are cached on disk as device binaries, keyed by a hash of the kernel source, the build
+ * options, the device name and vendor, the driver, device and platform versions, and the cache format;
+ * written to a temporary file and renamed; any failure to read or write the cache is a miss. Folder:
+ * $KLCL_CACHE_DIR, else $XDG_CACHE_HOME/klcl, else $HOME/.cache/klcl. On by default for GPUs and
+ * accelerators; off for CPU devices, which cache their own per-kernel builds, unless KLCL_CACHE=on;
+ * KLCL_CACHE=off turns it off everywhere. */
 KLCL_API klcl_status klcl_context_prepare(klcl_context *ctx);
+
+/* 1 when the context's program came from the binary cache (after klcl_context_prepare or a compute). */
+KLCL_API int klcl_context_cache_hit(const klcl_context *ctx);
 
 /* Whether the context computes with the CPU reference (1) or an OpenCL device (0). */
 KLCL_API int klcl_context_is_reference(const klcl_context *ctx);
