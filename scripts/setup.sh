@@ -8,4 +8,4 @@ SUDO=""
 $SUDO apt-get update -q
 $SUDO apt-get install -y -q --no-install-recommends \
     build-essential cmake pocl-opencl-icd ocl-icd-opencl-dev opencl-headers libclblast-dev \
-    libcmocka-dev oclgrind clinfo pkg-config clang libclang-rt-14-dev
+    libcmocka-dev oclgrind clinfo pkg-config clang libclang-rt-14-dev python3-numpy
