@@ -241,6 +241,19 @@ static const char *finiteness(double x)
     return isnan(x) ? "nan" : isinf(x) ? (x > 0 ? "inf" : "-inf") : "finite";
 }
 
+/* ",\n  \"key\": value" inside the top-level object. */
+static void key_string(FILE *f, const char *key, const char *value)
+{
+    fprintf(f, ",\n  \"%s\": ", key);
+    json_string(f, value);
+}
+
+static void key_number(FILE *f, const char *key, double value)
+{
+    fprintf(f, ",\n  \"%s\": ", key);
+    json_number(f, value);
+}
+
 static void json_loss(FILE *f, const eval_report *r, const loss_report *L)
 {
     fprintf(f, "    ");
@@ -282,35 +295,25 @@ void report_json(FILE *f, const eval_report *r)
     double secs = r->seconds > 0.0 ? r->seconds : 1e-9;
     fprintf(f, "{\n  \"klcl_version\": ");
     json_string(f, klcl_version_string());
-    fprintf(f, ",\n  \"device\": ");
-    json_string(f, r->device);
-    fprintf(f, ",\n  \"device_spec\": ");
-    json_string(f, r->device_spec);
+    key_string(f, "device", r->device);
+    key_string(f, "device_spec", r->device_spec);
     fprintf(f, ",\n  \"reference\": %s,\n  \"sample\": %s,\n  \"teacher\": ", r->is_reference ? "true" : "false",
             r->sample ? "true" : "false");
     json_string(f, r->teacher);
-    fprintf(f, ",\n  \"student\": ");
-    json_string(f, r->student);
-    fprintf(f, ",\n  \"labels\": ");
-    json_string(f, r->labels);
-    fprintf(f, ",\n  \"teacher_dtype\": ");
-    json_string(f, r->teacher_dtype);
-    fprintf(f, ",\n  \"student_dtype\": ");
-    json_string(f, r->student_dtype);
-    fprintf(f, ",\n  \"labels_dtype\": ");
-    json_string(f, r->labels_dtype);
+    key_string(f, "student", r->student);
+    key_string(f, "labels", r->labels);
+    key_string(f, "teacher_dtype", r->teacher_dtype);
+    key_string(f, "student_dtype", r->student_dtype);
+    key_string(f, "labels_dtype", r->labels_dtype);
     fprintf(f, ",\n  \"teacher_shape\": %s,\n  \"student_shape\": %s,\n  \"labels_shape\": %s",
             r->teacher_dtype ? r->teacher_shape : "null", r->student_shape, r->labels_dtype ? r->labels_shape : "null");
     fprintf(f, ",\n  \"rows\": %zu,\n  \"vocab\": %zu,\n  \"chunk_rows\": %zu,\n  \"chunks\": %zu,\n", r->rows, r->vocab,
             r->chunk_rows, r->chunks);
     fprintf(f, "  \"seconds\": ");
     json_number(f, r->seconds);
-    fprintf(f, ",\n  \"setup_seconds\": ");
-    json_number(f, r->setup_seconds);
-    fprintf(f, ",\n  \"rows_per_second\": ");
-    json_number(f, (double)r->rows / secs);
-    fprintf(f, ",\n  \"gb_per_second\": ");
-    json_number(f, r->input_bytes / secs / 1e9);
+    key_number(f, "setup_seconds", r->setup_seconds);
+    key_number(f, "rows_per_second", (double)r->rows / secs);
+    key_number(f, "gb_per_second", r->input_bytes / secs / 1e9);
     fprintf(f, ",\n  \"reduction\": \"%s\",\n", klcl_reduction_name(r->reduction));
     const struct {
         const char *name;
@@ -337,14 +340,10 @@ void report_json(FILE *f, const eval_report *r)
     }
     fprintf(f, "  },\n  \"metrics_from\": ");
     json_string(f, klcl_loss_name(r->loss[0].loss));
-    fprintf(f, ",\n  \"teacher_entropy\": ");
-    json_number(f, r->teacher_entropy);
-    fprintf(f, ",\n  \"student_entropy\": ");
-    json_number(f, r->student_entropy);
-    fprintf(f, ",\n  \"top1_agreement\": ");
-    json_number(f, r->top1_agreement);
-    fprintf(f, ",\n  \"accuracy\": ");
-    json_number(f, r->accuracy);
+    key_number(f, "teacher_entropy", r->teacher_entropy);
+    key_number(f, "student_entropy", r->student_entropy);
+    key_number(f, "top1_agreement", r->top1_agreement);
+    key_number(f, "accuracy", r->accuracy);
     fprintf(f, ",\n  \"verify_ok\": ");
     if (r->verify) {
         int ok = 1;
@@ -353,9 +352,7 @@ void report_json(FILE *f, const eval_report *r)
     } else {
         fputs("null", f);
     }
-    fprintf(f, ",\n  \"per_row_file\": ");
-    json_string(f, r->per_row_path);
-    fprintf(f, ",\n  \"grad_file\": ");
-    json_string(f, r->grad_path);
+    key_string(f, "per_row_file", r->per_row_path);
+    key_string(f, "grad_file", r->grad_path);
     fprintf(f, "\n}\n");
 }
