@@ -6,13 +6,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 
-/* x*log-ratio with the conventions of LOSSES.md: a zero weight contributes 0 (0*log 0 = 0), a positive
- * weight against a zero probability gives +inf. */
-static double xlogratio(double w, double log_num, double log_den)
+/* exp(lw) * (log_num - log_den) with the conventions of LOSSES.md: a weight of exactly 0 (lw = -inf)
+ * contributes 0 (0 log 0 = 0); any positive weight against probability 0 gives +inf. Judged on the log
+ * of the weight: exp(lw) may underflow while the probability is still positive. */
+static double xlogratio(double lw, double log_num, double log_den)
 {
-    if (w == 0.0) return 0.0;
+    if (lw == -INFINITY) return 0.0;
     if (log_den == -INFINITY) return INFINITY;
-    return w * (log_num - log_den);
+    return exp(lw) * (log_num - log_den);
 }
 
 /* log(wa*e^la + (1-wa)*e^lb) without forming the sum of probabilities. */
@@ -90,12 +91,12 @@ klcl_status klcl_reference_row(const klcl_loss_desc *desc, size_t vocab, const f
     }
     if (teacher_entropy && teacher && !isnan(lse_t)) {
         double h = 0.0;
-        for (size_t v = 0; v < vocab; v++) h -= xlogratio(exp(lp[v]), lp[v], 0.0);
+        for (size_t v = 0; v < vocab; v++) h -= xlogratio(lp[v], lp[v], 0.0);
         *teacher_entropy = h;
     }
     if (student_entropy) {
         double h = 0.0;
-        for (size_t v = 0; v < vocab; v++) h -= xlogratio(exp(lq[v]), lq[v], 0.0);
+        for (size_t v = 0; v < vocab; v++) h -= xlogratio(lq[v], lq[v], 0.0);
         *student_entropy = h;
     }
 
@@ -104,23 +105,23 @@ klcl_status klcl_reference_row(const klcl_loss_desc *desc, size_t vocab, const f
     for (size_t v = 0; v < vocab; v++) {
         double p = uses_teacher ? exp(lp[v]) : 0.0, q = exp(lq[v]), lm;
         switch (kind) {
-        case KLCL_LOSS_KL: case KLCL_LOSS_KD: l += xlogratio(p, lp[v], lq[v]); break;
-        case KLCL_LOSS_RKL: l += xlogratio(q, lq[v], lp[v]); break;
-        case KLCL_LOSS_SOFT_CE: l += xlogratio(p, 0.0, lq[v]); break;
+        case KLCL_LOSS_KL: case KLCL_LOSS_KD: l += xlogratio(lp[v], lp[v], lq[v]); break;
+        case KLCL_LOSS_RKL: l += xlogratio(lq[v], lq[v], lp[v]); break;
+        case KLCL_LOSS_SOFT_CE: l += xlogratio(lp[v], 0.0, lq[v]); break;
         case KLCL_LOSS_CE: aux += lq[v]; break;
         case KLCL_LOSS_JSD:
             lm = log_mix(lp[v], lq[v], beta);
-            l += beta * xlogratio(p, lp[v], lm) + (1.0 - beta) * xlogratio(q, lq[v], lm);
-            aux += xlogratio(q, lq[v], lm); /* KL(q||m) */
+            l += beta * xlogratio(lp[v], lp[v], lm) + (1.0 - beta) * xlogratio(lq[v], lq[v], lm);
+            aux += xlogratio(lq[v], lq[v], lm); /* KL(q||m) */
             break;
         case KLCL_LOSS_SKL:
             lm = log_mix(lp[v], lq[v], lam);
-            l += xlogratio(p, lp[v], lm);
+            l += xlogratio(lp[v], lp[v], lm);
             if (p > 0.0 && q > 0.0) aux += exp(lp[v] + lq[v] - lm); /* sum p q / m */
             break;
         case KLCL_LOSS_SRKL:
             lm = log_mix(lp[v], lq[v], 1.0 - lam);
-            l += xlogratio(q, lq[v], lm);
+            l += xlogratio(lq[v], lq[v], lm);
             if (q > 0.0) aux += exp(2.0 * lq[v] - lm); /* sum q^2 / m */
             break;
         case KLCL_LOSS_TVD:
@@ -150,7 +151,9 @@ klcl_status klcl_reference_row(const klcl_loss_desc *desc, size_t vocab, const f
             double onehot = needs_label && (size_t)label == v ? 1.0 : 0.0;
             switch (kind) {
             case KLCL_LOSS_KL: case KLCL_LOSS_SOFT_CE: dz = q - p; break;
-            case KLCL_LOSS_RKL: dz = q == 0.0 ? 0.0 : q * (lq[v] - lp[v] - l); break;
+            case KLCL_LOSS_RKL: /* +inf loss (mass where p = 0): the gradient is undefined */
+                dz = l == INFINITY ? NAN : q == 0.0 ? 0.0 : q * (lq[v] - lp[v] - l);
+                break;
             case KLCL_LOSS_CE: dz = q - (1.0 - eps) * onehot - eps / V + 2.0 * zl * lse_s * q; break;
             case KLCL_LOSS_JSD:
                 lm = log_mix(lp[v], lq[v], beta);

@@ -42,6 +42,7 @@
 #define FLAG_AGREE 8         /* argmax teacher == argmax student */
 #define FLAG_CORRECT 16      /* argmax student == label */
 #define FLAG_TEACHER_OK 32   /* the teacher row was present and finite: teacher metrics are meaningful */
+#define FLAG_NO_GRADIENT 64  /* rkl with mass where p = 0: loss +inf, gradient undefined (NaN) */
 
 /* Argmax with ties to the lowest index: (value, index) pairs, the larger value wins. */
 inline void argmax_merge(float *val, uint *idx, float val2, uint idx2)
@@ -57,11 +58,13 @@ inline void argmax_merge(float *val, uint *idx, float val2, uint idx2)
 #define KLCL_ELEMENT_HELPERS(T, S)                                                                      \
     /* logit <- cap * tanh(logit / cap) when a softcap is set */                                         \
     inline T softcap##S(T x, float cap) { return cap > 0.0f ? (T)(cap) * tanh(x / cap) : x; }           \
-    /* w * (log_num - log_den) with 0 * log 0 = 0 and a positive weight against probability 0 = +inf */ \
-    inline T xlogratio##S(T w, T log_num, T log_den)                                                    \
+    /* w (lw - log_den) for the weight w = exp(lw): 0 where the weight is exactly 0 (lw = -inf, so      \
+     * 0 log 0 = 0), +inf for any other weight against probability 0, judged on logs because w may have  \
+     * underflowed while the probability is still positive. */                                           \
+    inline T xlogratio##S(T w, T lw, T log_den)                                                         \
     {                                                                                                    \
-        return w == (T)(0.0f) ? (T)(0.0f)                                                                \
-                              : (log_den == (T)(KLCL_NEG_INF) ? (T)(INFINITY) : w * (log_num - log_den)); \
+        return lw == (T)(KLCL_NEG_INF) ? (T)(0.0f)                                                       \
+                                       : (log_den == (T)(KLCL_NEG_INF) ? (T)(INFINITY) : w * (lw - log_den)); \
     }                                                                                                    \
     /* log(e^(la + lwa) + e^(lb + lwb)): the log of a mixture by logsumexp, never log of a sum of        \
      * probabilities; lwa, lwb are the log weights (may be -inf). */                                     \

@@ -286,6 +286,69 @@ static void test_long_tailed_rows(void **state)
     data_free(&d);
 }
 
+/* A maximum that rises at every logit: with one work-item per row the sums are rescaled once per vector,
+ * tens of thousands of times; no drift may build up. */
+static void test_rising_rows(void **state)
+{
+    (void)state;
+    const size_t vocab = small_grid ? 4096 : 262144;
+    batch_data d;
+    tu_seed(16);
+    data_alloc(&d, 2, vocab, 1);
+    for (size_t i = 0; i < d.rows; i++)
+        for (size_t v = 0; v < vocab; v++) {
+            d.teacher[i * vocab + v] = (float)((double)v * 1e-6 * (double)(i + 1));
+            d.student[i * vocab + v] = (float)(-(double)v * 5e-7);
+        }
+    for (int l = 0; l < KLCL_LOSS_COUNT; l++) {
+        klcl_loss_desc desc = desc_for((klcl_loss)l);
+        desc.tau = 1.0f;
+        char what[64];
+        snprintf(what, sizeof what, "%s rising V=%zu", klcl_loss_name((klcl_loss)l), vocab);
+        check_all_reductions(&d, desc, what);
+    }
+    data_free(&d);
+}
+
+/* Mass against probability 0 (+inf) while the other side's maximum later jumps far: the rescale factor
+ * underflows to 0, and +inf must stay +inf, not become NaN. */
+static void test_infinite_through_rescale(void **state)
+{
+    (void)state;
+    batch_data d;
+    tu_seed(17);
+    data_alloc(&d, 2, 16, 0);
+    for (size_t v = 0; v < 16; v++) {
+        /* row 0: q = 0 at token 0 where p > 0, then the teacher's maximum jumps by 200 (kl, soft_ce) */
+        d.teacher[v] = v < 8 ? 0.0f : 200.0f;
+        d.student[v] = v == 0 ? -INFINITY : 0.0f;
+        /* row 1: p = 0 at token 0 where q > 0, then the student's maximum jumps by 200 (rkl) */
+        d.teacher[16 + v] = v == 0 ? -INFINITY : 0.0f;
+        d.student[16 + v] = v < 8 ? 0.0f : 200.0f;
+    }
+    const klcl_loss losses[] = {KLCL_LOSS_KL, KLCL_LOSS_SOFT_CE, KLCL_LOSS_RKL, KLCL_LOSS_KD};
+    const float taus[] = {1.0f, 0.25f};
+    for (size_t i = 0; i < sizeof losses / sizeof losses[0]; i++)
+        for (size_t k = 0; k < sizeof taus / sizeof taus[0]; k++) {
+            klcl_loss_desc desc = desc_for(losses[i]);
+            desc.tau = taus[k];
+            if (losses[i] == KLCL_LOSS_KD) {
+                static int32_t labels[2] = {3, 3};
+                d.labels = labels;
+            }
+            char what[64];
+            snprintf(what, sizeof what, "%s +inf through rescale tau=%g", klcl_loss_name(losses[i]),
+                     (double)taus[k]);
+            check_all_reductions(&d, desc, what);
+            float row_loss[2];
+            klcl_batch b = host_batch(&d, NULL, row_loss);
+            assert_int_equal(klcl_compute(ctx, &desc, &b, NULL), KLCL_OK);
+            assert_false(isnan(row_loss[0]) || isnan(row_loss[1]));
+            d.labels = NULL;
+        }
+    data_free(&d);
+}
+
 /* Mixture weights at and near their ends, on rows with large log-ratios: skl and srkl at lambda 0 and 1,
  * jsd at beta near 0 and 1. Nothing may overflow into NaN where the reference is finite. */
 static void test_mixture_endpoints(void **state)
@@ -726,6 +789,8 @@ int main(void)
         cmocka_unit_test(test_grid),
         cmocka_unit_test(test_special_values),
         cmocka_unit_test(test_long_tailed_rows),
+        cmocka_unit_test(test_rising_rows),
+        cmocka_unit_test(test_infinite_through_rescale),
         cmocka_unit_test(test_mixture_endpoints),
         cmocka_unit_test(test_zero_weights),
         cmocka_unit_test(test_softcap_all_neginf_row),
