@@ -150,6 +150,7 @@ void klcl_tally_finish(const klcl_tally *t, klcl_reduction reduction, size_t row
     out->rows_used = t->used;
     out->rows_skipped = t->skipped;
     out->rows_nonfinite = t->nonfinite;
+    out->rows_with_teacher = t->with_teacher;
     memcpy(out->first_nonfinite, t->first_nonfinite, sizeof out->first_nonfinite);
     out->student_entropy = ratio(t->student_entropy, t->finite);
     out->teacher_entropy = ratio(t->teacher_entropy, t->with_teacher);

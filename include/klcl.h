@@ -282,6 +282,8 @@ typedef struct klcl_result {
     size_t rows_skipped;        /* rows skipped by mask or ignore_index */
     size_t rows_nonfinite;      /* used rows whose loss is NaN or infinite */
     size_t first_nonfinite[8];  /* the first min(8, rows_nonfinite) of them, in row order */
+    size_t rows_with_teacher;   /* finite used rows with a usable teacher row: what teacher_entropy and
+                                   top1_agreement average over (to combine results of several calls) */
     double teacher_entropy;     /* mean H(p) at tau, nats */
     double student_entropy;     /* mean H(q) at tau, nats */
     double top1_agreement;      /* fraction of rows with argmax p == argmax q (ties: lowest index) */

@@ -92,7 +92,8 @@ static const char *const usage_text[] = {
     "infinity: such numbers are written as null (value_is then says \"nan\", \"inf\" or \"-inf\"), and so are\n"
     "metrics that are not defined (accuracy without labels, entropies when no row qualifies).\n"
     "\n"
-    "exit status: 0 success, 1 out of memory or an output could not be written, 2 bad usage or input,\n"
+    "exit status: 0 success, 1 out of memory or an output failing part-way, 2 bad usage or input (an\n"
+    "output that cannot be created included),\n"
     "3 device or OpenCL failure (or --verify out of tolerance), 130 interrupted (143 terminated)\n",
 };
 
@@ -117,7 +118,7 @@ typedef struct loss_acc {
     loss_report rep;
 } loss_acc;
 
-/* Means of klcl_result combined over chunks, weighted by each chunk's finite rows. */
+/* Means of klcl_result combined over chunks, each weighted by the rows it averages over. */
 typedef struct metric_acc {
     double sum, weight;
 } metric_acc;
@@ -888,10 +889,11 @@ static int stream(eval_state *s)
             if (st != KLCL_OK) return compute_failed(s, st, d.loss, row0, n);
             accumulate(s, l, values, row0, n);
             if (l == 0) {
+                /* Each mean weighted by the rows it averages over, so chunking cannot change it. */
                 size_t finite = r.rows_used - r.rows_nonfinite;
-                metric_add(&s->teacher_entropy, r.teacher_entropy, finite);
+                metric_add(&s->teacher_entropy, r.teacher_entropy, r.rows_with_teacher);
                 metric_add(&s->student_entropy, r.student_entropy, finite);
-                metric_add(&s->agreement, r.top1_agreement, finite);
+                metric_add(&s->agreement, r.top1_agreement, r.rows_with_teacher);
                 metric_add(&s->accuracy, r.accuracy, finite);
             }
         }

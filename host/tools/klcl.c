@@ -29,7 +29,8 @@ static const char *const main_usage =
     "  klcl --version         versions of the tool and of the library it runs on\n"
     "\n"
     "environment: KLCL_DEVICE (default device), KLCL_KERNEL_DIR, KLCL_WORK_GROUP; see README.md\n"
-    "exit status: 0 success, 1 out of memory or an output could not be written, 2 bad usage or input,\n"
+    "exit status: 0 success, 1 out of memory or an output failing part-way, 2 bad usage or input (an\n"
+    "output that cannot be created included),\n"
     "3 device or OpenCL failure, 130 interrupted (143 terminated)\n";
 
 static const char *const devices_usage =
