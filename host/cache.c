@@ -8,7 +8,8 @@
  * KLCL_CACHE=on: they compile kernels on demand and cache them themselves, so a whole-program binary
  * costs more than it saves (PoCL 3.1, 2 cores: 8.7 s to hand out the binary once, then 48 ms to load it,
  * the same 48 ms as its own cache gives a source build). KLCL_CACHE=off disables it everywhere.
- * File: "KLCLBIN1", the 16-byte key, the binary's size (8 bytes, little-endian), the binary. */
+ * File: "KLCLBIN2", the 16-byte key, the binary's size (8 bytes, little-endian), a 16-byte hash of the
+ * binary (a damaged body is a miss, not a wrong program), the binary. */
 #include "internal.h"
 
 #include <errno.h>
@@ -18,8 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define CACHE_MAGIC "KLCLBIN1"
-enum { KEY_BYTES = 16, HEADER_BYTES = 8 + KEY_BYTES + 8 };
+#define CACHE_MAGIC "KLCLBIN2"
+enum { KEY_BYTES = 16, HEADER_BYTES = 8 + KEY_BYTES + 8 + KEY_BYTES };
 
 typedef struct cache_key {
     uint64_t h[2];
@@ -44,6 +45,16 @@ static void key_add_device_string(cache_key *k, cl_device_id dev, cl_device_info
     char buf[512];
     klcl_device_string(dev, what, buf, sizeof buf);
     key_add(k, buf, strlen(buf));
+}
+
+static void key_bytes_of(const cache_key *k, unsigned char *out);
+
+/* The hash of a binary's bytes, as stored beside it. */
+static void binary_hash(const unsigned char *bin, size_t n, unsigned char *out)
+{
+    cache_key h = {{0xcbf29ce484222325ull, 0x84222325cbf29ce4ull}};
+    key_add(&h, bin, n);
+    key_bytes_of(&h, out);
 }
 
 static cache_key make_key(const klcl_context *ctx, const char *src, const char *options)
@@ -120,6 +131,12 @@ static uint64_t get_u64(const unsigned char *p)
     return v;
 }
 
+static void key_bytes_of(const cache_key *k, unsigned char *out)
+{
+    put_u64(out, k->h[0]);
+    put_u64(out + 8, k->h[1]);
+}
+
 cl_program klcl_cache_load(klcl_context *ctx, const char *src, const char *options)
 {
     char path[4096];
@@ -129,16 +146,17 @@ cl_program klcl_cache_load(klcl_context *ctx, const char *src, const char *optio
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     cl_program program = NULL;
-    unsigned char header[HEADER_BYTES], key_bytes[KEY_BYTES];
+    unsigned char header[HEADER_BYTES], key_bytes[KEY_BYTES], hash[KEY_BYTES];
     unsigned char *binary = NULL;
-    put_u64(key_bytes, k.h[0]);
-    put_u64(key_bytes + 8, k.h[1]);
+    key_bytes_of(&k, key_bytes);
     if (fread(header, 1, HEADER_BYTES, f) != HEADER_BYTES || memcmp(header, CACHE_MAGIC, 8) != 0 ||
         memcmp(header + 8, key_bytes, KEY_BYTES) != 0)
         goto done;
     uint64_t size = get_u64(header + 8 + KEY_BYTES);
     if (size == 0 || size > (uint64_t)1 << 30 || !(binary = malloc((size_t)size))) goto done;
     if (fread(binary, 1, (size_t)size, f) != (size_t)size || fgetc(f) != EOF) goto done;
+    binary_hash(binary, (size_t)size, hash);
+    if (memcmp(hash, header + 8 + KEY_BYTES + 8, KEY_BYTES) != 0) goto done;
     size_t n = (size_t)size;
     const unsigned char *bins[1] = {binary};
     cl_int status = CL_SUCCESS, err;
@@ -168,13 +186,20 @@ void klcl_cache_store(klcl_context *ctx, const char *src, const char *options, c
     unsigned char *bins[1] = {binary};
     unsigned char header[HEADER_BYTES];
     memcpy(header, CACHE_MAGIC, 8);
-    put_u64(header + 8, k.h[0]);
-    put_u64(header + 16, k.h[1]);
+    key_bytes_of(&k, header + 8);
     put_u64(header + 8 + KEY_BYTES, size);
     FILE *f = NULL;
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     if (clGetProgramInfo(program, CL_PROGRAM_BINARIES, sizeof bins, bins, NULL) != CL_SUCCESS) goto done;
-    if (!(f = fopen(tmp, "wb"))) goto done;
+    binary_hash(binary, size, header + 8 + KEY_BYTES + 8);
+    /* A unique temporary (threads and processes may store at once), renamed over the final name. */
+    snprintf(tmp, sizeof tmp, "%s.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) goto done;
+    if (!(f = fdopen(fd, "wb"))) {
+        close(fd);
+        remove(tmp);
+        goto done;
+    }
     int ok = fwrite(header, 1, HEADER_BYTES, f) == HEADER_BYTES && fwrite(binary, 1, size, f) == size;
     ok = (fclose(f) == 0) && ok;
     f = NULL;

@@ -123,7 +123,7 @@ static size_t floor_pow2(size_t x)
 
 /* One build with work-group size wg; on success *kernel_limit is the smallest CL_KERNEL_WORK_GROUP_SIZE
  * of the row kernels on this device. */
-static klcl_status build_with(klcl_context *ctx, const char *src, size_t wg, size_t *kernel_limit)
+static klcl_status build_once(klcl_context *ctx, const char *src, size_t wg, size_t *kernel_limit, int use_cache)
 {
     cl_int err;
     char options[160];
@@ -132,7 +132,7 @@ static klcl_status build_with(klcl_context *ctx, const char *src, size_t wg, siz
     snprintf(options, sizeof options, "-DKLCL_WG=%zu -DKLCL_HOST_LAYOUT=%d%s", wg, KLCL_HOST_LAYOUT,
              fp64 ? " -DKLCL_HAS_FP64" : "");
     klcl_program_release(ctx);
-    ctx->program = klcl_cache_load(ctx, src, options);
+    ctx->program = use_cache ? klcl_cache_load(ctx, src, options) : NULL;
     ctx->from_cache = ctx->program != NULL;
     if (!ctx->program) {
         ctx->program = clCreateProgramWithSource(ctx->cl_ctx, 1, &src, NULL, &err);
@@ -158,6 +158,15 @@ static klcl_status build_with(klcl_context *ctx, const char *src, size_t wg, siz
         if (limit < *kernel_limit) *kernel_limit = limit;
     }
     return KLCL_OK;
+}
+
+/* A build that came from the cache and then failed (a binary the driver took but cannot use) is
+ * repeated from source: the cache may make a start faster, never make it fail. */
+static klcl_status build_with(klcl_context *ctx, const char *src, size_t wg, size_t *kernel_limit)
+{
+    klcl_status st = build_once(ctx, src, wg, kernel_limit, 1);
+    if (st != KLCL_OK && ctx->from_cache) st = build_once(ctx, src, wg, kernel_limit, 0);
+    return st;
 }
 
 klcl_status klcl_program_build(klcl_context *ctx)
