@@ -67,12 +67,11 @@ static cache_key make_key(const klcl_context *ctx, const char *src, const char *
     key_add_device_string(&k, ctx->device, CL_DEVICE_VENDOR);
     key_add_device_string(&k, ctx->device, CL_DEVICE_VERSION);
     key_add_device_string(&k, ctx->device, CL_DRIVER_VERSION);
-    char buf[512] = {0};
-    if (clGetPlatformInfo(ctx->platform, CL_PLATFORM_VERSION, sizeof buf - 1, buf, NULL) == CL_SUCCESS)
-        key_add(&k, buf, strlen(buf));
-    memset(buf, 0, sizeof buf);
-    if (clGetPlatformInfo(ctx->platform, CL_PLATFORM_NAME, sizeof buf - 1, buf, NULL) == CL_SUCCESS)
-        key_add(&k, buf, strlen(buf));
+    char buf[512];
+    klcl_platform_string(ctx->platform, CL_PLATFORM_VERSION, buf, sizeof buf);
+    key_add(&k, buf, strlen(buf));
+    klcl_platform_string(ctx->platform, CL_PLATFORM_NAME, buf, sizeof buf);
+    key_add(&k, buf, strlen(buf));
     return k;
 }
 

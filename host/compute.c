@@ -25,11 +25,6 @@ static int tensor_given(const klcl_tensor *t)
     return t->host != NULL || t->mem != NULL;
 }
 
-static size_t row_stride(const klcl_tensor *t, size_t vocab)
-{
-    return t->stride ? t->stride : vocab;
-}
-
 static klcl_status check_tensor(klcl_context *ctx, const tensor_role *r, size_t rows, size_t vocab)
 {
     const klcl_tensor *t = r->t;
@@ -41,7 +36,7 @@ static klcl_status check_tensor(klcl_context *ctx, const tensor_role *r, size_t 
         return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "batch->%s: set host or mem, not both", r->name);
     size_t extent = rows; /* elements */
     if (r->matrix) {
-        size_t stride = row_stride(t, vocab);
+        size_t stride = klcl_row_stride(t, vocab);
         if (stride < vocab)
             return klcl_fail(ctx, KLCL_ERR_INVALID_SHAPE, "batch->%s.stride (%zu) is smaller than vocab (%zu)",
                              r->name, stride, vocab);
@@ -182,7 +177,7 @@ static klcl_status bind_input(klcl_context *ctx, const klcl_tensor *t, int which
     if (t->mem) {
         out->mem = t->mem;
         out->offset = t->offset / elem;
-        out->stride = matrix ? row_stride(t, vocab) : 1;
+        out->stride = matrix ? klcl_row_stride(t, vocab) : 1;
         return KLCL_OK;
     }
     size_t width = matrix ? vocab : rows, height = matrix ? rows : 1;
@@ -191,10 +186,10 @@ static klcl_status bind_input(klcl_context *ctx, const klcl_tensor *t, int which
     out->mem = ctx->scratch[which].mem;
     out->stride = matrix ? vocab : 1;
     cl_int err;
-    if (matrix && row_stride(t, vocab) != vocab) {
+    if (matrix && klcl_row_stride(t, vocab) != vocab) {
         const size_t origin[3] = {0, 0, 0}, region[3] = {vocab * elem, rows, 1};
         err = clEnqueueWriteBufferRect(ctx->queue, out->mem, CL_TRUE, origin, origin, region, vocab * elem, 0,
-                                       row_stride(t, vocab) * elem, 0, t->host, 0, NULL, NULL);
+                                       klcl_row_stride(t, vocab) * elem, 0, t->host, 0, NULL, NULL);
     } else {
         err = clEnqueueWriteBuffer(ctx->queue, out->mem, CL_TRUE, 0, width * height * elem, t->host, 0, NULL,
                                    NULL);
@@ -211,7 +206,7 @@ static klcl_status bind_output(klcl_context *ctx, const klcl_tensor *t, int whic
     if (t->mem) {
         out->mem = t->mem;
         out->offset = t->offset / elem;
-        out->stride = matrix ? row_stride(t, vocab) : 1;
+        out->stride = matrix ? klcl_row_stride(t, vocab) : 1;
         return KLCL_OK;
     }
     size_t width = matrix ? vocab : 1;
@@ -413,7 +408,7 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
         if (b->grad.host) {
             const size_t origin[3] = {0, 0, 0}, region[3] = {vocab * sizeof(float), rows, 1};
             err = clEnqueueReadBufferRect(ctx->queue, g.mem, CL_TRUE, origin, origin, region, vocab * sizeof(float),
-                                          0, row_stride(&b->grad, vocab) * sizeof(float), 0, b->grad.host, 0, NULL,
+                                          0, klcl_row_stride(&b->grad, vocab) * sizeof(float), 0, b->grad.host, 0, NULL,
                                           NULL);
             if (err != CL_SUCCESS) {
                 st = klcl_fail_cl(ctx, err, "clEnqueueReadBufferRect (gradient download)");
@@ -433,16 +428,16 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
         const float *th = b->teacher.host, *sh = b->student.host, *gh = b->grad.host;
         const int32_t *yh = b->labels.host;
         const uint8_t *mh = b->mask.host;
-        size_t g_stride = row_stride(&b->grad, vocab);
+        size_t g_stride = klcl_row_stride(&b->grad, vocab);
         struct {
             const klcl_tensor *t;
             size_t elem, count;
             void **copy;
             const void **view;
         } pulls[] = {
-            {&b->teacher, sizeof(float), (rows - 1) * row_stride(&b->teacher, vocab) + vocab, (void **)&teacher_copy,
+            {&b->teacher, sizeof(float), (rows - 1) * klcl_row_stride(&b->teacher, vocab) + vocab, (void **)&teacher_copy,
              (const void **)&th},
-            {&b->student, sizeof(float), (rows - 1) * row_stride(&b->student, vocab) + vocab, (void **)&student_copy,
+            {&b->student, sizeof(float), (rows - 1) * klcl_row_stride(&b->student, vocab) + vocab, (void **)&student_copy,
              (const void **)&sh},
             {&b->labels, sizeof(int32_t), rows, (void **)&labels_copy, (const void **)&yh},
             {&b->mask, sizeof(uint8_t), rows, (void **)&mask_copy, (const void **)&mh},

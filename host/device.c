@@ -30,7 +30,7 @@ void klcl_device_string(cl_device_id dev, cl_device_info what, char *out, size_t
     if (clGetDeviceInfo(dev, what, sizeof buf - 1, buf, NULL) == CL_SUCCESS) copy_truncated(out, cap, buf);
 }
 
-static void platform_string(cl_platform_id p, cl_platform_info what, char *out, size_t cap)
+void klcl_platform_string(cl_platform_id p, cl_platform_info what, char *out, size_t cap)
 {
     char buf[1024] = {0};
     out[0] = '\0';
@@ -49,7 +49,7 @@ static void fill_info(found_device *d, unsigned pi, unsigned di)
     info->device_index = di;
     klcl_device_string(d->device, CL_DEVICE_NAME, info->name, sizeof info->name);
     if (!info->name[0]) snprintf(info->name, sizeof info->name, "(unnamed)");
-    platform_string(d->platform, CL_PLATFORM_NAME, info->platform_name, sizeof info->platform_name);
+    klcl_platform_string(d->platform, CL_PLATFORM_NAME, info->platform_name, sizeof info->platform_name);
     if (!info->platform_name[0]) snprintf(info->platform_name, sizeof info->platform_name, "(unnamed)");
     klcl_device_string(d->device, CL_DRIVER_VERSION, info->driver_version, sizeof info->driver_version);
     clGetDeviceInfo(d->device, CL_DEVICE_TYPE, sizeof type, &type, NULL);

@@ -18,8 +18,15 @@ enum {
     FLAG_BAD_LABEL = 4,
     FLAG_AGREE = 8,
     FLAG_CORRECT = 16,
-    FLAG_TEACHER_OK = 32
+    FLAG_TEACHER_OK = 32,
+    FLAG_NO_GRADIENT = 64
 };
+
+/* Elements between row starts of a matrix tensor: its stride, or vocab when the stride is 0. */
+static inline size_t klcl_row_stride(const klcl_tensor *t, size_t vocab)
+{
+    return t->stride ? t->stride : vocab;
+}
 
 /* A device buffer the context owns and grows on demand. */
 typedef struct klcl_scratch {
@@ -72,6 +79,7 @@ klcl_loss klcl_effective_loss(const klcl_loss_desc *desc);
 klcl_status klcl_select_device(klcl_context *ctx, const char *spec);
 /* A string property of a device, truncated to cap; "" when the query fails. */
 void klcl_device_string(cl_device_id dev, cl_device_info what, char *out, size_t cap);
+void klcl_platform_string(cl_platform_id p, cl_platform_info what, char *out, size_t cap);
 
 /* Binary cache (cache.c): a built program for (source, options, device), or NULL on any miss; storing
  * never fails visibly. */

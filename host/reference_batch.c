@@ -6,11 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static size_t stride_of(const klcl_tensor *t, size_t vocab)
-{
-    return t->stride ? t->stride : vocab;
-}
-
 /* Argmax with ties to the lowest index; -1 for a row with no finite-or-(-inf) maximum (all NaN). */
 static long argmax_row(const float *x, size_t vocab)
 {
@@ -33,8 +28,8 @@ klcl_status klcl_reference_compute(klcl_context *ctx, const klcl_loss_desc *desc
     const int32_t *labels = b->labels.host;
     const uint8_t *mask = b->mask.host;
     float *grad = b->grad.host, *row_loss = b->row_loss.host;
-    const size_t ts = stride_of(&b->teacher, vocab), ss = stride_of(&b->student, vocab);
-    const size_t gs = stride_of(&b->grad, vocab);
+    const size_t ts = klcl_row_stride(&b->teacher, vocab), ss = klcl_row_stride(&b->student, vocab);
+    const size_t gs = klcl_row_stride(&b->grad, vocab);
     double *g = grad ? malloc(vocab * sizeof *g) : NULL;
     if (grad && !g) return klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "reference: out of host memory");
 
@@ -83,7 +78,7 @@ klcl_status klcl_verify(klcl_context *ctx, const klcl_loss_desc *desc, const klc
                         const float *grad, size_t grad_stride, klcl_result *result)
 {
     const size_t rows = b->rows, vocab = b->vocab;
-    const size_t ts = stride_of(&b->teacher, vocab), ss = stride_of(&b->student, vocab);
+    const size_t ts = klcl_row_stride(&b->teacher, vocab), ss = klcl_row_stride(&b->student, vocab);
     double *g = grad ? malloc(vocab * sizeof *g) : NULL;
     if (grad && !g) return klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "verify: out of host memory");
     /* Gradients are compared before scale and denominator, as LOSSES.md states the tolerance. */
