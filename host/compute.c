@@ -15,9 +15,10 @@ enum { ROWS_PER_LAUNCH = 32768, GRAD_ITEMS_PER_ROW_MAX = 4096 };
 typedef struct tensor_role {
     const char *name;
     const klcl_tensor *t;
-    size_t elem; /* bytes per element */
-    int matrix;  /* rows x vocab with a stride, else a vector of rows */
+    size_t width; /* columns of a matrix (rows x width with a stride); 0 for a vector of rows */
     int required;
+    int any_dtype; /* a logit or gradient matrix: any klcl_dtype; otherwise its fixed type (dtype 0) */
+    size_t elem;   /* bytes per element of a fixed type */
 } tensor_role;
 
 static int tensor_given(const klcl_tensor *t)
@@ -25,22 +26,27 @@ static int tensor_given(const klcl_tensor *t)
     return t->host != NULL || t->mem != NULL;
 }
 
-static klcl_status check_tensor(klcl_context *ctx, const tensor_role *r, size_t rows, size_t vocab)
+static klcl_status check_tensor(klcl_context *ctx, const tensor_role *r, size_t rows)
 {
     const klcl_tensor *t = r->t;
+    const size_t vocab = r->width;
     if (!tensor_given(t))
         return r->required ? klcl_fail(ctx, KLCL_ERR_NULL_POINTER, "batch->%s is missing (host and mem both NULL)",
                                        r->name)
                            : KLCL_OK;
     if (t->host && t->mem)
         return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "batch->%s: set host or mem, not both", r->name);
+    if (r->any_dtype ? !klcl_dtype_name(t->dtype) : t->dtype != KLCL_DTYPE_F32)
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "batch->%s.dtype is %d: %s", r->name, (int)t->dtype,
+                         r->any_dtype ? "not a klcl_dtype" : "must be 0 (the role's type is fixed)");
+    const size_t elem = r->any_dtype ? klcl_dtype_size(t->dtype) : r->elem;
     size_t extent = rows; /* elements */
-    if (r->matrix) {
+    if (r->width) {
         size_t stride = klcl_row_stride(t, vocab);
         if (stride < vocab)
             return klcl_fail(ctx, KLCL_ERR_INVALID_SHAPE, "batch->%s.stride (%zu) is smaller than vocab (%zu)",
                              r->name, stride, vocab);
-        if ((rows - 1) > (SIZE_MAX / r->elem - vocab) / stride)
+        if ((rows - 1) > (SIZE_MAX / elem - vocab) / stride)
             return klcl_fail(ctx, KLCL_ERR_INVALID_SHAPE, "batch->%s: rows x stride overflows size_t", r->name);
         extent = (rows - 1) * stride + vocab;
     }
@@ -48,9 +54,9 @@ static klcl_status check_tensor(klcl_context *ctx, const tensor_role *r, size_t 
         if (ctx->is_reference)
             return klcl_fail(ctx, KLCL_ERR_UNSUPPORTED, "batch->%s.mem: the CPU reference takes host tensors only",
                              r->name);
-        if (t->offset % r->elem)
+        if (t->offset % elem)
             return klcl_fail(ctx, KLCL_ERR_MISALIGNED, "batch->%s.offset (%zu) is not a multiple of %zu bytes",
-                             r->name, t->offset, r->elem);
+                             r->name, t->offset, elem);
         size_t size = 0;
         cl_int err = clGetMemObjectInfo(t->mem, CL_MEM_SIZE, sizeof size, &size, NULL);
         if (err != CL_SUCCESS) {
@@ -58,10 +64,10 @@ static klcl_status check_tensor(klcl_context *ctx, const tensor_role *r, size_t 
             return klcl_fail(ctx, (klcl_status)err, "batch->%s.mem is not a valid buffer: %s", r->name,
                              klcl_status_string(err));
         }
-        if (t->offset > size || (size - t->offset) / r->elem < extent)
+        if (t->offset > size || (size - t->offset) / elem < extent)
             return klcl_fail(ctx, KLCL_ERR_BUFFER_TOO_SMALL,
                              "batch->%s.mem holds %zu bytes; offset %zu + %zu elements of %zu bytes do not fit",
-                             r->name, size, t->offset, extent, r->elem);
+                             r->name, size, t->offset, extent, elem);
     }
     return KLCL_OK;
 }
@@ -75,26 +81,35 @@ klcl_status klcl_check_batch(klcl_context *ctx, const klcl_loss_desc *desc, cons
     if (b->vocab == 0) return klcl_fail(ctx, KLCL_ERR_INVALID_SHAPE, "batch->vocab is 0");
     if (b->vocab > INT32_MAX)
         return klcl_fail(ctx, KLCL_ERR_INVALID_SHAPE, "batch->vocab (%zu) exceeds 2^31 - 1", b->vocab);
-    int needs_labels = klcl_loss_needs_labels(desc->loss);
+    if (b->teacher_vocab > INT32_MAX)
+        return klcl_fail(ctx, KLCL_ERR_INVALID_SHAPE, "batch->teacher_vocab (%zu) exceeds 2^31 - 1",
+                         b->teacher_vocab);
+    if (b->teacher_logprobs != 0 && b->teacher_logprobs != 1)
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "batch->teacher_logprobs is %d: must be 0 or 1",
+                         b->teacher_logprobs);
+    const int needs_labels = klcl_loss_needs_labels(desc->loss);
+    const size_t vt = b->teacher_vocab ? b->teacher_vocab : b->vocab;
     const tensor_role roles[] = {
-        {"student", &b->student, sizeof(float), 1, 1},
-        {"teacher", &b->teacher, sizeof(float), 1, desc->loss != KLCL_LOSS_CE},
-        {"labels", &b->labels, sizeof(int32_t), 0, needs_labels},
-        {"mask", &b->mask, sizeof(uint8_t), 0, 0},
-        {"grad", &b->grad, sizeof(float), 1, 0},
-        {"row_loss", &b->row_loss, sizeof(float), 0, 0},
+        {"student", &b->student, b->vocab, 1, 1, 0},
+        {"teacher", &b->teacher, vt, desc->loss != KLCL_LOSS_CE, 1, 0},
+        {"labels", &b->labels, 0, needs_labels, 0, sizeof(int32_t)},
+        {"mask", &b->mask, 0, 0, 0, sizeof(uint8_t)},
+        {"grad", &b->grad, b->vocab, 0, 1, 0},
+        {"row_loss", &b->row_loss, 0, 0, 0, sizeof(float)},
     };
     for (size_t i = 0; i < sizeof roles / sizeof roles[0]; i++) {
-        st = check_tensor(ctx, &roles[i], b->rows, b->vocab);
+        st = check_tensor(ctx, &roles[i], b->rows);
         if (st != KLCL_OK) return st;
     }
     if (b->labels.host) {
         const int32_t *y = b->labels.host;
+        const klcl_widths w = klcl_batch_widths(desc, b);
+        const size_t limit = w.width < b->vocab ? w.width : b->vocab; /* columns a label may name */
         for (size_t i = 0; i < b->rows; i++)
-            if (y[i] != desc->ignore_index && (y[i] < 0 || (size_t)y[i] >= b->vocab))
+            if (y[i] != desc->ignore_index && (y[i] < 0 || (size_t)y[i] >= limit))
                 return klcl_fail(ctx, KLCL_ERR_LABEL_OUT_OF_RANGE,
                                  "batch->labels[%zu] is %d: outside [0, %zu) and not ignore_index (%d)", i,
-                                 (int)y[i], b->vocab, (int)desc->ignore_index);
+                                 (int)y[i], limit, (int)desc->ignore_index);
     }
     return KLCL_OK;
 }
@@ -156,65 +171,145 @@ void klcl_tally_finish(const klcl_tally *t, klcl_reduction reduction, size_t row
 /* ------------------------------------------------------------------------------------------------------ */
 /* OpenCL path                                                                                              */
 
-/* A tensor as the kernels see it: a buffer, an offset in elements, a row stride in elements. */
+/* A per-row vector as the kernels see it: a buffer and an offset in elements. */
 typedef struct bound {
     cl_mem mem;
     cl_ulong offset;
-    cl_ulong stride;
     int given;
 } bound;
 
-/* Binds an input: the caller's buffer, or host memory uploaded into scratch `which`. */
-static klcl_status bind_input(klcl_context *ctx, const klcl_tensor *t, int which, size_t elem, size_t rows,
-                              size_t vocab, int matrix, bound *out)
+/* Binds a per-row input vector: the caller's buffer, or host memory uploaded into scratch `which`. */
+static klcl_status bind_vector(klcl_context *ctx, const klcl_tensor *t, int which, size_t elem, size_t rows,
+                               bound *out)
 {
     memset(out, 0, sizeof *out);
-    if (!tensor_given(t)) {
-        out->mem = ctx->scratch[SCRATCH_DUMMY].mem;
-        return KLCL_OK;
-    }
+    out->mem = ctx->scratch[SCRATCH_DUMMY].mem;
+    if (!tensor_given(t)) return KLCL_OK;
     out->given = 1;
     if (t->mem) {
         out->mem = t->mem;
         out->offset = t->offset / elem;
-        out->stride = matrix ? klcl_row_stride(t, vocab) : 1;
         return KLCL_OK;
     }
-    size_t width = matrix ? vocab : rows, height = matrix ? rows : 1;
-    klcl_status st = klcl_scratch_reserve(ctx, which, width * height * elem);
+    klcl_status st = klcl_scratch_reserve(ctx, which, rows * elem);
     if (st != KLCL_OK) return st;
     out->mem = ctx->scratch[which].mem;
-    out->stride = matrix ? vocab : 1;
-    cl_int err;
-    if (matrix && klcl_row_stride(t, vocab) != vocab) {
-        const size_t origin[3] = {0, 0, 0}, region[3] = {vocab * elem, rows, 1};
-        err = clEnqueueWriteBufferRect(ctx->queue, out->mem, CL_TRUE, origin, origin, region, vocab * elem, 0,
-                                       klcl_row_stride(t, vocab) * elem, 0, t->host, 0, NULL, NULL);
-    } else {
-        err = clEnqueueWriteBuffer(ctx->queue, out->mem, CL_TRUE, 0, width * height * elem, t->host, 0, NULL,
-                                   NULL);
-    }
+    cl_int err = clEnqueueWriteBuffer(ctx->queue, out->mem, CL_FALSE, 0, rows * elem, t->host, 0, NULL, NULL);
     return err == CL_SUCCESS ? KLCL_OK : klcl_fail_cl(ctx, err, "clEnqueueWriteBuffer (upload)");
 }
 
-/* Binds an output: the caller's buffer, or scratch `which` to be downloaded afterwards. */
-static klcl_status bind_output(klcl_context *ctx, const klcl_tensor *t, int which, size_t elem, size_t rows,
-                               size_t vocab, int matrix, bound *out)
+/* Binds a per-row output vector: the caller's buffer, or scratch `which` to be read back. */
+static klcl_status bind_vector_out(klcl_context *ctx, const klcl_tensor *t, int which, size_t rows, bound *out)
 {
     memset(out, 0, sizeof *out);
     out->given = tensor_given(t);
     if (t->mem) {
         out->mem = t->mem;
-        out->offset = t->offset / elem;
-        out->stride = matrix ? klcl_row_stride(t, vocab) : 1;
+        out->offset = t->offset / sizeof(float);
         return KLCL_OK;
     }
-    size_t width = matrix ? vocab : 1;
-    klcl_status st = klcl_scratch_reserve(ctx, which, rows * width * elem);
-    if (st != KLCL_OK) return st;
+    klcl_status st = klcl_scratch_reserve(ctx, which, rows * sizeof(float));
     out->mem = ctx->scratch[which].mem;
-    out->stride = width;
-    return KLCL_OK;
+    return st;
+}
+
+/* A logit or gradient matrix: the caller's buffer used in place, or host memory streamed through the
+ * two chunk slots (scratch `slot0` and `slot0 + 1`). `mem`, `offset` and `stride` describe the current
+ * chunk's first row. */
+typedef struct matrix {
+    const klcl_tensor *t;
+    int given, on_host, slot0;
+    size_t width, elem, host_stride;
+    cl_mem mem;
+    cl_ulong offset, stride;
+} matrix;
+
+static matrix matrix_of(const klcl_tensor *t, size_t width, int slot0)
+{
+    matrix m;
+    memset(&m, 0, sizeof m);
+    m.t = t;
+    m.given = tensor_given(t);
+    m.on_host = t->host != NULL;
+    m.slot0 = slot0;
+    m.width = width;
+    m.elem = klcl_dtype_size(t->dtype);
+    m.host_stride = klcl_row_stride(t, width);
+    return m;
+}
+
+/* Points the matrix at chunk [c0, c0 + n) in slot `slot`; `dummy` for a matrix not given. */
+static void matrix_at(klcl_context *ctx, matrix *m, size_t c0, int slot)
+{
+    if (!m->given) {
+        m->mem = ctx->scratch[SCRATCH_DUMMY].mem;
+        m->offset = m->stride = 0;
+    } else if (m->on_host) {
+        m->mem = ctx->scratch[m->slot0 + slot].mem;
+        m->offset = 0;
+        m->stride = m->width;
+    } else {
+        m->stride = m->host_stride;
+        m->mem = m->t->mem;
+        m->offset = m->t->offset / m->elem + c0 * m->stride;
+    }
+}
+
+/* Host rows [c0, c0 + n) to or from the current slot of m, on queue q after `wait`. */
+static cl_int matrix_transfer(cl_command_queue q, const matrix *m, size_t c0, size_t n, int write, cl_uint nwait,
+                              const cl_event *wait, cl_event *done)
+{
+    char *host = (char *)m->t->host + c0 * m->host_stride * m->elem;
+    const size_t row_bytes = m->width * m->elem;
+    if (m->host_stride == m->width)
+        return write ? clEnqueueWriteBuffer(q, m->mem, CL_FALSE, 0, n * row_bytes, host, nwait, wait, done)
+                     : clEnqueueReadBuffer(q, m->mem, CL_FALSE, 0, n * row_bytes, host, nwait, wait, done);
+    const size_t origin[3] = {0, 0, 0}, region[3] = {row_bytes, n, 1};
+    const size_t host_pitch = m->host_stride * m->elem;
+    return write ? clEnqueueWriteBufferRect(q, m->mem, CL_FALSE, origin, origin, region, row_bytes, 0, host_pitch,
+                                            0, host, nwait, wait, done)
+                 : clEnqueueReadBufferRect(q, m->mem, CL_FALSE, origin, origin, region, row_bytes, 0, host_pitch, 0,
+                                           host, nwait, wait, done);
+}
+
+/* Rows per chunk: all of them when nothing is on the host; else ctx->chunk_rows, or as many as fit two
+ * slots in a quarter of the device's memory; never a buffer above CL_DEVICE_MAX_MEM_ALLOC_SIZE. */
+static size_t chunk_rows_for(klcl_context *ctx, size_t rows, const matrix *const *ms, size_t count)
+{
+    size_t per_row = 0, widest = 0;
+    for (size_t i = 0; i < count; i++) {
+        if (!ms[i]->on_host) continue;
+        size_t bytes = ms[i]->width * ms[i]->elem;
+        per_row += bytes;
+        if (bytes > widest) widest = bytes;
+    }
+    if (per_row == 0) return rows;
+    cl_ulong global = 0, max_alloc = 0;
+    if (clGetDeviceInfo(ctx->device, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof global, &global, NULL) != CL_SUCCESS)
+        global = 0;
+    if (clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof max_alloc, &max_alloc, NULL) != CL_SUCCESS)
+        max_alloc = 0;
+    size_t n = ctx->chunk_rows ? ctx->chunk_rows : (size_t)(global / 4 / (2 * per_row));
+    if (max_alloc && n > max_alloc / widest) n = (size_t)(max_alloc / widest);
+    if (n > rows) n = rows;
+    return n ? n : 1;
+}
+
+/* The queue for transfers of a chunked call: a second queue on the device, so that the next chunk's
+ * upload runs beside the current chunk's kernels; the main queue where one cannot be made. */
+static cl_command_queue copy_queue(klcl_context *ctx)
+{
+    if (!ctx->copy_queue) {
+        cl_int err;
+        ctx->copy_queue = clCreateCommandQueue(ctx->cl_ctx, ctx->device, 0, &err);
+    }
+    return ctx->copy_queue ? ctx->copy_queue : ctx->queue;
+}
+
+static void release_event(cl_event *e)
+{
+    if (*e) clReleaseEvent(*e);
+    *e = NULL;
 }
 
 typedef struct kernel_params {
@@ -252,21 +347,35 @@ static void arg(arg_setter *a, size_t size, const void *value)
     a->index++;
 }
 
-static void arg_bound(arg_setter *a, const bound *b)
+/* A matrix from row `skip` of its current chunk on. */
+static void arg_matrix(arg_setter *a, const matrix *m, size_t skip)
 {
-    arg(a, sizeof(cl_mem), &b->mem);
-    arg(a, sizeof(cl_ulong), &b->offset);
-    arg(a, sizeof(cl_ulong), &b->stride);
+    const cl_ulong offset = m->offset + skip * m->stride;
+    arg(a, sizeof(cl_mem), &m->mem);
+    arg(a, sizeof(cl_ulong), &offset);
+    arg(a, sizeof(cl_ulong), &m->stride);
 }
 
-/* The arguments both kernels start with: teacher, student, labels. */
-static void arg_inputs(arg_setter *a, const bound *t, const bound *s, const bound *y, cl_int has_labels)
+/* The arguments both kernels start with: teacher, student, labels, the widths. */
+static void arg_inputs(arg_setter *a, const matrix *t, const matrix *s, size_t skip, const bound *y,
+                       const klcl_widths *w, int with_mask, const bound *m)
 {
-    arg_bound(a, t);
-    arg_bound(a, s);
+    const cl_int has_labels = y->given, has_mask = m->given;
+    const cl_uint width = (cl_uint)w->width, t_cols = (cl_uint)(t->given ? w->t_cols : w->width);
+    const cl_uint s_cols = (cl_uint)w->s_cols;
+    arg_matrix(a, t, skip);
+    arg_matrix(a, s, skip);
     arg(a, sizeof(cl_mem), &y->mem);
     arg(a, sizeof(cl_ulong), &y->offset);
     arg(a, sizeof(cl_int), &has_labels);
+    if (with_mask) {
+        arg(a, sizeof(cl_mem), &m->mem);
+        arg(a, sizeof(cl_ulong), &m->offset);
+        arg(a, sizeof(cl_int), &has_mask);
+    }
+    arg(a, sizeof(cl_uint), &width);
+    arg(a, sizeof(cl_uint), &t_cols);
+    arg(a, sizeof(cl_uint), &s_cols);
 }
 
 static void arg_params(arg_setter *a, const kernel_params *p, int with_ignore_index, cl_int ignore_index)
@@ -276,67 +385,233 @@ static void arg_params(arg_setter *a, const kernel_params *p, int with_ignore_in
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) arg(a, sizeof(float), &v[i]);
 }
 
+/* Rows the reduction counts (not skipped by mask or ignore_index), for the gradient's denominator before
+ * the rows are reduced; labels outside the loss's columns fail here. cl_mem vectors are read back. */
+static klcl_status count_used(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b, size_t *used)
+{
+    const size_t rows = b->rows;
+    int32_t *yc = NULL;
+    uint8_t *mc = NULL;
+    const int32_t *y = b->labels.host;
+    const uint8_t *m = b->mask.host;
+    klcl_status st = KLCL_OK;
+    cl_int err = CL_SUCCESS;
+    if (b->labels.mem && (yc = malloc(rows * sizeof *yc)))
+        err = clEnqueueReadBuffer(ctx->queue, b->labels.mem, CL_TRUE, b->labels.offset, rows * sizeof *yc, yc, 0,
+                                  NULL, NULL);
+    if (err == CL_SUCCESS && b->mask.mem && (mc = malloc(rows)))
+        err = clEnqueueReadBuffer(ctx->queue, b->mask.mem, CL_TRUE, b->mask.offset, rows, mc, 0, NULL, NULL);
+    if (err != CL_SUCCESS) {
+        st = klcl_fail_cl(ctx, err, "clEnqueueReadBuffer (labels and mask)");
+        goto done;
+    }
+    if ((b->labels.mem && !yc) || (b->mask.mem && !mc)) {
+        st = klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "labels and mask: out of host memory");
+        goto done;
+    }
+    if (yc) {
+        klcl_batch view = *b;
+        view.labels.host = yc;
+        view.labels.mem = NULL;
+        if ((st = klcl_check_batch(ctx, desc, &view)) != KLCL_OK) goto done;
+        y = yc;
+    }
+    if (mc) m = mc;
+    *used = 0;
+    for (size_t i = 0; i < rows; i++) *used += !((m && m[i] == 0) || (y && y[i] == desc->ignore_index));
+done:
+    free(yc);
+    free(mc);
+    return st;
+}
+
+/* Verify mode: host views of the batch's tensors (copies of cl_mem ones), then the reference beside the
+ * device's results. */
+static klcl_status verify_call(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
+                               const float *row_loss, klcl_result *result)
+{
+    const size_t rows = b->rows, vt = b->teacher_vocab ? b->teacher_vocab : b->vocab;
+    klcl_tensor views[4] = {b->teacher, b->student, b->labels, b->mask}, grad = b->grad;
+    const size_t widths[4] = {vt, b->vocab, 0, 0}, fixed[4] = {0, 0, sizeof(int32_t), sizeof(uint8_t)};
+    klcl_tensor *all[5] = {&views[0], &views[1], &views[2], &views[3], &grad};
+    void *copies[5] = {NULL, NULL, NULL, NULL, NULL};
+    klcl_status st = KLCL_OK;
+    for (size_t i = 0; i < 5; i++) {
+        klcl_tensor *t = all[i];
+        if (!t->mem) continue;
+        const size_t width = i < 4 ? widths[i] : b->vocab;
+        const size_t elem = width ? klcl_dtype_size(t->dtype) : fixed[i];
+        const size_t count = width ? (rows - 1) * klcl_row_stride(t, width) + width : rows;
+        copies[i] = malloc(count * elem);
+        if (!copies[i]) {
+            st = klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "verify: out of host memory");
+            goto done;
+        }
+        cl_int err = clEnqueueReadBuffer(ctx->queue, t->mem, CL_TRUE, t->offset, count * elem, copies[i], 0, NULL,
+                                         NULL);
+        if (err != CL_SUCCESS) {
+            st = klcl_fail_cl(ctx, err, "clEnqueueReadBuffer (verify)");
+            goto done;
+        }
+        t->host = copies[i];
+        t->mem = NULL;
+        t->offset = 0;
+    }
+    st = klcl_verify(ctx, desc, b, &views[0], &views[1], views[2].host, views[3].host, row_loss, &grad, result);
+done:
+    for (size_t i = 0; i < 5; i++) free(copies[i]);
+    return st;
+}
+
 static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
                                   klcl_result *result)
 {
-    klcl_status st = klcl_program_build(ctx);
-    if (st != KLCL_OK) return st;
-    const size_t rows = b->rows, vocab = b->vocab;
+    const size_t rows = b->rows;
+    const klcl_widths w = klcl_batch_widths(desc, b);
     const klcl_loss kind = klcl_effective_loss(desc);
     const kernel_params prm = params_of(desc, kind);
+    const int want_grad = tensor_given(&b->grad);
+    const size_t vt = b->teacher_vocab ? b->teacher_vocab : b->vocab;
+    const klcl_program *prog = NULL;
     float *row_loss = NULL, *stats = NULL;
     cl_int *flags = NULL;
-    float *teacher_copy = NULL, *student_copy = NULL, *grad_copy = NULL;
-    int32_t *labels_copy = NULL;
-    uint8_t *mask_copy = NULL;
+    cl_event upload_ev[2] = {NULL, NULL}, free_ev[2] = {NULL, NULL}, done_ev = NULL;
+    cl_command_queue cq = ctx->queue;
     cl_int err;
 
-    st = klcl_scratch_reserve(ctx, SCRATCH_DUMMY, 64);
-    if (st != KLCL_OK) goto done;
-    bound t, s, y, m, rl, g, rs, rf;
-    if ((st = bind_input(ctx, &b->teacher, SCRATCH_TEACHER, sizeof(float), rows, vocab, 1, &t)) != KLCL_OK ||
-        (st = bind_input(ctx, &b->student, SCRATCH_STUDENT, sizeof(float), rows, vocab, 1, &s)) != KLCL_OK ||
-        (st = bind_input(ctx, &b->labels, SCRATCH_LABELS, sizeof(int32_t), rows, vocab, 0, &y)) != KLCL_OK ||
-        (st = bind_input(ctx, &b->mask, SCRATCH_MASK, sizeof(uint8_t), rows, vocab, 0, &m)) != KLCL_OK ||
-        (st = bind_output(ctx, &b->row_loss, SCRATCH_ROW_LOSS, sizeof(float), rows, vocab, 0, &rl)) != KLCL_OK ||
+    klcl_status st = klcl_program_variant(ctx, b->teacher.dtype, b->student.dtype,
+                                          want_grad ? b->grad.dtype : KLCL_DTYPE_F32, &prog);
+    if (st != KLCL_OK) return st;
+    if ((st = klcl_scratch_reserve(ctx, SCRATCH_DUMMY, 64)) != KLCL_OK) goto done;
+
+    /* The gradient's denominator is needed before the rows are reduced (chunks write their gradient as
+     * they go): only `mean` depends on the data. */
+    size_t used = rows;
+    if (want_grad && desc->reduction == KLCL_REDUCTION_MEAN && (st = count_used(ctx, desc, b, &used)) != KLCL_OK)
+        goto done;
+    const float inv_denom = (float)(1.0 / klcl_denominator(desc->reduction, rows, used));
+
+    bound y, m, rl;
+    if ((st = bind_vector(ctx, &b->labels, SCRATCH_LABELS, sizeof(int32_t), rows, &y)) != KLCL_OK ||
+        (st = bind_vector(ctx, &b->mask, SCRATCH_MASK, sizeof(uint8_t), rows, &m)) != KLCL_OK ||
+        (st = bind_vector_out(ctx, &b->row_loss, SCRATCH_ROW_LOSS, rows, &rl)) != KLCL_OK ||
         (st = klcl_scratch_reserve(ctx, SCRATCH_ROW_STATS, rows * RS_COUNT * sizeof(float))) != KLCL_OK ||
         (st = klcl_scratch_reserve(ctx, SCRATCH_ROW_FLAGS, rows * RF_COUNT * sizeof(cl_int))) != KLCL_OK)
         goto done;
-    rs.mem = ctx->scratch[SCRATCH_ROW_STATS].mem;
-    rf.mem = ctx->scratch[SCRATCH_ROW_FLAGS].mem;
+    cl_mem rs = ctx->scratch[SCRATCH_ROW_STATS].mem, rf = ctx->scratch[SCRATCH_ROW_FLAGS].mem;
 
-    /* Row kernel, in launches of at most ROWS_PER_LAUNCH rows. */
-    const cl_uint vocab_u = (cl_uint)vocab;
-    const cl_int has_teacher = t.given, has_labels = y.given, has_mask = m.given;
-    const cl_int want_grad = tensor_given(&b->grad);
-    cl_kernel rk = ctx->rows_kernel[kind];
-    for (size_t r0 = 0; r0 < rows; r0 += ROWS_PER_LAUNCH) {
-        size_t n = rows - r0 < ROWS_PER_LAUNCH ? rows - r0 : ROWS_PER_LAUNCH;
-        const cl_ulong row0 = r0;
-        arg_setter a = {rk, 0, CL_SUCCESS};
-        arg_inputs(&a, &t, &s, &y, has_labels);
-        arg(&a, sizeof(cl_mem), &m.mem);
-        arg(&a, sizeof(cl_ulong), &m.offset);
-        arg(&a, sizeof(cl_int), &has_mask);
-        arg(&a, sizeof(cl_uint), &vocab_u);
-        arg(&a, sizeof(cl_int), &has_teacher);
-        arg_params(&a, &prm, 1, desc->ignore_index);
-        arg(&a, sizeof(cl_mem), &rl.mem);
-        arg(&a, sizeof(cl_ulong), &rl.offset);
-        arg(&a, sizeof(cl_mem), &rs.mem);
-        arg(&a, sizeof(cl_mem), &rf.mem);
-        arg(&a, sizeof(cl_ulong), &row0);
-        arg(&a, sizeof(cl_int), &want_grad);
-        if (a.err != CL_SUCCESS) {
-            st = klcl_fail_cl(ctx, a.err, "clSetKernelArg (row kernel)");
-            goto done;
+    matrix mt = matrix_of(&b->teacher, vt, SCRATCH_TEACHER), ms = matrix_of(&b->student, b->vocab, SCRATCH_STUDENT);
+    matrix mg = matrix_of(&b->grad, b->vocab, SCRATCH_GRAD);
+    const matrix *const all[3] = {&mt, &ms, &mg};
+    const size_t chunk = chunk_rows_for(ctx, rows, all, 3), nchunks = (rows + chunk - 1) / chunk;
+    for (size_t i = 0; i < 3; i++)
+        for (int slot = 0; all[i]->on_host && slot < (nchunks > 1 ? 2 : 1); slot++)
+            if ((st = klcl_scratch_reserve(ctx, all[i]->slot0 + slot, chunk * all[i]->width * all[i]->elem)) !=
+                KLCL_OK)
+                goto done;
+    if (nchunks > 1) cq = copy_queue(ctx);
+
+    /* The pipeline: upload chunk c + 1 (transfer queue) while chunk c's kernels run (main queue), then read
+     * chunk c's gradient back; a slot is written again only after everything that used it has finished. */
+    const cl_int has_teacher = mt.given, want_grad_arg = want_grad;
+    const cl_int t_logprob = b->teacher_logprobs && desc->tau == 1.0f && desc->softcap == 0.0f;
+    for (size_t c = 0; c <= nchunks; c++) {
+        /* Upload of chunk c (one step ahead of the kernels below, which run chunk c - 1). */
+        if (c < nchunks && (mt.on_host || ms.on_host)) {
+            const size_t c0 = c * chunk, n = rows - c0 < chunk ? rows - c0 : chunk;
+            const int slot = (int)(c % 2);
+            matrix_at(ctx, &mt, c0, slot);
+            matrix_at(ctx, &ms, c0, slot);
+            release_event(&upload_ev[slot]);
+            const cl_uint nw = free_ev[slot] ? 1 : 0;
+            const cl_event *wait = nw ? &free_ev[slot] : NULL;
+            err = CL_SUCCESS;
+            if (mt.on_host) err = matrix_transfer(cq, &mt, c0, n, 1, nw, wait, ms.on_host ? NULL : &upload_ev[slot]);
+            if (err == CL_SUCCESS && ms.on_host) err = matrix_transfer(cq, &ms, c0, n, 1, nw, wait, &upload_ev[slot]);
+            if (err != CL_SUCCESS) {
+                st = klcl_fail_cl(ctx, err, "clEnqueueWriteBuffer (logits upload)");
+                goto done;
+            }
         }
-        size_t global = n * ctx->wg, local = ctx->wg;
-        err = clEnqueueNDRangeKernel(ctx->queue, rk, 1, NULL, &global, &local, 0, NULL, NULL);
-        if (err != CL_SUCCESS) {
-            st = klcl_fail_cl(ctx, err, "clEnqueueNDRangeKernel (row kernel)");
-            goto done;
+        if (c == 0) continue;
+        const size_t k = c - 1, c0 = k * chunk, n = rows - c0 < chunk ? rows - c0 : chunk;
+        const int slot = (int)(k % 2);
+        matrix_at(ctx, &mt, c0, slot);
+        matrix_at(ctx, &ms, c0, slot);
+        matrix_at(ctx, &mg, c0, slot);
+        /* Row kernel, in launches of at most ROWS_PER_LAUNCH rows. */
+        cl_kernel rk = prog->rows_kernel[kind];
+        for (size_t r = 0; r < n; r += ROWS_PER_LAUNCH) {
+            const size_t nl = n - r < ROWS_PER_LAUNCH ? n - r : ROWS_PER_LAUNCH;
+            const cl_ulong row0 = c0 + r;
+            arg_setter a = {rk, 0, CL_SUCCESS};
+            arg_inputs(&a, &mt, &ms, r, &y, &w, 1, &m);
+            arg(&a, sizeof(cl_int), &t_logprob);
+            arg(&a, sizeof(cl_int), &has_teacher);
+            arg_params(&a, &prm, 1, desc->ignore_index);
+            arg(&a, sizeof(cl_mem), &rl.mem);
+            arg(&a, sizeof(cl_ulong), &rl.offset);
+            arg(&a, sizeof(cl_mem), &rs);
+            arg(&a, sizeof(cl_mem), &rf);
+            arg(&a, sizeof(cl_ulong), &row0);
+            arg(&a, sizeof(cl_int), &want_grad_arg);
+            if (a.err != CL_SUCCESS) {
+                st = klcl_fail_cl(ctx, a.err, "clSetKernelArg (row kernel)");
+                goto done;
+            }
+            const size_t global = nl * ctx->wg, local = ctx->wg;
+            const int first = r == 0 && upload_ev[slot];
+            release_event(&done_ev);
+            err = clEnqueueNDRangeKernel(ctx->queue, rk, 1, NULL, &global, &local, first ? 1 : 0,
+                                         first ? &upload_ev[slot] : NULL, &done_ev);
+            if (err != CL_SUCCESS) {
+                st = klcl_fail_cl(ctx, err, "clEnqueueNDRangeKernel (row kernel)");
+                goto done;
+            }
         }
+        /* Gradient kernel: element-wise, so any launch shape gives the same bits. Work-items per row: one
+         * per 8-logit vector, in multiples of 64, at most GRAD_ITEMS_PER_ROW_MAX. */
+        if (want_grad) {
+            cl_kernel gk = prog->grad_kernel[kind];
+            size_t per_row = ((b->vocab + 7) / 8 + 63) / 64 * 64;
+            if (per_row > GRAD_ITEMS_PER_ROW_MAX) per_row = GRAD_ITEMS_PER_ROW_MAX;
+            for (size_t r = 0; r < n; r += ROWS_PER_LAUNCH) {
+                const size_t nl = n - r < ROWS_PER_LAUNCH ? n - r : ROWS_PER_LAUNCH;
+                const cl_ulong row0 = c0 + r;
+                arg_setter a = {gk, 0, CL_SUCCESS};
+                arg_inputs(&a, &mt, &ms, r, &y, &w, 0, &m);
+                arg_params(&a, &prm, 0, 0);
+                arg(&a, sizeof(float), &inv_denom);
+                arg(&a, sizeof(cl_mem), &rs);
+                arg(&a, sizeof(cl_mem), &rf);
+                arg(&a, sizeof(cl_ulong), &row0);
+                arg_matrix(&a, &mg, r);
+                if (a.err != CL_SUCCESS) {
+                    st = klcl_fail_cl(ctx, a.err, "clSetKernelArg (gradient kernel)");
+                    goto done;
+                }
+                const size_t global[2] = {per_row, nl};
+                release_event(&done_ev);
+                err = clEnqueueNDRangeKernel(ctx->queue, gk, 2, NULL, global, NULL, 0, NULL, &done_ev);
+                if (err != CL_SUCCESS) {
+                    st = klcl_fail_cl(ctx, err, "clEnqueueNDRangeKernel (gradient kernel)");
+                    goto done;
+                }
+            }
+        }
+        release_event(&free_ev[slot]);
+        if (mg.on_host) {
+            err = matrix_transfer(cq, &mg, c0, n, 0, 1, &done_ev, &free_ev[slot]);
+            if (err != CL_SUCCESS) {
+                st = klcl_fail_cl(ctx, err, "clEnqueueReadBufferRect (gradient download)");
+                goto done;
+            }
+        } else {
+            free_ev[slot] = done_ev;
+            clRetainEvent(done_ev);
+        }
+        if (cq != ctx->queue) clFlush(cq);
+        clFlush(ctx->queue);
     }
 
     /* Per-row results back to the host: the reduction is done there in double, in row order. */
@@ -350,11 +625,10 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
     err = clEnqueueReadBuffer(ctx->queue, rl.mem, CL_FALSE, rl.offset * sizeof(float), rows * sizeof(float),
                               row_loss, 0, NULL, NULL);
     if (err == CL_SUCCESS)
-        err = clEnqueueReadBuffer(ctx->queue, rs.mem, CL_FALSE, 0, rows * RS_COUNT * sizeof(float), stats, 0, NULL,
-                                  NULL);
+        err = clEnqueueReadBuffer(ctx->queue, rs, CL_FALSE, 0, rows * RS_COUNT * sizeof(float), stats, 0, NULL, NULL);
     if (err == CL_SUCCESS)
-        err = clEnqueueReadBuffer(ctx->queue, rf.mem, CL_TRUE, 0, rows * RF_COUNT * sizeof(cl_int), flags, 0, NULL,
-                                  NULL);
+        err = clEnqueueReadBuffer(ctx->queue, rf, CL_TRUE, 0, rows * RF_COUNT * sizeof(cl_int), flags, 0, NULL, NULL);
+    if (err == CL_SUCCESS && cq != ctx->queue) err = clFinish(cq);
     if (err != CL_SUCCESS) {
         st = klcl_fail_cl(ctx, err, "clEnqueueReadBuffer (per-row results)");
         goto done;
@@ -365,111 +639,34 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
         int f = flags[i * RF_COUNT + RF_FLAGS];
         if (f & FLAG_BAD_LABEL) {
             st = klcl_fail(ctx, KLCL_ERR_LABEL_OUT_OF_RANGE,
-                           "batch->labels[%zu] is outside [0, %zu) and not ignore_index (%d)", i, vocab,
-                           (int)desc->ignore_index);
+                           "batch->labels[%zu] is outside [0, %zu) and not ignore_index (%d)", i,
+                           w.width < b->vocab ? w.width : b->vocab, (int)desc->ignore_index);
             goto done;
         }
         klcl_tally_row(&tally, i, f & FLAG_SKIPPED, row_loss[i], f & FLAG_TEACHER_OK, stats[i * RS_COUNT + RS_H_T],
-                       stats[i * RS_COUNT + RS_H_S], f & FLAG_AGREE, has_labels, f & FLAG_CORRECT);
+                       stats[i * RS_COUNT + RS_H_S], f & FLAG_AGREE, y.given, f & FLAG_CORRECT);
     }
     klcl_tally_finish(&tally, desc->reduction, rows, result);
-
-    /* Gradient kernel: element-wise, so any launch shape gives the same bits. */
-    if (tensor_given(&b->grad)) {
-        if ((st = bind_output(ctx, &b->grad, SCRATCH_GRAD, sizeof(float), rows, vocab, 1, &g)) != KLCL_OK) goto done;
-        const float inv_denom = (float)(1.0 / klcl_denominator(desc->reduction, rows, tally.used));
-        cl_kernel gk = ctx->grad_kernel[kind];
-        /* Work-items per row: one per 8-logit vector, in multiples of 64, at most GRAD_ITEMS_PER_ROW_MAX. */
-        size_t per_row = ((vocab + 7) / 8 + 63) / 64 * 64;
-        if (per_row > GRAD_ITEMS_PER_ROW_MAX) per_row = GRAD_ITEMS_PER_ROW_MAX;
-        for (size_t r0 = 0; r0 < rows; r0 += ROWS_PER_LAUNCH) {
-            size_t n = rows - r0 < ROWS_PER_LAUNCH ? rows - r0 : ROWS_PER_LAUNCH;
-            const cl_ulong row0 = r0;
-            arg_setter a = {gk, 0, CL_SUCCESS};
-            arg_inputs(&a, &t, &s, &y, has_labels);
-            arg(&a, sizeof(cl_uint), &vocab_u);
-            arg_params(&a, &prm, 0, 0);
-            arg(&a, sizeof(float), &inv_denom);
-            arg(&a, sizeof(cl_mem), &rs.mem);
-            arg(&a, sizeof(cl_mem), &rf.mem);
-            arg(&a, sizeof(cl_ulong), &row0);
-            arg_bound(&a, &g);
-            if (a.err != CL_SUCCESS) {
-                st = klcl_fail_cl(ctx, a.err, "clSetKernelArg (gradient kernel)");
-                goto done;
-            }
-            size_t global[2] = {per_row, n};
-            err = clEnqueueNDRangeKernel(ctx->queue, gk, 2, NULL, global, NULL, 0, NULL, NULL);
-            if (err != CL_SUCCESS) {
-                st = klcl_fail_cl(ctx, err, "clEnqueueNDRangeKernel (gradient kernel)");
-                goto done;
-            }
-        }
-        if (b->grad.host) {
-            const size_t origin[3] = {0, 0, 0}, region[3] = {vocab * sizeof(float), rows, 1};
-            err = clEnqueueReadBufferRect(ctx->queue, g.mem, CL_TRUE, origin, origin, region, vocab * sizeof(float),
-                                          0, klcl_row_stride(&b->grad, vocab) * sizeof(float), 0, b->grad.host, 0, NULL,
-                                          NULL);
-            if (err != CL_SUCCESS) {
-                st = klcl_fail_cl(ctx, err, "clEnqueueReadBufferRect (gradient download)");
-                goto done;
-            }
-        }
-    }
     if (b->row_loss.host) memcpy(b->row_loss.host, row_loss, rows * sizeof(float));
     err = clFinish(ctx->queue);
     if (err != CL_SUCCESS) {
         st = klcl_fail_cl(ctx, err, "clFinish");
         goto done;
     }
-
-    if (ctx->verify) {
-        /* Host copies of whatever lives only on the device, then the reference side by side. */
-        const float *th = b->teacher.host, *sh = b->student.host, *gh = b->grad.host;
-        const int32_t *yh = b->labels.host;
-        const uint8_t *mh = b->mask.host;
-        size_t g_stride = klcl_row_stride(&b->grad, vocab);
-        struct {
-            const klcl_tensor *t;
-            size_t elem, count;
-            void **copy;
-            const void **view;
-        } pulls[] = {
-            {&b->teacher, sizeof(float), (rows - 1) * klcl_row_stride(&b->teacher, vocab) + vocab, (void **)&teacher_copy,
-             (const void **)&th},
-            {&b->student, sizeof(float), (rows - 1) * klcl_row_stride(&b->student, vocab) + vocab, (void **)&student_copy,
-             (const void **)&sh},
-            {&b->labels, sizeof(int32_t), rows, (void **)&labels_copy, (const void **)&yh},
-            {&b->mask, sizeof(uint8_t), rows, (void **)&mask_copy, (const void **)&mh},
-            {&b->grad, sizeof(float), (rows - 1) * g_stride + vocab, (void **)&grad_copy, (const void **)&gh},
-        };
-        for (size_t i = 0; i < sizeof pulls / sizeof pulls[0]; i++) {
-            if (!pulls[i].t->mem) continue;
-            *pulls[i].copy = malloc(pulls[i].count * pulls[i].elem);
-            if (!*pulls[i].copy) {
-                st = klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "verify: out of host memory");
-                goto done;
-            }
-            err = clEnqueueReadBuffer(ctx->queue, pulls[i].t->mem, CL_TRUE, pulls[i].t->offset,
-                                      pulls[i].count * pulls[i].elem, *pulls[i].copy, 0, NULL, NULL);
-            if (err != CL_SUCCESS) {
-                st = klcl_fail_cl(ctx, err, "clEnqueueReadBuffer (verify)");
-                goto done;
-            }
-            *pulls[i].view = *pulls[i].copy;
-        }
-        st = klcl_verify(ctx, desc, b, th, sh, yh, mh, row_loss, gh, g_stride, result);
-    }
+    if (ctx->verify) st = verify_call(ctx, desc, b, row_loss, result);
 done:
-    if (st != KLCL_OK) clFinish(ctx->queue); /* nothing may still read caller memory after return */
+    if (st != KLCL_OK) { /* nothing may still read or write caller memory after return */
+        if (cq != ctx->queue) clFinish(cq);
+        clFinish(ctx->queue);
+    }
+    for (int i = 0; i < 2; i++) {
+        release_event(&upload_ev[i]);
+        release_event(&free_ev[i]);
+    }
+    release_event(&done_ev);
     free(row_loss);
     free(stats);
     free(flags);
-    free(teacher_copy);
-    free(student_copy);
-    free(grad_copy);
-    free(labels_copy);
-    free(mask_copy);
     return st;
 }
 

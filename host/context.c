@@ -67,6 +67,13 @@ klcl_status klcl_context_create(const klcl_context_options *options, klcl_contex
     if (!ctx) return KLCL_ERR_OUT_OF_HOST_MEMORY;
     const char *env_verify = getenv("KLCL_VERIFY");
     ctx->verify = o->verify || (env_verify && strcmp(env_verify, "1") == 0);
+    ctx->chunk_rows = o->chunk_rows;
+    const char *env_chunk = getenv("KLCL_CHUNK_ROWS");
+    if (!ctx->chunk_rows && env_chunk && *env_chunk) {
+        char *end = NULL;
+        unsigned long long n = strtoull(env_chunk, &end, 10);
+        if (end && *end == '\0' && n > 0) ctx->chunk_rows = (size_t)n;
+    }
 
     klcl_status st;
     if (o->queue) {
@@ -90,6 +97,7 @@ void klcl_context_destroy(klcl_context *ctx)
     if (!ctx) return;
     klcl_scratch_release(ctx);
     klcl_program_release(ctx);
+    if (ctx->copy_queue) clReleaseCommandQueue(ctx->copy_queue);
     if (ctx->queue) clReleaseCommandQueue(ctx->queue);
     if (ctx->cl_ctx) clReleaseContext(ctx->cl_ctx);
     free(ctx->build_log);

@@ -22,6 +22,9 @@ enum {
     FLAG_NO_GRADIENT = 64
 };
 
+/* Host-side widening of row `row` of a host matrix tensor of any klcl_dtype to fp32 (dtype.c). */
+void klcl_widen_row(const klcl_tensor *t, size_t row, size_t stride, size_t cols, float *out);
+
 /* Elements between row starts of a matrix tensor: its stride, or vocab when the stride is 0. */
 static inline size_t klcl_row_stride(const klcl_tensor *t, size_t vocab)
 {
@@ -34,8 +37,26 @@ typedef struct klcl_scratch {
     size_t bytes;
 } klcl_scratch;
 
-enum { SCRATCH_TEACHER, SCRATCH_STUDENT, SCRATCH_LABELS, SCRATCH_MASK, SCRATCH_GRAD, SCRATCH_ROW_LOSS,
-       SCRATCH_ROW_STATS, SCRATCH_ROW_FLAGS, SCRATCH_DUMMY, SCRATCH_COUNT };
+/* Host logits and gradients stream through two slots of chunk buffers (SCRATCH_TEACHER + slot, ...). */
+enum { SCRATCH_TEACHER, SCRATCH_TEACHER_2, SCRATCH_STUDENT, SCRATCH_STUDENT_2, SCRATCH_GRAD, SCRATCH_GRAD_2,
+       SCRATCH_LABELS, SCRATCH_MASK, SCRATCH_ROW_LOSS, SCRATCH_ROW_STATS, SCRATCH_ROW_FLAGS, SCRATCH_DUMMY,
+       SCRATCH_COUNT };
+
+/* The kernels of one element-type combination (teacher, student, gradient), index klcl_variant_index. */
+typedef struct klcl_program {
+    cl_program program;
+    cl_kernel rows_kernel[KLCL_LOSS_COUNT];
+    cl_kernel grad_kernel[KLCL_LOSS_COUNT];
+    int built;
+    klcl_status status; /* a failed build is kept, with its message */
+    char error[1024];
+} klcl_program;
+
+enum { KLCL_VARIANT_COUNT = KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT };
+static inline int klcl_variant_index(klcl_dtype t, klcl_dtype s, klcl_dtype g)
+{
+    return ((int)t * KLCL_DTYPE_COUNT + (int)s) * KLCL_DTYPE_COUNT + (int)g;
+}
 
 struct klcl_context {
     int is_reference;
@@ -46,16 +67,17 @@ struct klcl_context {
     cl_device_id device;
     cl_context cl_ctx;
     cl_command_queue queue;
+    cl_command_queue copy_queue; /* transfers of chunked calls, beside `queue`; made on first need */
+    size_t chunk_rows;           /* rows per chunk of host logits; 0: sized from the device's memory */
 
-    /* Program state: built once per context on first use. */
-    cl_program program;
-    klcl_status build_status; /* KLCL_OK until a build fails; the failure and its message are kept */
+    /* Program state: the fp32 program is built once per context on first use, and chooses the work-group
+     * size; the other element-type combinations are built with the same size when a call needs them. */
+    klcl_status build_status; /* KLCL_OK until the fp32 build fails; the failure and its message are kept */
     char build_error[1024];
     int built;
-    int from_cache; /* the program came from the binary cache */
+    int from_cache; /* the fp32 program came from the binary cache */
     size_t wg; /* work-group size of the row kernels */
-    cl_kernel rows_kernel[KLCL_LOSS_COUNT];
-    cl_kernel grad_kernel[KLCL_LOSS_COUNT];
+    klcl_program variants[KLCL_VARIANT_COUNT];
 
     klcl_scratch scratch[SCRATCH_COUNT];
 
@@ -86,8 +108,11 @@ void klcl_platform_string(cl_platform_id p, cl_platform_info what, char *out, si
 cl_program klcl_cache_load(klcl_context *ctx, const char *src, const char *options);
 void klcl_cache_store(klcl_context *ctx, const char *src, const char *options, cl_program program);
 
-/* Program layer (program.c): builds the kernels once, choosing the work-group size. */
+/* Program layer (program.c): builds the fp32 kernels once, choosing the work-group size. */
 klcl_status klcl_program_build(klcl_context *ctx);
+/* The kernels for an element-type combination, built on first use (after klcl_program_build). */
+klcl_status klcl_program_variant(klcl_context *ctx, klcl_dtype t, klcl_dtype s, klcl_dtype g,
+                                 const klcl_program **out);
 void klcl_program_release(klcl_context *ctx);
 
 /* Buffer layer (buffers.c). */
@@ -109,6 +134,18 @@ void klcl_tally_finish(const klcl_tally *t, klcl_reduction reduction, size_t row
 /* Validates a batch against desc for either backend (message on ctx). */
 klcl_status klcl_check_batch(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b);
 
+/* klcl_reference_row, and teacher rows that may be log-probabilities (klcl_batch.teacher_logprobs). */
+klcl_status klcl_reference_row_ex(const klcl_loss_desc *desc, size_t vocab, const float *teacher,
+                                  const float *student, int32_t label, int teacher_logprobs, double *loss,
+                                  double *grad, double *teacher_entropy, double *student_entropy);
+
+/* The widths of a call (LOSSES.md "Vocabulary mismatch"): the loss's columns `width`, and how many of
+ * them each row really has; columns past those read as -inf. */
+typedef struct klcl_widths {
+    size_t width, t_cols, s_cols;
+} klcl_widths;
+klcl_widths klcl_batch_widths(const klcl_loss_desc *desc, const klcl_batch *b);
+
 /* Reference backend over a whole batch of host tensors (reference_batch.c). */
 klcl_status klcl_reference_compute(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *batch,
                                    klcl_result *result);
@@ -116,10 +153,11 @@ klcl_status klcl_reference_compute(klcl_context *ctx, const klcl_loss_desc *desc
 /* Reductions shared by both backends: the denominator of the gradient and the reduced value. */
 double klcl_denominator(klcl_reduction reduction, size_t rows, size_t rows_used);
 
-/* Verify mode: compares a finished device call with the reference on the same inputs (host copies) and
- * fills result->verify_* (reference_batch.c). */
-klcl_status klcl_verify(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b, const float *teacher,
-                        const float *student, const int32_t *labels, const uint8_t *mask, const float *row_loss,
-                        const float *grad, size_t grad_stride, klcl_result *result);
+/* Verify mode: compares a finished device call with the reference on the same inputs and fills
+ * result->verify_* (reference_batch.c). teacher, student and grad are host views of the batch's tensors
+ * (host copies of cl_mem ones: same dtype and stride, offset 0). */
+klcl_status klcl_verify(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
+                        const klcl_tensor *teacher, const klcl_tensor *student, const int32_t *labels,
+                        const uint8_t *mask, const float *row_loss, const klcl_tensor *grad, klcl_result *result);
 
 #endif

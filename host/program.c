@@ -97,20 +97,21 @@ static void keep_build_log(klcl_context *ctx, cl_program program)
     ctx->build_log[n] = '\0';
 }
 
-static void release_kernels(klcl_context *ctx)
+static void release_variant(klcl_program *v)
 {
     for (int i = 0; i < KLCL_LOSS_COUNT; i++) {
-        if (ctx->rows_kernel[i]) clReleaseKernel(ctx->rows_kernel[i]);
-        if (ctx->grad_kernel[i]) clReleaseKernel(ctx->grad_kernel[i]);
-        ctx->rows_kernel[i] = ctx->grad_kernel[i] = NULL;
+        if (v->rows_kernel[i]) clReleaseKernel(v->rows_kernel[i]);
+        if (v->grad_kernel[i]) clReleaseKernel(v->grad_kernel[i]);
+        v->rows_kernel[i] = v->grad_kernel[i] = NULL;
     }
+    if (v->program) clReleaseProgram(v->program);
+    v->program = NULL;
+    v->built = 0;
 }
 
 void klcl_program_release(klcl_context *ctx)
 {
-    release_kernels(ctx);
-    if (ctx->program) clReleaseProgram(ctx->program);
-    ctx->program = NULL;
+    for (int i = 0; i < KLCL_VARIANT_COUNT; i++) release_variant(&ctx->variants[i]);
     ctx->built = 0;
 }
 
@@ -121,38 +122,45 @@ static size_t floor_pow2(size_t x)
     return p;
 }
 
-/* One build with work-group size wg; on success *kernel_limit is the smallest CL_KERNEL_WORK_GROUP_SIZE
- * of the row kernels on this device. */
-static klcl_status build_once(klcl_context *ctx, const char *src, size_t wg, size_t *kernel_limit, int use_cache)
+/* One build of variant `index` with work-group size wg; on success *kernel_limit is the smallest
+ * CL_KERNEL_WORK_GROUP_SIZE of its row kernels on this device, *from_cache whether it came from the
+ * binary cache. */
+static klcl_status build_once(klcl_context *ctx, const char *src, int index, size_t wg, size_t *kernel_limit,
+                              int use_cache, int *from_cache)
 {
     cl_int err;
-    char options[160];
+    char options[256];
     cl_device_fp_config fp64 = 0; /* long row sums fold into double where the device has it */
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_DOUBLE_FP_CONFIG, sizeof fp64, &fp64, NULL) != CL_SUCCESS) fp64 = 0;
-    snprintf(options, sizeof options, "-DKLCL_WG=%zu -DKLCL_HOST_LAYOUT=%d%s", wg, KLCL_HOST_LAYOUT,
-             fp64 ? " -DKLCL_HAS_FP64" : "");
-    klcl_program_release(ctx);
-    ctx->program = use_cache ? klcl_cache_load(ctx, src, options) : NULL;
-    ctx->from_cache = ctx->program != NULL;
-    if (!ctx->program) {
-        ctx->program = clCreateProgramWithSource(ctx->cl_ctx, 1, &src, NULL, &err);
-        if (!ctx->program) return klcl_fail_cl(ctx, err, "clCreateProgramWithSource");
-        err = clBuildProgram(ctx->program, 1, &ctx->device, options, NULL, NULL);
-        keep_build_log(ctx, ctx->program);
+    int n = snprintf(options, sizeof options, "-DKLCL_WG=%zu -DKLCL_HOST_LAYOUT=%d%s", wg, KLCL_HOST_LAYOUT,
+                     fp64 ? " -DKLCL_HAS_FP64" : "");
+    if (index != 0) /* element types other than fp32 (the fp32 options stay as they always were) */
+        snprintf(options + n, sizeof options - (size_t)n, " -DKLCL_T_DTYPE=%d -DKLCL_S_DTYPE=%d -DKLCL_G_DTYPE=%d",
+                 index / (KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT), index / KLCL_DTYPE_COUNT % KLCL_DTYPE_COUNT,
+                 index % KLCL_DTYPE_COUNT);
+    klcl_program *v = &ctx->variants[index];
+    release_variant(v);
+    v->program = use_cache ? klcl_cache_load(ctx, src, options) : NULL;
+    *from_cache = v->program != NULL;
+    if (!v->program) {
+        v->program = clCreateProgramWithSource(ctx->cl_ctx, 1, &src, NULL, &err);
+        if (!v->program) return klcl_fail_cl(ctx, err, "clCreateProgramWithSource");
+        err = clBuildProgram(v->program, 1, &ctx->device, options, NULL, NULL);
+        keep_build_log(ctx, v->program);
         if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clBuildProgram (log: klcl_build_log)");
-        klcl_cache_store(ctx, src, options, ctx->program);
+        klcl_cache_store(ctx, src, options, v->program);
     }
     *kernel_limit = wg;
     for (int i = 0; i < KLCL_LOSS_COUNT; i++) {
         char name[64];
         snprintf(name, sizeof name, "klcl_rows_%s", klcl_loss_name((klcl_loss)i));
-        ctx->rows_kernel[i] = clCreateKernel(ctx->program, name, &err);
-        if (!ctx->rows_kernel[i]) return klcl_fail_cl(ctx, err, "clCreateKernel (row kernel)");
+        v->rows_kernel[i] = clCreateKernel(v->program, name, &err);
+        if (!v->rows_kernel[i]) return klcl_fail_cl(ctx, err, "clCreateKernel (row kernel)");
         snprintf(name, sizeof name, "klcl_grad_%s", klcl_loss_name((klcl_loss)i));
-        ctx->grad_kernel[i] = clCreateKernel(ctx->program, name, &err);
-        if (!ctx->grad_kernel[i]) return klcl_fail_cl(ctx, err, "clCreateKernel (gradient kernel)");
+        v->grad_kernel[i] = clCreateKernel(v->program, name, &err);
+        if (!v->grad_kernel[i]) return klcl_fail_cl(ctx, err, "clCreateKernel (gradient kernel)");
         size_t limit = 0;
-        err = clGetKernelWorkGroupInfo(ctx->rows_kernel[i], ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof limit,
+        err = clGetKernelWorkGroupInfo(v->rows_kernel[i], ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof limit,
                                        &limit, NULL);
         if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
         if (limit < *kernel_limit) *kernel_limit = limit;
@@ -162,10 +170,11 @@ static klcl_status build_once(klcl_context *ctx, const char *src, size_t wg, siz
 
 /* A build that came from the cache and then failed (a binary the driver took but cannot use) is
  * repeated from source: the cache may make a start faster, never make it fail. */
-static klcl_status build_with(klcl_context *ctx, const char *src, size_t wg, size_t *kernel_limit)
+static klcl_status build_with(klcl_context *ctx, const char *src, int index, size_t wg, size_t *kernel_limit,
+                              int *from_cache)
 {
-    klcl_status st = build_once(ctx, src, wg, kernel_limit, 1);
-    if (st != KLCL_OK && ctx->from_cache) st = build_once(ctx, src, wg, kernel_limit, 0);
+    klcl_status st = build_once(ctx, src, index, wg, kernel_limit, 1, from_cache);
+    if (st != KLCL_OK && *from_cache) st = build_once(ctx, src, index, wg, kernel_limit, 0, from_cache);
     return st;
 }
 
@@ -201,7 +210,7 @@ klcl_status klcl_program_build(klcl_context *ctx)
     if (st != KLCL_OK) return st; /* not kept: the file may appear later */
     for (;;) {
         size_t limit = 0;
-        st = build_with(ctx, src, wg, &limit);
+        st = build_with(ctx, src, 0, wg, &limit, &ctx->from_cache);
         if (st != KLCL_OK || limit >= wg || wg == WG_MIN) break;
         wg = floor_pow2(limit); /* clamp to the kernel's own limit on this device and rebuild */
     }
@@ -213,6 +222,40 @@ klcl_status klcl_program_build(klcl_context *ctx)
         return st;
     }
     ctx->wg = wg;
+    ctx->variants[0].built = 1;
     ctx->built = 1;
+    return KLCL_OK;
+}
+
+klcl_status klcl_program_variant(klcl_context *ctx, klcl_dtype t, klcl_dtype s, klcl_dtype g,
+                                 const klcl_program **out)
+{
+    klcl_status st = klcl_program_build(ctx);
+    if (st != KLCL_OK) return st;
+    klcl_program *v = &ctx->variants[klcl_variant_index(t, s, g)];
+    if (v->built) {
+        *out = v;
+        return KLCL_OK;
+    }
+    if (v->status != KLCL_OK) return klcl_fail(ctx, v->status, "%s", v->error);
+    char *src = NULL;
+    if ((st = load_sources(ctx, &src)) != KLCL_OK) return st;
+    size_t limit = 0;
+    int from_cache = 0;
+    st = build_with(ctx, src, klcl_variant_index(t, s, g), ctx->wg, &limit, &from_cache);
+    free(src);
+    if (st == KLCL_OK && limit < ctx->wg)
+        st = klcl_fail(ctx, (klcl_status)CL_INVALID_WORK_GROUP_SIZE,
+                       "kernels for %s teacher, %s student, %s gradient allow work-groups of %zu, not %zu: set "
+                       "KLCL_WORK_GROUP=%zu", klcl_dtype_name(t), klcl_dtype_name(s), klcl_dtype_name(g), limit,
+                       ctx->wg, floor_pow2(limit));
+    if (st != KLCL_OK) {
+        release_variant(v);
+        v->status = st;
+        snprintf(v->error, sizeof v->error, "%s", ctx->error);
+        return st;
+    }
+    v->built = 1;
+    *out = v;
     return KLCL_OK;
 }

@@ -54,6 +54,14 @@ klcl_status klcl_reference_row(const klcl_loss_desc *desc, size_t vocab, const f
                                const float *student, int32_t label, double *loss, double *grad,
                                double *teacher_entropy, double *student_entropy)
 {
+    return klcl_reference_row_ex(desc, vocab, teacher, student, label, 0, loss, grad, teacher_entropy,
+                                 student_entropy);
+}
+
+klcl_status klcl_reference_row_ex(const klcl_loss_desc *desc, size_t vocab, const float *teacher,
+                                  const float *student, int32_t label, int teacher_logprobs, double *loss,
+                                  double *grad, double *teacher_entropy, double *student_entropy)
+{
     if (!desc || !student || !loss) return KLCL_ERR_NULL_POINTER;
     klcl_status st = klcl_check_desc(desc, NULL);
     if (st != KLCL_OK) return st;
@@ -77,6 +85,9 @@ klcl_status klcl_reference_row(const klcl_loss_desc *desc, size_t vocab, const f
     }
 
     double lse_t = teacher ? log_softmax_row(teacher, vocab, cap, tau, lp) : 0.0;
+    /* Log-probabilities at tau = 1 without softcap are log p as they are: no second normalisation. */
+    if (teacher && teacher_logprobs && tau == 1.0 && cap == 0.0 && !isnan(lse_t))
+        for (size_t v = 0; v < vocab; v++) lp[v] = teacher[v];
     double lse_s = log_softmax_row(student, vocab, cap, tau, lq);
     if (lq1) log_softmax_row(student, vocab, cap, 1.0, lq1);
     int uses_teacher = kind != KLCL_LOSS_CE;

@@ -136,6 +136,8 @@ klcl_status klcl_check_desc(const klcl_loss_desc *desc, klcl_context *ctx)
     if ((unsigned)desc->reduction >= REDUCTION_COUNT)
         return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "desc->reduction: unknown reduction %d",
                          (int)desc->reduction);
+    if (desc->vocab_policy != KLCL_VOCAB_TRUNCATE && desc->vocab_policy != KLCL_VOCAB_PAD)
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "desc->vocab_policy: unknown policy %d", desc->vocab_policy);
     const struct {
         const char *name;
         float value, lo, hi; /* closed range; hi = INFINITY for no upper bound */
@@ -181,12 +183,32 @@ double klcl_denominator(klcl_reduction reduction, size_t rows, size_t rows_used)
 
 klcl_tensor klcl_host_tensor(const void *host, size_t stride)
 {
-    klcl_tensor t = {(void *)host, NULL, 0, stride};
+    klcl_tensor t = {(void *)host, NULL, 0, stride, KLCL_DTYPE_F32};
     return t;
 }
 
 klcl_tensor klcl_mem_tensor(cl_mem mem, size_t offset_bytes, size_t stride)
 {
-    klcl_tensor t = {NULL, mem, offset_bytes, stride};
+    klcl_tensor t = {NULL, mem, offset_bytes, stride, KLCL_DTYPE_F32};
     return t;
+}
+
+const char *klcl_dtype_name(klcl_dtype dtype)
+{
+    switch (dtype) {
+    case KLCL_DTYPE_F32: return "f32";
+    case KLCL_DTYPE_F16: return "f16";
+    case KLCL_DTYPE_BF16: return "bf16";
+    }
+    return NULL;
+}
+
+size_t klcl_dtype_size(klcl_dtype dtype)
+{
+    switch (dtype) {
+    case KLCL_DTYPE_F32: return 4;
+    case KLCL_DTYPE_F16:
+    case KLCL_DTYPE_BF16: return 2;
+    }
+    return 0;
 }

@@ -145,9 +145,17 @@ typedef struct klcl_context_options {
      * largest differences in klcl_result. Also enabled by the environment variable KLCL_VERIFY=1. Costs
      * the reference's time and, for cl_mem inputs, a download. */
     int verify;
+    /* Host logits (and a host gradient) larger than the device are streamed: klcl_compute uploads them
+     * in chunks of rows through two sets of device buffers, the upload of the next chunk overlapping the
+     * kernels of the current one (on a second queue of the same device). Rows per chunk: 0 (default)
+     * sizes chunks from the device's memory (a quarter of CL_DEVICE_GLOBAL_MEM_SIZE for both sets, no
+     * buffer above CL_DEVICE_MAX_MEM_ALLOC_SIZE) unless the environment variable KLCL_CHUNK_ROWS gives a
+     * number. Results are bit-identical for every chunk size: rows are reduced independently and summed
+     * in row order. cl_mem tensors are never chunked. */
+    size_t chunk_rows;
 } klcl_context_options;
 
-#define KLCL_CONTEXT_OPTIONS_INIT {NULL, NULL, NULL, 0}
+#define KLCL_CONTEXT_OPTIONS_INIT {NULL, NULL, NULL, 0, 0}
 
 /* Creates a context on the chosen device: an OpenCL context and in-order queue of its own, unless a queue
  * is adopted. `options` may be NULL (all defaults). The kernels are built on first use (or by
@@ -222,6 +230,12 @@ KLCL_API const char *klcl_reduction_name(klcl_reduction reduction);
 KLCL_API klcl_status klcl_loss_from_name(const char *name, klcl_loss *out);
 KLCL_API klcl_status klcl_reduction_from_name(const char *name, klcl_reduction *out);
 
+/* Teacher and student heads of different widths (batch->teacher_vocab != batch->vocab), LOSSES.md. */
+typedef enum klcl_vocab_policy {
+    KLCL_VOCAB_TRUNCATE = 0, /* both sides use the first min(V_t, V_s) columns, renormalised (default) */
+    KLCL_VOCAB_PAD = 1       /* the narrower side's missing columns are logits of -inf (probability 0) */
+} klcl_vocab_policy;
+
 /* What to compute. Initialise with klcl_loss_desc_init, then change what differs from the defaults. */
 typedef struct klcl_loss_desc {
     klcl_loss loss;
@@ -235,40 +249,74 @@ typedef struct klcl_loss_desc {
     float label_smoothing;    /* ce: epsilon in [0, 1], default 0 (kd's hard term is plain ce) */
     float z_loss;             /* ce: weight of lse(z_s)^2, >= 0, default 0 (not applied by kd) */
     int32_t ignore_index;     /* label marking a row to skip, default -100 */
+    int vocab_policy;         /* klcl_vocab_policy: teacher and student rows of different widths */
 } klcl_loss_desc;
 
 /* Fills *desc with LOSSES.md's defaults for `loss`. Returns KLCL_ERR_NULL_POINTER or
  * KLCL_ERR_INVALID_VALUE for an unknown loss. */
 KLCL_API klcl_status klcl_loss_desc_init(klcl_loss_desc *desc, klcl_loss loss);
 
+/* Element types of the logit matrices (teacher, student) and of the gradient. Half-precision logits are
+ * widened exactly to fp32 in the kernels (fp16 through vload_half, so devices without cl_khr_fp16 take
+ * them too; bf16 by its 16 bits); a half-precision gradient is computed in fp32 and rounded once, to
+ * nearest even. */
+typedef enum klcl_dtype {
+    KLCL_DTYPE_F32 = 0,  /* IEEE binary32 (the default of a zero-initialised tensor) */
+    KLCL_DTYPE_F16 = 1,  /* IEEE binary16 */
+    KLCL_DTYPE_BF16 = 2  /* bfloat16: the upper 16 bits of a binary32 */
+} klcl_dtype;
+#define KLCL_DTYPE_COUNT 3
+
+/* "f32", "f16", "bf16"; NULL for an unknown value. Bytes per element: 4, 2, 2; 0 for an unknown value. */
+KLCL_API const char *klcl_dtype_name(klcl_dtype dtype);
+KLCL_API size_t klcl_dtype_size(klcl_dtype dtype);
+
+/* Converts `count` elements from one type to another (fp32 <-> fp16 <-> bf16): widening is exact,
+ * narrowing rounds to nearest even (overflow gives infinity, NaN stays NaN). src and dst must not overlap
+ * unless they are the same pointer with the same type. KLCL_ERR_INVALID_VALUE for an unknown type,
+ * KLCL_ERR_NULL_POINTER for a NULL pointer with count > 0. Thread-safe. */
+KLCL_API klcl_status klcl_convert(const void *src, klcl_dtype from, void *dst, klcl_dtype to, size_t count);
+
 /* A matrix or vector the call reads or writes: host memory, or a caller-owned cl_mem of the context's
  * OpenCL context (no copies). Exactly one of `host` and `mem` is set for a tensor in use; both NULL means
- * "not given". Element types are fixed per role: logits and gradient fp32, labels int32, mask uint8,
- * row_loss fp32. */
+ * "not given". Element types: teacher, student and grad take any klcl_dtype; labels are int32, mask
+ * uint8 and row_loss fp32, whose dtype must stay KLCL_DTYPE_F32 (0). */
 typedef struct klcl_tensor {
-    void *host;    /* host pointer (read for inputs, written for outputs) */
-    cl_mem mem;    /* or a device buffer */
-    size_t offset; /* bytes from the start of `mem` (multiple of the element size); ignored for host */
-    size_t stride; /* matrices: elements between the starts of consecutive rows, >= vocab; 0 means vocab.
-                      Ignored for the per-row vectors (labels, mask, row_loss), which are contiguous. */
+    void *host;       /* host pointer (read for inputs, written for outputs) */
+    cl_mem mem;       /* or a device buffer */
+    size_t offset;    /* bytes from the start of `mem` (multiple of the element size); ignored for host */
+    size_t stride;    /* matrices: elements between the starts of consecutive rows, >= the row width; 0
+                         means the row width. Ignored for the per-row vectors (labels, mask, row_loss),
+                         which are contiguous. */
+    klcl_dtype dtype; /* element type of a logit or gradient matrix; 0 is fp32 */
 } klcl_tensor;
 
-/* Helpers that fill a klcl_tensor (stride 0 means contiguous rows). */
+/* Helpers that fill a klcl_tensor of fp32 elements (stride 0 means contiguous rows); set .dtype after
+ * for half precision. */
 KLCL_API klcl_tensor klcl_host_tensor(const void *host, size_t stride);
 KLCL_API klcl_tensor klcl_mem_tensor(cl_mem mem, size_t offset_bytes, size_t stride);
 
 typedef struct klcl_batch {
     size_t rows;         /* N >= 1 */
-    size_t vocab;        /* V >= 1, the width of both teacher and student rows */
-    klcl_tensor teacher; /* N x V fp32 logits; optional for ce (then only its teacher metrics are NaN) */
-    klcl_tensor student; /* N x V fp32 logits */
+    size_t vocab;        /* V_s >= 1, the width of the student rows (and of the teacher's, unless
+                            teacher_vocab says otherwise) */
+    klcl_tensor teacher; /* N x V_t logits; optional for ce (then only its teacher metrics are NaN) */
+    klcl_tensor student; /* N x V_s logits */
     klcl_tensor labels;  /* optional N int32; required for ce and kd. With any loss, a row whose label is
-                            ignore_index is skipped, and the labels feed result.accuracy */
+                            ignore_index is skipped, and the labels feed result.accuracy. Labels index the
+                            columns the loss uses: [0, V_s), and [0, min(V_t, V_s)) under truncate */
     klcl_tensor mask;    /* optional N uint8; 0 skips the row */
-    klcl_tensor grad;    /* optional output, N x V fp32: d(reduced loss)/d(student logits); for reduction
-                            none, each row holds the gradient of its own loss. Skipped rows get zeros,
-                            columns past vocab in a strided row are left untouched */
+    klcl_tensor grad;    /* optional output, N x V_s: d(reduced loss)/d(student logits); for reduction
+                            none, each row holds the gradient of its own loss. Skipped rows get zeros;
+                            student columns a truncated loss does not use get zeros; columns past V_s in
+                            a strided row are left untouched */
     klcl_tensor row_loss; /* optional output, N fp32: per-row loss after scale (skipped rows 0) */
+    size_t teacher_vocab; /* V_t, the width of the teacher rows; 0 means V_s. When it differs from V_s,
+                             desc->vocab_policy decides (LOSSES.md "Vocabulary mismatch") */
+    int teacher_logprobs; /* 1: the teacher rows are log-probabilities already (log-softmax output, or an
+                             offline store): at tau = 1 without softcap they are used as log p as they
+                             are, with no second normalisation; otherwise they are treated as logits
+                             (which log-probabilities are, up to a constant) */
 } klcl_batch;
 
 #define KLCL_BATCH_INIT {0}

@@ -14,6 +14,62 @@
 
 #define KLCL_NEG_INF (-INFINITY)
 
+/* Element types, one program per combination (build defines, part of every cache key): KLCL_T_DTYPE and
+ * KLCL_S_DTYPE for the teacher and student logits, KLCL_G_DTYPE for the gradient; 0 fp32, 1 fp16, 2 bf16
+ * (klcl_dtype). Half-precision inputs are widened exactly as they are loaded: fp16 through vload_half,
+ * which needs no cl_khr_fp16, bf16 by moving its 16 bits to the top of a binary32. A half-precision
+ * gradient is computed in fp32 and rounded once, to nearest even. */
+#ifndef KLCL_T_DTYPE
+#define KLCL_T_DTYPE 0
+#endif
+#ifndef KLCL_S_DTYPE
+#define KLCL_S_DTYPE 0
+#endif
+#ifndef KLCL_G_DTYPE
+#define KLCL_G_DTYPE 0
+#endif
+#define KLCL_CAT_(a, b) a##b
+#define KLCL_CAT(a, b) KLCL_CAT_(a, b)
+
+#define KLCL_ELEM_0 float
+#define KLCL_ELEM_1 half
+#define KLCL_ELEM_2 ushort
+#define T_ELEM KLCL_CAT(KLCL_ELEM_, KLCL_T_DTYPE)
+#define S_ELEM KLCL_CAT(KLCL_ELEM_, KLCL_S_DTYPE)
+#define G_ELEM KLCL_CAT(KLCL_ELEM_, KLCL_G_DTYPE)
+
+inline float8 klcl_load8_0(uint k, __global const float *p) { return vload8(k, p); }
+inline float8 klcl_load8_1(uint k, __global const half *p) { return vload_half8(k, p); }
+inline float8 klcl_load8_2(uint k, __global const ushort *p) { return as_float8(convert_uint8(vload8(k, p)) << 16); }
+inline float klcl_load1_0(uint i, __global const float *p) { return p[i]; }
+inline float klcl_load1_1(uint i, __global const half *p) { return vload_half(i, p); }
+inline float klcl_load1_2(uint i, __global const ushort *p) { return as_float((uint)p[i] << 16); }
+
+inline void klcl_store8_0(float8 x, uint k, __global float *p) { vstore8(x, k, p); }
+inline void klcl_store8_1(float8 x, uint k, __global half *p) { vstore_half8_rte(x, k, p); }
+inline void klcl_store8_2(float8 x, uint k, __global ushort *p)
+{
+    const uint8 b = as_uint8(x);
+    const uint8 rounded = (b + (uint8)(0x7fffu) + ((b >> 16) & (uint8)(1u))) >> 16;
+    vstore8(convert_ushort8(select(rounded, (b >> 16) | (uint8)(0x40u), as_uint8(isnan(x)))), k, p);
+}
+inline void klcl_store1_0(float x, uint i, __global float *p) { p[i] = x; }
+inline void klcl_store1_1(float x, uint i, __global half *p) { vstore_half_rte(x, i, p); }
+inline void klcl_store1_2(float x, uint i, __global ushort *p)
+{
+    const uint b = as_uint(x);
+    p[i] = (ushort)(isnan(x) ? (b >> 16) | 0x40u : (b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+/* Loads of teacher (T) and student (S) logits widened to fp32, and gradient stores (G). The bounded
+ * scalar loads give -inf past a row's own width: the padded columns of LOSSES.md's `pad` policy. */
+#define LOAD_T8(k, p) KLCL_CAT(klcl_load8_, KLCL_T_DTYPE)(k, p)
+#define LOAD_S8(k, p) KLCL_CAT(klcl_load8_, KLCL_S_DTYPE)(k, p)
+#define LOAD_T1(i, p, cols) ((i) < (cols) ? KLCL_CAT(klcl_load1_, KLCL_T_DTYPE)(i, p) : KLCL_NEG_INF)
+#define LOAD_S1(i, p, cols) ((i) < (cols) ? KLCL_CAT(klcl_load1_, KLCL_S_DTYPE)(i, p) : KLCL_NEG_INF)
+#define STORE_G8(x, k, p) KLCL_CAT(klcl_store8_, KLCL_G_DTYPE)(x, k, p)
+#define STORE_G1(x, i, p) KLCL_CAT(klcl_store1_, KLCL_G_DTYPE)(x, i, p)
+
 /* Layout of the per-row statistics the row kernel writes and the gradient kernel reads
  * (host/internal.h mirrors these numbers). */
 #define RS_MAX_T 0   /* running max of the teacher's softcapped logits */

@@ -269,16 +269,17 @@ inline void lanes_load(__local const float *lf, uint i, float *mt, float *ms, ro
 }
 
 #define ROW_ARGS                                                                                       \
-    __global const float *teacher, ulong t_off, ulong t_stride, __global const float *student,          \
+    __global const T_ELEM *teacher, ulong t_off, ulong t_stride, __global const S_ELEM *student,        \
         ulong s_off, ulong s_stride, __global const int *labels, ulong l_off, int has_labels,           \
-        __global const uchar *mask, ulong m_off, int has_mask, uint vocab, int has_teacher,             \
+        __global const uchar *mask, ulong m_off, int has_mask, uint vocab, uint t_cols, uint s_cols,    \
+        int t_logprob, int has_teacher,                                                                 \
         int ignore_index, float inv_tau, float cap, float scale, float alpha, float beta, float lambda, \
         float eps, float zl, float lwa, float lwb, __global float *row_loss, ulong rl_off,              \
         __global float *row_stats, __global int *row_flags, ulong row0, int want_grad
 
 #define ROW_ARG_NAMES                                                                                  \
     teacher, t_off, t_stride, student, s_off, s_stride, labels, l_off, has_labels, mask, m_off,         \
-        has_mask, vocab, has_teacher, ignore_index, inv_tau, cap, scale, alpha, beta, lambda, eps, zl,  \
+        has_mask, vocab, t_cols, s_cols, t_logprob, has_teacher, ignore_index, inv_tau, cap, scale, alpha, beta, lambda, eps, zl,  \
         lwa, lwb, row_loss, rl_off, row_stats, row_flags, row0, want_grad
 
 #define PARAMS_FROM_ARGS {inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, vocab}
@@ -300,7 +301,8 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     const float k = M_LOG2E_F * inv_tau;
     const loss_params P = PARAMS_FROM_ARGS;
     const int uses_teacher = loss != LOSS_CE;
-    const uint nvec = vocab / 8;
+    /* Whole vectors where both rows have columns; the rest one by one, -inf past a row's width. */
+    const uint nvec = min(vocab, min(t_cols, s_cols)) / 8;
     __global float *stats = row_stats + row * RS_COUNT;
     __global int *rflags = row_flags + row * RF_COUNT;
 
@@ -310,7 +312,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         y = labels[l_off + row];
         if (y == ignore_index)
             flags |= FLAG_SKIPPED;
-        else if (y < 0 || (uint)y >= vocab)
+        else if (y < 0 || (uint)y >= min(vocab, s_cols))
             flags |= FLAG_SKIPPED | FLAG_BAD_LABEL;
     }
     if (flags & FLAG_SKIPPED) {
@@ -324,8 +326,11 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         return;
     }
 
-    __global const float *t = teacher + t_off + row * t_stride;
-    __global const float *s = student + s_off + row * s_stride;
+    /* Logit rows are addressed from the launch's first row (t_off, s_off point there: a chunk of a
+     * longer batch, or the caller's buffer); per-row arrays by the row's index in the whole batch. */
+    const ulong lrow = get_group_id(0);
+    __global const T_ELEM *t = teacher + t_off + lrow * t_stride;
+    __global const S_ELEM *s = student + s_off + lrow * s_stride;
 
     /* Pass 1: softmax sums and argmax, 8 logits at a time, then the tail one by one. */
     float mt = KLCL_NEG_INF, ms = KLCL_NEG_INF;
@@ -338,7 +343,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     uint bad = 0, in_block = 0, count = 0; /* in_block: logits per lane in blk; count: logits in acc */
     for (uint kk = lid; kk < nvec; kk += KLCL_WG) {
         const uint8 idx = (uint8)(kk * 8) + lane;
-        const float8 rs = vload8(kk, s);
+        const float8 rs = LOAD_S8(kk, s);
         bad |= any(isnan(rs) | (rs == (float8)(INFINITY))) ? 2u : 0u;
         const int8 sup = rs > asv8;
         asv8 = select(asv8, rs, sup);
@@ -347,7 +352,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         float8 xt = (float8)(0.0f);
         float mt_new = mt;
         if (has_teacher) {
-            const float8 rt = vload8(kk, t);
+            const float8 rt = LOAD_T8(kk, t);
             bad |= any(isnan(rt) | (rt == (float8)(INFINITY))) ? 1u : 0u;
             const int8 tup = rt > atv8;
             atv8 = select(atv8, rt, tup);
@@ -379,13 +384,13 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     row_lanes1 tail = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     uint in_tail = 0;
     for (uint v = nvec * 8 + lid; v < vocab; v += KLCL_WG) {
-        const float rs = s[v];
+        const float rs = LOAD_S1(v, s, s_cols);
         bad |= (isnan(rs) || rs == INFINITY) ? 2u : 0u;
         argmax_merge(&asv, &asi, rs, v);
         const float xs = softcap1(rs, cap);
         float xt = 0.0f, mt_new = mt;
         if (has_teacher) {
-            const float rt = t[v];
+            const float rt = LOAD_T1(v, t, t_cols);
             bad |= (isnan(rt) || rt == INFINITY) ? 1u : 0u;
             argmax_merge(&atv, &ati, rt, v);
             xt = softcap1(rt, cap);
@@ -461,7 +466,16 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     /* Validity from the raw maxima: softcap maps -inf to -c, so the capped maxima cannot tell. */
     const int teacher_ok = has_teacher && !(bad & 1u) && atv != KLCL_NEG_INF;
     const int invalid = (bad & 2u) || asv == KLCL_NEG_INF || (uses_teacher && !teacher_ok);
+    /* p = w_t * c with c = 1 / S_t, and total mass P = 1. Teacher log-probabilities (t_logprob: only at
+     * tau = 1 without softcap) are used as log p as they are: log p = x_t, so c = exp(mt) and P = S_t c,
+     * 1 up to the producer's rounding, with no second normalisation. */
+    float c_t = 1.0f / L.st, mass_t = 1.0f;
     R.lst = log(L.st);
+    if (t_logprob) {
+        R.lst = -R.mt;
+        c_t = exp(R.mt);
+        mass_t = L.st * c_t;
+    }
     R.lss = log(L.ss);
     R.lss1 = log(L.ss1);
     if (invalid) {
@@ -477,7 +491,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
 
     float g_ref = 0.0f;
     if (IS_CENTERED(loss)) {
-        const float xt = softcap1(t[asi], cap), xs = softcap1(s[asi], cap);
+        const float xt = softcap1(LOAD_T1(asi, t, t_cols), cap), xs = softcap1(LOAD_S1(asi, s, s_cols), cap);
         g_ref = centered_g1(loss, xt, xs, (xt - R.mt) * inv_tau - R.lst, (xs - R.ms) * inv_tau - R.lss, P);
     }
 
@@ -491,7 +505,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         acc_t l_acc = 0, aux_acc = 0;
         uint n = 0;
         for (uint kk = lid; kk < nvec; kk += KLCL_WG) {
-            pass2_8(loss, teacher_ok, vload8(kk, t), vload8(kk, s), R, g_ref, P, &l8, &aux8);
+            pass2_8(loss, teacher_ok, LOAD_T8(kk, t), LOAD_S8(kk, s), R, g_ref, P, &l8, &aux8);
             if (++n == ACC_BLOCK) {
                 l_acc += hsum8(l8);
                 aux_acc += hsum8(aux8);
@@ -501,7 +515,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         }
         float l1 = hsum8(l8), aux1 = hsum8(aux8);
         for (uint v = nvec * 8 + lid; v < vocab; v += KLCL_WG)
-            pass2_1(loss, teacher_ok, t[v], s[v], R, g_ref, P, &l1, &aux1);
+            pass2_1(loss, teacher_ok, LOAD_T1(v, t, t_cols), LOAD_S1(v, s, s_cols), R, g_ref, P, &l1, &aux1);
         l4[lid] = (float4)((float)(l_acc + l1), (float)(aux_acc + aux1), 0.0f, 0.0f);
         barrier(CLK_LOCAL_MEM_FENCE);
         for (uint off = KLCL_WG / 2; off > 0; off >>= 1) {
@@ -514,18 +528,18 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
 
     if (lid == 0) {
         /* The one-pass values from the sums (row_lanes); log p - log q terms divided by tau once. */
-        const float h_t = teacher_ok ? R.lst - L.bt / L.st * inv_tau : NAN;
+        const float h_t = teacher_ok ? mass_t * R.lst - L.bt * c_t * inv_tau : NAN;
         const float h_s = R.lss - L.bs / L.ss * inv_tau;
         float out;
         if (loss == LOSS_KL || loss == LOSS_KD)
-            value = (bad & 4u) ? INFINITY : (L.bt - L.cts) / L.st * inv_tau - R.lst + R.lss;
+            value = (bad & 4u) ? INFINITY : (L.bt - L.cts) * c_t * inv_tau + mass_t * (R.lss - R.lst);
         else if (loss == LOSS_RKL)
             value = (bad & 8u) ? INFINITY : (L.bs - L.cst) / L.ss * inv_tau - R.lss + R.lst;
         else if (loss == LOSS_SOFT_CE)
-            value = (bad & 4u) ? INFINITY : R.lss - L.cts / L.st * inv_tau;
+            value = (bad & 4u) ? INFINITY : mass_t * R.lss - L.cts * c_t * inv_tau;
         if (loss == LOSS_CE) {
             const float lse_s = R.ms * inv_tau + R.lss;
-            const float b_y = (softcap1(s[y], cap) - R.ms) * inv_tau - R.lss;
+            const float b_y = (softcap1(LOAD_S1((uint)y, s, s_cols), cap) - R.ms) * inv_tau - R.lss;
             const float sum_log_q = L.dsum * inv_tau - (float)vocab * R.lss;
             /* A term whose weight is exactly 0 is left out: never 0 * inf. */
             value = zl > 0.0f ? zl * lse_s * lse_s : 0.0f;
@@ -533,7 +547,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
             if (eps > 0.0f) value -= eps / (float)vocab * sum_log_q;
             out = scale == 0.0f ? 0.0f : scale * value;
         } else if (loss == LOSS_KD) {
-            const float b1_y = (softcap1(s[y], cap) - R.ms) - R.lss1;
+            const float b1_y = (softcap1(LOAD_S1((uint)y, s, s_cols), cap) - R.ms) - R.lss1;
             const float soft = (1.0f - alpha) * scale;
             out = (alpha > 0.0f ? alpha * -b1_y : 0.0f) + (soft != 0.0f ? soft * value : 0.0f);
         } else {
@@ -560,33 +574,38 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
 }
 
 #define GRAD_ARGS                                                                                      \
-    __global const float *teacher, ulong t_off, ulong t_stride, __global const float *student,          \
+    __global const T_ELEM *teacher, ulong t_off, ulong t_stride, __global const S_ELEM *student,        \
         ulong s_off, ulong s_stride, __global const int *labels, ulong l_off, int has_labels,           \
-        uint vocab, float inv_tau, float cap, float scale, float alpha, float beta, float lambda,       \
-        float eps, float zl, float lwa, float lwb, float inv_denom, __global const float *row_stats,    \
-        __global const int *row_flags, ulong row0, __global float *grad, ulong g_off, ulong g_stride
+        uint vocab, uint t_cols, uint s_cols, float inv_tau, float cap, float scale, float alpha,       \
+        float beta, float lambda, float eps, float zl, float lwa, float lwb, float inv_denom,            \
+        __global const float *row_stats, __global const int *row_flags, ulong row0,                     \
+        __global G_ELEM *grad, ulong g_off, ulong g_stride
 
 #define GRAD_ARG_NAMES                                                                                 \
-    teacher, t_off, t_stride, student, s_off, s_stride, labels, l_off, has_labels, vocab, inv_tau,      \
-        cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, inv_denom, row_stats, row_flags, row0,      \
-        grad, g_off, g_stride
+    teacher, t_off, t_stride, student, s_off, s_stride, labels, l_off, has_labels, vocab, t_cols,       \
+        s_cols, inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, inv_denom, row_stats,      \
+        row_flags, row0, grad, g_off, g_stride
 
+/* Writes the s_cols columns of a student-shaped gradient row: the loss's columns [0, vocab) (teacher
+ * columns past t_cols read as -inf), zeros for student columns a truncated loss does not use. */
 inline void grad_body(const int loss, GRAD_ARGS)
 {
     const ulong row = row0 + get_global_id(1);
-    const uint gid = get_global_id(0), gsize = get_global_size(0), nvec = vocab / 8;
+    const uint gid = get_global_id(0), gsize = get_global_size(0);
+    const uint nvec = min(vocab, min(t_cols, s_cols)) / 8;
     __global const float *stats = row_stats + row * RS_COUNT;
     const int flags = row_flags[row * RF_COUNT + RF_FLAGS];
-    __global float *g = grad + g_off + row * g_stride;
+    const ulong lrow = get_global_id(1); /* from the launch's first row, as in rows_body */
+    __global G_ELEM *g = grad + g_off + lrow * g_stride;
 
     if (flags & (FLAG_SKIPPED | FLAG_INVALID | FLAG_NO_GRADIENT)) {
         const float fill = (flags & FLAG_SKIPPED) ? 0.0f : NAN;
-        for (uint kk = gid; kk < nvec; kk += gsize) vstore8((float8)(fill), kk, g);
-        for (uint v = nvec * 8 + gid; v < vocab; v += gsize) g[v] = fill;
+        for (uint kk = gid; kk < s_cols / 8; kk += gsize) STORE_G8((float8)(fill), kk, g);
+        for (uint v = s_cols / 8 * 8 + gid; v < s_cols; v += gsize) STORE_G1(fill, v, g);
         return;
     }
-    __global const float *t = teacher + t_off + row * t_stride;
-    __global const float *s = student + s_off + row * s_stride;
+    __global const T_ELEM *t = teacher + t_off + lrow * t_stride;
+    __global const S_ELEM *s = student + s_off + lrow * s_stride;
     const loss_params P = PARAMS_FROM_ARGS;
     row_softmax R;
     R.mt = stats[RS_MAX_T];
@@ -599,13 +618,17 @@ inline void grad_body(const int loss, GRAD_ARGS)
     const int8 lane = (int8)(0, 1, 2, 3, 4, 5, 6, 7);
 
     for (uint kk = gid; kk < nvec; kk += gsize) {
-        const float8 rt = loss != LOSS_CE ? vload8(kk, t) : (float8)(0.0f);
-        const float8 ds = grad_8(loss, rt, vload8(kk, s), (int8)(kk * 8) + lane, y, R, aux, g_ref, P);
-        vstore8(ds * inv_denom, kk, g);
+        const float8 rt = loss != LOSS_CE ? LOAD_T8(kk, t) : (float8)(0.0f);
+        const float8 ds = grad_8(loss, rt, LOAD_S8(kk, s), (int8)(kk * 8) + lane, y, R, aux, g_ref, P);
+        STORE_G8(ds * inv_denom, kk, g);
     }
-    for (uint v = nvec * 8 + gid; v < vocab; v += gsize) {
-        const float rt = loss != LOSS_CE ? t[v] : 0.0f;
-        g[v] = grad_1(loss, rt, s[v], (int)v, y, R, aux, g_ref, P) * inv_denom;
+    for (uint v = nvec * 8 + gid; v < s_cols; v += gsize) {
+        float ds = 0.0f;
+        if (v < vocab) {
+            const float rt = loss != LOSS_CE ? LOAD_T1(v, t, t_cols) : 0.0f;
+            ds = grad_1(loss, rt, LOAD_S1(v, s, s_cols), (int)v, y, R, aux, g_ref, P) * inv_denom;
+        }
+        STORE_G1(ds, v, g);
     }
 }
 
