@@ -361,8 +361,9 @@ static void arg_inputs(arg_setter *a, const matrix *t, const matrix *s, size_t s
                        const klcl_widths *w, int with_mask, const bound *m)
 {
     const cl_int has_labels = y->given, has_mask = m->given;
-    const cl_uint width = (cl_uint)w->width, t_cols = (cl_uint)(t->given ? w->t_cols : w->width);
-    const cl_uint s_cols = (cl_uint)w->s_cols;
+    /* The loss's columns, and each row's own width (the kernels read -inf past it). */
+    const cl_uint width = (cl_uint)w->width, t_cols = (cl_uint)(t->given ? t->width : w->width);
+    const cl_uint s_cols = (cl_uint)s->width;
     arg_matrix(a, t, skip);
     arg_matrix(a, s, skip);
     arg(a, sizeof(cl_mem), &y->mem);

@@ -39,14 +39,38 @@
 #define G_ELEM KLCL_CAT(KLCL_ELEM_, KLCL_G_DTYPE)
 
 inline float8 klcl_load8_0(uint k, __global const float *p) { return vload8(k, p); }
-inline float8 klcl_load8_1(uint k, __global const half *p) { return vload_half8(k, p); }
+/* fp16 bits to fp32, exactly: normals rebias the exponent, subnormals are an integer times 2^-24 (so no
+ * denormal arithmetic is involved), infinities and NaN keep their payload. vload_half8 would do the same,
+ * but PoCL 3.1 compiles it as an aligned 16-byte load, which faults on rows whose byte offset is not a
+ * multiple of 16 (odd widths); a ushort8 load has no such requirement. */
+inline float8 klcl_load8_1(uint k, __global const half *p)
+{
+    const uint8 h = convert_uint8(vload8(k, (__global const ushort *)p));
+    const uint8 em = h & (uint8)(0x7fffu), sign = (h & (uint8)(0x8000u)) << 16;
+    const uint8 normal = (em << 13) + (uint8)(112u << 23), special = (em << 13) | (uint8)(0x7f800000u);
+    const uint8 sub = as_uint8(convert_float8(em) * 0x1p-24f);
+    return as_float8(sign | select(select(normal, special, em >= (uint8)(0x7c00u)), sub, em < (uint8)(0x400u)));
+}
 inline float8 klcl_load8_2(uint k, __global const ushort *p) { return as_float8(convert_uint8(vload8(k, p)) << 16); }
 inline float klcl_load1_0(uint i, __global const float *p) { return p[i]; }
 inline float klcl_load1_1(uint i, __global const half *p) { return vload_half(i, p); }
 inline float klcl_load1_2(uint i, __global const ushort *p) { return as_float((uint)p[i] << 16); }
 
 inline void klcl_store8_0(float8 x, uint k, __global float *p) { vstore8(x, k, p); }
-inline void klcl_store8_1(float8 x, uint k, __global half *p) { vstore_half8_rte(x, k, p); }
+/* fp32 to fp16 bits, round to nearest even (what vstore_half8_rte does, written out for the same PoCL
+ * alignment fault as loads): normals by integer rounding of the rebiased bits (a carry into the exponent
+ * is right, up to infinity), subnormals by rounding x 2^24 to an integer, NaN kept quiet. */
+inline void klcl_store8_1(float8 x, uint k, __global half *p)
+{
+    const uint8 b = as_uint8(x), a = b & (uint8)(0x7fffffffu), sign = (b >> 16) & (uint8)(0x8000u);
+    const uint8 r = a - (uint8)(112u << 23);
+    const uint8 normal = (r + (uint8)(0xfffu) + ((r >> 13) & (uint8)(1u))) >> 13;
+    const uint8 sub = convert_uint8_rte(as_float8(a) * 0x1p24f);
+    uint8 h = select(normal, sub, a < (uint8)(0x38800000u));
+    h = select(h, (uint8)(0x7c00u), a >= (uint8)(0x477ff000u));
+    h = select(h, (uint8)(0x7e00u), a > (uint8)(0x7f800000u));
+    vstore8(convert_ushort8(sign | h), k, (__global ushort *)p);
+}
 inline void klcl_store8_2(float8 x, uint k, __global ushort *p)
 {
     const uint8 b = as_uint8(x);

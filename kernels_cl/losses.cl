@@ -69,7 +69,7 @@ typedef struct row_softmax {
     inline T centered_term##S(const int loss, T xt, T xs, T a, T b, T q, float g_ref, loss_params P)    \
     {                                                                                                    \
         if (loss == LOSS_SKL) {                                                                          \
-            const T qg = (a == (T)(KLCL_NEG_INF)) | (q == (T)(0.0f))                                     \
+            const T qg = ((a == (T)(KLCL_NEG_INF)) | (q == (T)(0.0f)))                                   \
                              ? (T)(0.0f)                                                                 \
                              : -(1.0f - P.lambda) * exp(a + b - log_mix##S(a, b, P.lwa, P.lwb));         \
             return q * g_ref - qg;                                                                       \
@@ -196,9 +196,9 @@ KLCL_LOSS_HELPERS(float8, int8, 8)
         /* Tokens with mass against probability 0 are flagged (FLAG bits 4, 8 of `bad`) and kept out of    \
          * the sums: their log-ratio is +inf whatever their weight has underflowed to. */                 \
         if (USES_CTS(loss))                                                                              \
-            L->cts += (wt > (T)(0.0f)) & (xs != (T)(KLCL_NEG_INF)) ? wt * ds : (T)(0.0f);                \
+            L->cts += ((wt > (T)(0.0f)) & (xs != (T)(KLCL_NEG_INF))) ? wt * ds : (T)(0.0f);              \
         if (loss == LOSS_RKL)                                                                            \
-            L->cst += (ws > (T)(0.0f)) & (xt != (T)(KLCL_NEG_INF)) ? ws * dt : (T)(0.0f);                \
+            L->cst += ((ws > (T)(0.0f)) & (xt != (T)(KLCL_NEG_INF))) ? ws * dt : (T)(0.0f);              \
     }
 
 KLCL_ROW_LANES(float, 1, float)
