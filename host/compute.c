@@ -464,13 +464,133 @@ done:
     return st;
 }
 
+/* The host's reduction of the per-row results, in double and in row order; a row flagged with a label out
+ * of range fails the call, naming it. */
+static klcl_status tally_rows(klcl_context *ctx, klcl_reduction reduction, int32_t ignore_index, size_t rows,
+                              size_t label_limit, int has_labels, const float *row_loss, const float *stats,
+                              const cl_int *flags, klcl_result *result)
+{
+    klcl_tally tally;
+    memset(&tally, 0, sizeof tally);
+    for (size_t i = 0; i < rows; i++) {
+        int f = flags[i * RF_COUNT + RF_FLAGS];
+        if (f & FLAG_BAD_LABEL)
+            return klcl_fail(ctx, KLCL_ERR_LABEL_OUT_OF_RANGE,
+                             "batch->labels[%zu] is outside [0, %zu) and not ignore_index (%d)", i, label_limit,
+                             (int)ignore_index);
+        klcl_tally_row(&tally, i, f & FLAG_SKIPPED, row_loss[i], f & FLAG_TEACHER_OK, stats[i * RS_COUNT + RS_H_T],
+                       stats[i * RS_COUNT + RS_H_S], f & FLAG_AGREE, has_labels, f & FLAG_CORRECT);
+    }
+    klcl_tally_finish(&tally, reduction, rows, result);
+    return KLCL_OK;
+}
+
+/* What the kernel launches of one call share. */
+typedef struct launch {
+    const klcl_program *prog;
+    klcl_loss kind;
+    const klcl_loss_desc *desc;
+    kernel_params prm;
+    klcl_widths w;
+    bound y, m, rl;
+    cl_mem rs, rf;
+    cl_int has_teacher, t_logprob, want_grad;
+    float inv_denom;   /* 1/denominator known to the host, */
+    cl_mem denom_buf;  /* or, when set, read by the gradient kernel from this buffer */
+} launch;
+
+/* The row kernel over rows [c0, c0 + n) of the batch (matrices pointing at row c0), in launches of at most
+ * ROWS_PER_LAUNCH rows; the first waits on `wait`; *done is the last launch's event. */
+static klcl_status launch_rows(klcl_context *ctx, const launch *L, const matrix *mt, const matrix *ms, size_t c0,
+                               size_t n, cl_uint nwait, const cl_event *wait, cl_event *done)
+{
+    cl_kernel rk = L->prog->rows_kernel[L->kind];
+    for (size_t r = 0; r < n; r += ROWS_PER_LAUNCH) {
+        const size_t nl = n - r < ROWS_PER_LAUNCH ? n - r : ROWS_PER_LAUNCH;
+        const cl_ulong row0 = c0 + r;
+        arg_setter a = {rk, 0, CL_SUCCESS};
+        arg_inputs(&a, mt, ms, r, &L->y, &L->w, 1, &L->m);
+        arg(&a, sizeof(cl_int), &L->t_logprob);
+        arg(&a, sizeof(cl_int), &L->has_teacher);
+        arg_params(&a, &L->prm, 1, L->desc->ignore_index);
+        arg(&a, sizeof(cl_mem), &L->rl.mem);
+        arg(&a, sizeof(cl_ulong), &L->rl.offset);
+        arg(&a, sizeof(cl_mem), &L->rs);
+        arg(&a, sizeof(cl_mem), &L->rf);
+        arg(&a, sizeof(cl_ulong), &row0);
+        arg(&a, sizeof(cl_int), &L->want_grad);
+        if (a.err != CL_SUCCESS) return klcl_fail_cl(ctx, a.err, "clSetKernelArg (row kernel)");
+        const size_t global = nl * ctx->wg, local = ctx->wg;
+        release_event(done);
+        cl_int err = clEnqueueNDRangeKernel(ctx->queue, rk, 1, NULL, &global, &local, r == 0 ? nwait : 0,
+                                            r == 0 ? wait : NULL, done);
+        if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clEnqueueNDRangeKernel (row kernel)");
+    }
+    return KLCL_OK;
+}
+
+/* The gradient kernel over rows [c0, c0 + n): element-wise, so any launch shape gives the same bits.
+ * Work-items per row: one per 8-logit vector, in multiples of 64, at most GRAD_ITEMS_PER_ROW_MAX. */
+static klcl_status launch_grad(klcl_context *ctx, const launch *L, const matrix *mt, const matrix *ms,
+                               const matrix *mg, size_t c0, size_t n, cl_event *done)
+{
+    cl_kernel gk = L->prog->grad_kernel[L->kind];
+    size_t per_row = ((mg->width + 7) / 8 + 63) / 64 * 64;
+    if (per_row > GRAD_ITEMS_PER_ROW_MAX) per_row = GRAD_ITEMS_PER_ROW_MAX;
+    const cl_int from_buf = L->denom_buf != NULL;
+    const cl_mem denom = from_buf ? L->denom_buf : ctx->scratch[SCRATCH_DUMMY].mem;
+    for (size_t r = 0; r < n; r += ROWS_PER_LAUNCH) {
+        const size_t nl = n - r < ROWS_PER_LAUNCH ? n - r : ROWS_PER_LAUNCH;
+        const cl_ulong row0 = c0 + r;
+        arg_setter a = {gk, 0, CL_SUCCESS};
+        arg_inputs(&a, mt, ms, r, &L->y, &L->w, 0, &L->m);
+        arg_params(&a, &L->prm, 0, 0);
+        arg(&a, sizeof(float), &L->inv_denom);
+        arg(&a, sizeof(cl_mem), &denom);
+        arg(&a, sizeof(cl_int), &from_buf);
+        arg(&a, sizeof(cl_mem), &L->rs);
+        arg(&a, sizeof(cl_mem), &L->rf);
+        arg(&a, sizeof(cl_ulong), &row0);
+        arg_matrix(&a, mg, r);
+        if (a.err != CL_SUCCESS) return klcl_fail_cl(ctx, a.err, "clSetKernelArg (gradient kernel)");
+        const size_t global[2] = {per_row, nl};
+        release_event(done);
+        cl_int err = clEnqueueNDRangeKernel(ctx->queue, gk, 2, NULL, global, NULL, 0, NULL, done);
+        if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clEnqueueNDRangeKernel (gradient kernel)");
+    }
+    return KLCL_OK;
+}
+
+/* Binds the per-row vectors (labels and mask uploaded when on the host) and the per-row scratch. */
+static klcl_status launch_init(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
+                               const klcl_program *prog, launch *L)
+{
+    const size_t rows = b->rows;
+    memset(L, 0, sizeof *L);
+    L->prog = prog;
+    L->kind = klcl_effective_loss(desc);
+    L->desc = desc;
+    L->prm = params_of(desc, L->kind);
+    L->w = klcl_batch_widths(desc, b);
+    L->has_teacher = tensor_given(&b->teacher);
+    L->t_logprob = b->teacher_logprobs && desc->tau == 1.0f && desc->softcap == 0.0f;
+    L->want_grad = tensor_given(&b->grad);
+    klcl_status st;
+    if ((st = bind_vector(ctx, &b->labels, SCRATCH_LABELS, sizeof(int32_t), rows, &L->y)) != KLCL_OK ||
+        (st = bind_vector(ctx, &b->mask, SCRATCH_MASK, sizeof(uint8_t), rows, &L->m)) != KLCL_OK ||
+        (st = bind_vector_out(ctx, &b->row_loss, SCRATCH_ROW_LOSS, rows, &L->rl)) != KLCL_OK ||
+        (st = klcl_scratch_reserve(ctx, SCRATCH_ROW_STATS, rows * RS_COUNT * sizeof(float))) != KLCL_OK ||
+        (st = klcl_scratch_reserve(ctx, SCRATCH_ROW_FLAGS, rows * RF_COUNT * sizeof(cl_int))) != KLCL_OK)
+        return st;
+    L->rs = ctx->scratch[SCRATCH_ROW_STATS].mem;
+    L->rf = ctx->scratch[SCRATCH_ROW_FLAGS].mem;
+    return KLCL_OK;
+}
+
 static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
                                   klcl_result *result)
 {
     const size_t rows = b->rows;
-    const klcl_widths w = klcl_batch_widths(desc, b);
-    const klcl_loss kind = klcl_effective_loss(desc);
-    const kernel_params prm = params_of(desc, kind);
     const int want_grad = tensor_given(&b->grad);
     const size_t vt = b->teacher_vocab ? b->teacher_vocab : b->vocab;
     const klcl_program *prog = NULL;
@@ -492,14 +612,9 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
         goto done;
     const float inv_denom = (float)(1.0 / klcl_denominator(desc->reduction, rows, used));
 
-    bound y, m, rl;
-    if ((st = bind_vector(ctx, &b->labels, SCRATCH_LABELS, sizeof(int32_t), rows, &y)) != KLCL_OK ||
-        (st = bind_vector(ctx, &b->mask, SCRATCH_MASK, sizeof(uint8_t), rows, &m)) != KLCL_OK ||
-        (st = bind_vector_out(ctx, &b->row_loss, SCRATCH_ROW_LOSS, rows, &rl)) != KLCL_OK ||
-        (st = klcl_scratch_reserve(ctx, SCRATCH_ROW_STATS, rows * RS_COUNT * sizeof(float))) != KLCL_OK ||
-        (st = klcl_scratch_reserve(ctx, SCRATCH_ROW_FLAGS, rows * RF_COUNT * sizeof(cl_int))) != KLCL_OK)
-        goto done;
-    cl_mem rs = ctx->scratch[SCRATCH_ROW_STATS].mem, rf = ctx->scratch[SCRATCH_ROW_FLAGS].mem;
+    launch L;
+    if ((st = launch_init(ctx, desc, b, prog, &L)) != KLCL_OK) goto done;
+    L.inv_denom = inv_denom;
 
     matrix mt = matrix_of(&b->teacher, vt, SCRATCH_TEACHER), ms = matrix_of(&b->student, b->vocab, SCRATCH_STUDENT);
     matrix mg = matrix_of(&b->grad, b->vocab, SCRATCH_GRAD);
@@ -514,8 +629,6 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
 
     /* The pipeline: upload chunk c + 1 (transfer queue) while chunk c's kernels run (main queue), then read
      * chunk c's gradient back; a slot is written again only after everything that used it has finished. */
-    const cl_int has_teacher = mt.given, want_grad_arg = want_grad;
-    const cl_int t_logprob = b->teacher_logprobs && desc->tau == 1.0f && desc->softcap == 0.0f;
     for (size_t c = 0; c <= nchunks; c++) {
         /* Upload of chunk c (one step ahead of the kernels below, which run chunk c - 1). */
         if (c < nchunks && (mt.on_host || ms.on_host)) {
@@ -540,66 +653,11 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
         matrix_at(ctx, &mt, c0, slot);
         matrix_at(ctx, &ms, c0, slot);
         matrix_at(ctx, &mg, c0, slot);
-        /* Row kernel, in launches of at most ROWS_PER_LAUNCH rows. */
-        cl_kernel rk = prog->rows_kernel[kind];
-        for (size_t r = 0; r < n; r += ROWS_PER_LAUNCH) {
-            const size_t nl = n - r < ROWS_PER_LAUNCH ? n - r : ROWS_PER_LAUNCH;
-            const cl_ulong row0 = c0 + r;
-            arg_setter a = {rk, 0, CL_SUCCESS};
-            arg_inputs(&a, &mt, &ms, r, &y, &w, 1, &m);
-            arg(&a, sizeof(cl_int), &t_logprob);
-            arg(&a, sizeof(cl_int), &has_teacher);
-            arg_params(&a, &prm, 1, desc->ignore_index);
-            arg(&a, sizeof(cl_mem), &rl.mem);
-            arg(&a, sizeof(cl_ulong), &rl.offset);
-            arg(&a, sizeof(cl_mem), &rs);
-            arg(&a, sizeof(cl_mem), &rf);
-            arg(&a, sizeof(cl_ulong), &row0);
-            arg(&a, sizeof(cl_int), &want_grad_arg);
-            if (a.err != CL_SUCCESS) {
-                st = klcl_fail_cl(ctx, a.err, "clSetKernelArg (row kernel)");
-                goto done;
-            }
-            const size_t global = nl * ctx->wg, local = ctx->wg;
-            const int first = r == 0 && upload_ev[slot];
-            release_event(&done_ev);
-            err = clEnqueueNDRangeKernel(ctx->queue, rk, 1, NULL, &global, &local, first ? 1 : 0,
-                                         first ? &upload_ev[slot] : NULL, &done_ev);
-            if (err != CL_SUCCESS) {
-                st = klcl_fail_cl(ctx, err, "clEnqueueNDRangeKernel (row kernel)");
-                goto done;
-            }
-        }
-        /* Gradient kernel: element-wise, so any launch shape gives the same bits. Work-items per row: one
-         * per 8-logit vector, in multiples of 64, at most GRAD_ITEMS_PER_ROW_MAX. */
-        if (want_grad) {
-            cl_kernel gk = prog->grad_kernel[kind];
-            size_t per_row = ((b->vocab + 7) / 8 + 63) / 64 * 64;
-            if (per_row > GRAD_ITEMS_PER_ROW_MAX) per_row = GRAD_ITEMS_PER_ROW_MAX;
-            for (size_t r = 0; r < n; r += ROWS_PER_LAUNCH) {
-                const size_t nl = n - r < ROWS_PER_LAUNCH ? n - r : ROWS_PER_LAUNCH;
-                const cl_ulong row0 = c0 + r;
-                arg_setter a = {gk, 0, CL_SUCCESS};
-                arg_inputs(&a, &mt, &ms, r, &y, &w, 0, &m);
-                arg_params(&a, &prm, 0, 0);
-                arg(&a, sizeof(float), &inv_denom);
-                arg(&a, sizeof(cl_mem), &rs);
-                arg(&a, sizeof(cl_mem), &rf);
-                arg(&a, sizeof(cl_ulong), &row0);
-                arg_matrix(&a, &mg, r);
-                if (a.err != CL_SUCCESS) {
-                    st = klcl_fail_cl(ctx, a.err, "clSetKernelArg (gradient kernel)");
-                    goto done;
-                }
-                const size_t global[2] = {per_row, nl};
-                release_event(&done_ev);
-                err = clEnqueueNDRangeKernel(ctx->queue, gk, 2, NULL, global, NULL, 0, NULL, &done_ev);
-                if (err != CL_SUCCESS) {
-                    st = klcl_fail_cl(ctx, err, "clEnqueueNDRangeKernel (gradient kernel)");
-                    goto done;
-                }
-            }
-        }
+        const int first = upload_ev[slot] != NULL;
+        if ((st = launch_rows(ctx, &L, &mt, &ms, c0, n, first ? 1 : 0, first ? &upload_ev[slot] : NULL, &done_ev)) !=
+                KLCL_OK ||
+            (want_grad && (st = launch_grad(ctx, &L, &mt, &ms, &mg, c0, n, &done_ev)) != KLCL_OK))
+            goto done;
         release_event(&free_ev[slot]);
         if (mg.on_host) {
             err = matrix_transfer(cq, &mg, c0, n, 0, 1, &done_ev, &free_ev[slot]);
@@ -623,31 +681,21 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
         st = klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "per-row results: out of host memory");
         goto done;
     }
-    err = clEnqueueReadBuffer(ctx->queue, rl.mem, CL_FALSE, rl.offset * sizeof(float), rows * sizeof(float),
+    err = clEnqueueReadBuffer(ctx->queue, L.rl.mem, CL_FALSE, L.rl.offset * sizeof(float), rows * sizeof(float),
                               row_loss, 0, NULL, NULL);
     if (err == CL_SUCCESS)
-        err = clEnqueueReadBuffer(ctx->queue, rs, CL_FALSE, 0, rows * RS_COUNT * sizeof(float), stats, 0, NULL, NULL);
+        err = clEnqueueReadBuffer(ctx->queue, L.rs, CL_FALSE, 0, rows * RS_COUNT * sizeof(float), stats, 0, NULL, NULL);
     if (err == CL_SUCCESS)
-        err = clEnqueueReadBuffer(ctx->queue, rf, CL_TRUE, 0, rows * RF_COUNT * sizeof(cl_int), flags, 0, NULL, NULL);
+        err = clEnqueueReadBuffer(ctx->queue, L.rf, CL_TRUE, 0, rows * RF_COUNT * sizeof(cl_int), flags, 0, NULL, NULL);
     if (err == CL_SUCCESS && cq != ctx->queue) err = clFinish(cq);
     if (err != CL_SUCCESS) {
         st = klcl_fail_cl(ctx, err, "clEnqueueReadBuffer (per-row results)");
         goto done;
     }
-    klcl_tally tally;
-    memset(&tally, 0, sizeof tally);
-    for (size_t i = 0; i < rows; i++) {
-        int f = flags[i * RF_COUNT + RF_FLAGS];
-        if (f & FLAG_BAD_LABEL) {
-            st = klcl_fail(ctx, KLCL_ERR_LABEL_OUT_OF_RANGE,
-                           "batch->labels[%zu] is outside [0, %zu) and not ignore_index (%d)", i,
-                           w.width < b->vocab ? w.width : b->vocab, (int)desc->ignore_index);
-            goto done;
-        }
-        klcl_tally_row(&tally, i, f & FLAG_SKIPPED, row_loss[i], f & FLAG_TEACHER_OK, stats[i * RS_COUNT + RS_H_T],
-                       stats[i * RS_COUNT + RS_H_S], f & FLAG_AGREE, y.given, f & FLAG_CORRECT);
-    }
-    klcl_tally_finish(&tally, desc->reduction, rows, result);
+    const size_t label_limit = L.w.width < b->vocab ? L.w.width : b->vocab;
+    if ((st = tally_rows(ctx, desc->reduction, desc->ignore_index, rows, label_limit, L.y.given, row_loss, stats,
+                         flags, result)) != KLCL_OK)
+        goto done;
     if (b->row_loss.host) memcpy(b->row_loss.host, row_loss, rows * sizeof(float));
     err = clFinish(ctx->queue);
     if (err != CL_SUCCESS) {
@@ -683,4 +731,162 @@ klcl_status klcl_compute(klcl_context *ctx, const klcl_loss_desc *desc, const kl
     memset(out, 0, sizeof *out);
     if (ctx->is_reference) return klcl_reference_compute(ctx, desc, batch, out);
     return device_compute(ctx, desc, batch, out);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Asynchronous calls                                                                                       */
+
+static klcl_status check_async(klcl_context *ctx, const klcl_batch *b, const klcl_async *as)
+{
+    if (!as) return klcl_fail(ctx, KLCL_ERR_NULL_POINTER, "async is NULL");
+    if (ctx->is_reference)
+        return klcl_fail(ctx, KLCL_ERR_UNSUPPORTED, "asynchronous calls need an OpenCL device, not the CPU reference");
+    if ((as->num_wait == 0) != (as->wait_list == NULL))
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "async->wait_list and async->num_wait (%u) disagree",
+                         (unsigned)as->num_wait);
+    const struct {
+        const char *name;
+        const klcl_tensor *t;
+    } all[] = {{"teacher", &b->teacher}, {"student", &b->student}, {"labels", &b->labels},
+               {"mask", &b->mask},       {"grad", &b->grad},       {"row_loss", &b->row_loss}};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i].t->host)
+            return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE,
+                             "batch->%s.host: asynchronous calls take cl_mem tensors only", all[i].name);
+    if (as->loss) {
+        size_t size = 0;
+        cl_int err = clGetMemObjectInfo(as->loss, CL_MEM_SIZE, sizeof size, &size, NULL);
+        if (err != CL_SUCCESS) return klcl_fail(ctx, (klcl_status)err, "async->loss is not a valid buffer");
+        if (as->loss_offset % sizeof(float))
+            return klcl_fail(ctx, KLCL_ERR_MISALIGNED, "async->loss_offset (%zu) is not a multiple of 4 bytes",
+                             as->loss_offset);
+        if (as->loss_offset > size || size - as->loss_offset < sizeof(float))
+            return klcl_fail(ctx, KLCL_ERR_BUFFER_TOO_SMALL, "async->loss holds %zu bytes; offset %zu + 4 do not fit",
+                             size, as->loss_offset);
+    }
+    return KLCL_OK;
+}
+
+static klcl_status grow(klcl_context *ctx, void **p, size_t *cap, size_t bytes)
+{
+    if (*cap >= bytes) return KLCL_OK;
+    void *q = realloc(*p, bytes);
+    if (!q) return klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "asynchronous call: out of host memory");
+    *p = q;
+    *cap = bytes;
+    return KLCL_OK;
+}
+
+klcl_status klcl_compute_async(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *batch,
+                               const klcl_async *async)
+{
+    if (!ctx) return KLCL_ERR_NULL_POINTER;
+    ctx->error[0] = '\0';
+    klcl_status st = klcl_check_batch(ctx, desc, batch);
+    if (st == KLCL_OK) st = check_async(ctx, batch, async);
+    if (st != KLCL_OK) return st;
+    klcl_async_state *A = &ctx->async;
+    if (A->done) clReleaseEvent(A->done);
+    A->done = NULL;
+    A->pending = 0;
+    const size_t rows = batch->rows;
+    const klcl_program *prog = NULL;
+    cl_event ev = NULL;
+    if (async->event) *async->event = NULL;
+    st = klcl_program_variant(ctx, batch->teacher.dtype, batch->student.dtype,
+                              tensor_given(&batch->grad) ? batch->grad.dtype : KLCL_DTYPE_F32, &prog);
+    if (st != KLCL_OK) return st;
+    launch L;
+    if ((st = klcl_scratch_reserve(ctx, SCRATCH_DUMMY, 64)) != KLCL_OK ||
+        (st = klcl_scratch_reserve(ctx, SCRATCH_DENOM, sizeof(float))) != KLCL_OK ||
+        (st = launch_init(ctx, desc, batch, prog, &L)) != KLCL_OK ||
+        (st = grow(ctx, (void **)&A->row_loss, &A->cap_loss, rows * sizeof(float))) != KLCL_OK ||
+        (st = grow(ctx, (void **)&A->stats, &A->cap_stats, rows * RS_COUNT * sizeof(float))) != KLCL_OK ||
+        (st = grow(ctx, (void **)&A->flags, &A->cap_flags, rows * RF_COUNT * sizeof(cl_int))) != KLCL_OK)
+        return st;
+    L.denom_buf = ctx->scratch[SCRATCH_DENOM].mem;
+    const size_t vt = batch->teacher_vocab ? batch->teacher_vocab : batch->vocab;
+    matrix mt = matrix_of(&batch->teacher, vt, SCRATCH_TEACHER), ms = matrix_of(&batch->student, batch->vocab, SCRATCH_STUDENT);
+    matrix mg = matrix_of(&batch->grad, batch->vocab, SCRATCH_GRAD);
+    matrix_at(ctx, &mt, 0, 0);
+    matrix_at(ctx, &ms, 0, 0);
+    matrix_at(ctx, &mg, 0, 0);
+    if ((st = launch_rows(ctx, &L, &mt, &ms, 0, rows, async->num_wait, async->wait_list, &ev)) != KLCL_OK) goto fail;
+
+    /* The reduction on the device: the loss for async->loss and the gradient's denominator. */
+    const cl_ulong nrows = rows;
+    const cl_int reduction = desc->reduction, has_loss = async->loss != NULL;
+    const cl_mem loss_mem = async->loss ? async->loss : ctx->scratch[SCRATCH_DUMMY].mem;
+    const cl_ulong loss_off = async->loss_offset / sizeof(float);
+    arg_setter a = {prog->reduce_kernel, 0, CL_SUCCESS};
+    arg(&a, sizeof(cl_mem), &L.rl.mem);
+    arg(&a, sizeof(cl_ulong), &L.rl.offset);
+    arg(&a, sizeof(cl_mem), &L.rf);
+    arg(&a, sizeof(cl_ulong), &nrows);
+    arg(&a, sizeof(cl_int), &reduction);
+    arg(&a, sizeof(cl_mem), &loss_mem);
+    arg(&a, sizeof(cl_ulong), &loss_off);
+    arg(&a, sizeof(cl_int), &has_loss);
+    arg(&a, sizeof(cl_mem), &L.denom_buf);
+    if (a.err != CL_SUCCESS) {
+        st = klcl_fail_cl(ctx, a.err, "clSetKernelArg (reduction kernel)");
+        goto fail;
+    }
+    release_event(&ev);
+    cl_int err = clEnqueueNDRangeKernel(ctx->queue, prog->reduce_kernel, 1, NULL, &ctx->wg, &ctx->wg, 0, NULL, &ev);
+    if (err != CL_SUCCESS) {
+        st = klcl_fail_cl(ctx, err, "clEnqueueNDRangeKernel (reduction kernel)");
+        goto fail;
+    }
+    if (L.want_grad && (st = launch_grad(ctx, &L, &mt, &ms, &mg, 0, rows, &ev)) != KLCL_OK) goto fail;
+
+    /* Per-row results to the context's host memory, for klcl_async_result; the last read's event marks
+     * the end of the whole call (the queue is in order). */
+    err = clEnqueueReadBuffer(ctx->queue, L.rl.mem, CL_FALSE, L.rl.offset * sizeof(float), rows * sizeof(float),
+                              A->row_loss, 0, NULL, NULL);
+    if (err == CL_SUCCESS)
+        err = clEnqueueReadBuffer(ctx->queue, L.rs, CL_FALSE, 0, rows * RS_COUNT * sizeof(float), A->stats, 0, NULL,
+                                  NULL);
+    release_event(&ev);
+    if (err == CL_SUCCESS)
+        err = clEnqueueReadBuffer(ctx->queue, L.rf, CL_FALSE, 0, rows * RF_COUNT * sizeof(cl_int), A->flags, 0, NULL,
+                                  &ev);
+    if (err != CL_SUCCESS) {
+        st = klcl_fail_cl(ctx, err, "clEnqueueReadBuffer (per-row results)");
+        goto fail;
+    }
+    clFlush(ctx->queue);
+    A->done = ev;
+    A->pending = 1;
+    A->rows = rows;
+    A->reduction = desc->reduction;
+    A->ignore_index = desc->ignore_index;
+    A->has_labels = L.y.given;
+    A->label_limit = L.w.width < batch->vocab ? L.w.width : batch->vocab;
+    if (async->event) {
+        clRetainEvent(ev);
+        *async->event = ev;
+    }
+    return KLCL_OK;
+fail:
+    release_event(&ev);
+    clFinish(ctx->queue); /* a failed call leaves nothing running */
+    return st;
+}
+
+klcl_status klcl_async_result(klcl_context *ctx, klcl_result *result)
+{
+    if (!ctx) return KLCL_ERR_NULL_POINTER;
+    ctx->error[0] = '\0';
+    klcl_async_state *A = &ctx->async;
+    if (!A->pending)
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "no asynchronous call is pending on this context");
+    A->pending = 0;
+    cl_int err = clWaitForEvents(1, &A->done);
+    clReleaseEvent(A->done);
+    A->done = NULL;
+    if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clWaitForEvents (asynchronous call)");
+    klcl_result local;
+    return tally_rows(ctx, A->reduction, A->ignore_index, A->rows, A->label_limit, A->has_labels, A->row_loss,
+                      A->stats, A->flags, result ? result : &local);
 }

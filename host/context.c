@@ -95,6 +95,13 @@ klcl_status klcl_context_create(const klcl_context_options *options, klcl_contex
 void klcl_context_destroy(klcl_context *ctx)
 {
     if (!ctx) return;
+    if (ctx->async.done) {
+        clWaitForEvents(1, &ctx->async.done);
+        clReleaseEvent(ctx->async.done);
+    }
+    free(ctx->async.row_loss);
+    free(ctx->async.stats);
+    free(ctx->async.flags);
     klcl_scratch_release(ctx);
     klcl_program_release(ctx);
     if (ctx->copy_queue) clReleaseCommandQueue(ctx->copy_queue);

@@ -40,13 +40,14 @@ typedef struct klcl_scratch {
 /* Host logits and gradients stream through two slots of chunk buffers (SCRATCH_TEACHER + slot, ...). */
 enum { SCRATCH_TEACHER, SCRATCH_TEACHER_2, SCRATCH_STUDENT, SCRATCH_STUDENT_2, SCRATCH_GRAD, SCRATCH_GRAD_2,
        SCRATCH_LABELS, SCRATCH_MASK, SCRATCH_ROW_LOSS, SCRATCH_ROW_STATS, SCRATCH_ROW_FLAGS, SCRATCH_DUMMY,
-       SCRATCH_COUNT };
+       SCRATCH_DENOM, SCRATCH_COUNT };
 
 /* The kernels of one element-type combination (teacher, student, gradient), index klcl_variant_index. */
 typedef struct klcl_program {
     cl_program program;
     cl_kernel rows_kernel[KLCL_LOSS_COUNT];
     cl_kernel grad_kernel[KLCL_LOSS_COUNT];
+    cl_kernel reduce_kernel; /* the device-side reduction of asynchronous calls */
     int built;
     klcl_status status; /* a failed build is kept, with its message */
     char error[1024];
@@ -57,6 +58,19 @@ static inline int klcl_variant_index(klcl_dtype t, klcl_dtype s, klcl_dtype g)
 {
     return ((int)t * KLCL_DTYPE_COUNT + (int)s) * KLCL_DTYPE_COUNT + (int)g;
 }
+
+/* The latest asynchronous call: its per-row results land in these host arrays (klcl_async_result). */
+typedef struct klcl_async_state {
+    int pending;
+    cl_event done;
+    size_t rows, label_limit;
+    klcl_reduction reduction;
+    int32_t ignore_index;
+    int has_labels;
+    float *row_loss, *stats;
+    cl_int *flags;
+    size_t cap_loss, cap_stats, cap_flags;
+} klcl_async_state;
 
 struct klcl_context {
     int is_reference;
@@ -80,6 +94,7 @@ struct klcl_context {
     klcl_program variants[KLCL_VARIANT_COUNT];
 
     klcl_scratch scratch[SCRATCH_COUNT];
+    klcl_async_state async;
 
     char *build_log;
     char error[1024];

@@ -104,6 +104,8 @@ static void release_variant(klcl_program *v)
         if (v->grad_kernel[i]) clReleaseKernel(v->grad_kernel[i]);
         v->rows_kernel[i] = v->grad_kernel[i] = NULL;
     }
+    if (v->reduce_kernel) clReleaseKernel(v->reduce_kernel);
+    v->reduce_kernel = NULL;
     if (v->program) clReleaseProgram(v->program);
     v->program = NULL;
     v->built = 0;
@@ -151,6 +153,8 @@ static klcl_status build_once(klcl_context *ctx, const char *src, int index, siz
         klcl_cache_store(ctx, src, options, v->program);
     }
     *kernel_limit = wg;
+    v->reduce_kernel = clCreateKernel(v->program, "klcl_reduce", &err);
+    if (!v->reduce_kernel) return klcl_fail_cl(ctx, err, "clCreateKernel (reduction kernel)");
     for (int i = 0; i < KLCL_LOSS_COUNT; i++) {
         char name[64];
         snprintf(name, sizeof name, "klcl_rows_%s", klcl_loss_name((klcl_loss)i));

@@ -23,10 +23,13 @@
  *     if (st != KLCL_OK) fprintf(stderr, "%s: %s\n", klcl_status_string(st), klcl_last_error(ctx));
  *     klcl_context_destroy(ctx);
  *
- * Threads: a klcl_context is used by one thread at a time (like a zstd context: one context per thread).
- * Distinct contexts may be used from distinct threads at once, also on the same device. Functions that take
- * no context (klcl_list_devices, klcl_status_string, the version functions, klcl_reference_row) are safe
- * to call from any thread.
+ * Threads: a klcl_context is used by one thread at a time (like a zstd context: one context per thread):
+ * every function that takes a context, klcl_compute_async and klcl_async_result included, must not run
+ * concurrently with another call on the same context. Distinct contexts may be used from distinct threads
+ * at once, also on the same device (tested: several contexts computing from several threads give the same
+ * bits as one thread). The event klcl_compute_async returns may be waited on from any thread. Functions that
+ * take no context (klcl_list_devices, klcl_status_string, the version functions, klcl_convert,
+ * klcl_reference_row) are safe to call from any thread.
  *
  * Errors: every function returns a klcl_status. The library never prints, never calls exit() or abort(),
  * and never crashes on bad arguments: it returns a status and keeps a message naming the argument on the
@@ -370,6 +373,41 @@ typedef struct klcl_result {
  * OpenCL failures return OpenCL's code with the failing call named in klcl_last_error. */
 KLCL_API klcl_status klcl_compute(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *batch,
                                   klcl_result *result);
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Asynchronous use                                                                                       */
+/* ---------------------------------------------------------------------------------------------------- */
+
+/* For training code that overlaps the loss with other work on the device. */
+typedef struct klcl_async {
+    cl_uint num_wait;          /* events the call's first kernel waits for (e.g. the forward pass) */
+    const cl_event *wait_list; /* NULL exactly when num_wait is 0 */
+    cl_event *event;           /* optional out: complete when every output of the call is written (gradient,
+                                  row_loss, loss); the caller releases it with clReleaseEvent */
+    cl_mem loss;               /* optional: the reduced loss, one fp32 written at byte loss_offset */
+    size_t loss_offset;
+} klcl_async;
+
+#define KLCL_ASYNC_INIT {0, NULL, NULL, NULL, 0}
+
+/* Enqueues what klcl_compute does on the context's queue and returns without waiting. Every tensor of the
+ * batch must be a cl_mem (a host tensor is KLCL_ERR_INVALID_VALUE, naming it). The reduction runs on the
+ * device (one work-group, fixed order: deterministic, but the reduced loss may differ in its last bits from
+ * klcl_compute's host sum in double), so the gradient's `mean` denominator never goes through the host.
+ * For a caller's queue adopted at klcl_context_create, the kernels follow whatever the caller enqueued
+ * before, in queue order, as well as the wait list. Argument errors are reported at once, like
+ * klcl_compute's (labels in a cl_mem are checked on the device: see klcl_async_result). Verify mode does
+ * not apply. KLCL_ERR_UNSUPPORTED on the CPU reference. The buffers must stay valid until the event
+ * completes; klcl_context_destroy waits for a call in flight. */
+KLCL_API klcl_status klcl_compute_async(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *batch,
+                                        const klcl_async *async);
+
+/* Waits for the latest klcl_compute_async on the context and fills `result` (may be NULL) as klcl_compute
+ * would, from the per-row results (reduced on the host in double). A label outside the loss's columns that
+ * is not ignore_index is reported here (KLCL_ERR_LABEL_OUT_OF_RANGE, naming the row; the gradient rows of
+ * such rows were written as zeros). KLCL_ERR_INVALID_VALUE when no asynchronous call is pending: each call
+ * has one result, and a new call replaces a pending one. */
+KLCL_API klcl_status klcl_async_result(klcl_context *ctx, klcl_result *result);
 
 /* The CPU reference for one row, in double precision, independent of any context: the per-row loss after
  * scale (skipping is the caller's business) and, when grad is not NULL, d(row loss)/d(student logits)

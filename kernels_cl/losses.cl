@@ -577,14 +577,14 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     __global const T_ELEM *teacher, ulong t_off, ulong t_stride, __global const S_ELEM *student,        \
         ulong s_off, ulong s_stride, __global const int *labels, ulong l_off, int has_labels,           \
         uint vocab, uint t_cols, uint s_cols, float inv_tau, float cap, float scale, float alpha,       \
-        float beta, float lambda, float eps, float zl, float lwa, float lwb, float inv_denom,            \
-        __global const float *row_stats, __global const int *row_flags, ulong row0,                     \
-        __global G_ELEM *grad, ulong g_off, ulong g_stride
+        float beta, float lambda, float eps, float zl, float lwa, float lwb, float inv_denom_arg,        \
+        __global const float *inv_denom_buf, int denom_from_buf, __global const float *row_stats,        \
+        __global const int *row_flags, ulong row0, __global G_ELEM *grad, ulong g_off, ulong g_stride
 
 #define GRAD_ARG_NAMES                                                                                 \
     teacher, t_off, t_stride, student, s_off, s_stride, labels, l_off, has_labels, vocab, t_cols,       \
-        s_cols, inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, inv_denom, row_stats,      \
-        row_flags, row0, grad, g_off, g_stride
+        s_cols, inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, inv_denom_arg,             \
+        inv_denom_buf, denom_from_buf, row_stats, row_flags, row0, grad, g_off, g_stride
 
 /* Writes the s_cols columns of a student-shaped gradient row: the loss's columns [0, vocab) (teacher
  * columns past t_cols read as -inf), zeros for student columns a truncated loss does not use. */
@@ -595,6 +595,8 @@ inline void grad_body(const int loss, GRAD_ARGS)
     const uint nvec = min(vocab, min(t_cols, s_cols)) / 8;
     __global const float *stats = row_stats + row * RS_COUNT;
     const int flags = row_flags[row * RF_COUNT + RF_FLAGS];
+    /* 1/denominator: known to the host, or (asynchronous calls) written by klcl_reduce beforehand. */
+    const float inv_denom = denom_from_buf ? inv_denom_buf[0] : inv_denom_arg;
     const ulong lrow = get_global_id(1); /* from the launch's first row, as in rows_body */
     __global G_ELEM *g = grad + g_off + lrow * g_stride;
 
@@ -629,6 +631,46 @@ inline void grad_body(const int loss, GRAD_ARGS)
             ds = grad_1(loss, rt, LOAD_S1(v, s, s_cols), (int)v, y, R, aux, g_ref, P) * inv_denom;
         }
         STORE_G1(ds, v, g);
+    }
+}
+
+/* The reduction of an asynchronous call, on the device: one work-group sums the per-row losses of the
+ * rows not skipped (work-item i takes rows i, i + KLCL_WG, ... in order, then a fixed tree), writes the
+ * reduced loss as one fp32 and 1/denominator for the gradient kernel. Deterministic; it may differ in the
+ * last bits from the host's double sum of a synchronous call. */
+__kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_reduce(
+    __global const float *row_loss, ulong rl_off, __global const int *row_flags, ulong rows, int reduction,
+    __global float *loss_out, ulong loss_off, int has_loss_out, __global float *inv_denom_out)
+{
+    __local acc_t lsum[KLCL_WG];
+    __local ulong lused[KLCL_WG];
+    const uint lid = get_local_id(0);
+    acc_t sum = 0;
+    ulong used = 0;
+    for (ulong i = lid; i < rows; i += KLCL_WG) {
+        if (row_flags[i * RF_COUNT + RF_FLAGS] & FLAG_SKIPPED) continue;
+        used++;
+        sum += row_loss[rl_off + i];
+    }
+    lsum[lid] = sum;
+    lused[lid] = used;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint off = KLCL_WG / 2; off > 0; off >>= 1) {
+        if (lid < off) {
+            lsum[lid] += lsum[lid + off];
+            lused[lid] += lused[lid + off];
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0) {
+        /* Reductions as klcl_reduction numbers them: none 0, sum 1, mean 2, batchmean 3. */
+        const acc_t total = lsum[0];
+        const ulong n = lused[0];
+        acc_t den = 1;
+        if (reduction == 2) den = n ? (acc_t)n : (acc_t)1;
+        if (reduction == 3) den = (acc_t)rows;
+        if (has_loss_out) loss_out[loss_off] = (reduction == 2 && n == 0) ? 0.0f : (float)(total / den);
+        inv_denom_out[0] = (float)((acc_t)1 / den);
     }
 }
 
