@@ -1,8 +1,9 @@
 /* klcl-fused-bench: the fused linear + loss path (klcl_compute_fused) against (a) its GEMMs alone, with the
  * same chunking, and (b) the unfused path (full N x V logits, klcl_compute with the gradient, then the
- * backward GEMMs). Reports the median time of --reps runs after one warm-up run of each path, the device
- * memory each path allocates beyond the inputs and outputs they share, and the cost of the first use of
- * CLBlast (its kernel compilation), which klcl_fused_warm moves out of the first step.
+ * backward GEMMs). Reports the median time of --reps runs after one warm-up run of each path (the paths
+ * take turns within each run), the device memory each path allocates beyond the inputs and outputs they
+ * share, and the cost of the first use of CLBlast (its kernel compilation), which klcl_fused_warm moves out
+ * of the first step.
  *
  *   klcl-fused-bench [--rows N] [--dim D] [--vocab V] [--chunk C] [--reps R] [--loss NAME]
  *                    [--teacher-logits] [--skip-unfused]
@@ -172,29 +173,40 @@ int main(int argc, char **argv)
     klcl_fused_info info;
     klcl_result fr;
 
-    double *times = malloc((size_t)reps * sizeof(double));
-    if (!times) die("malloc", 0);
-
-    /* (1) fused */
-    double t_fused;
-    for (int r = -1; r < reps; r++) {
-        t0 = now();
-        st = klcl_compute_fused(ctx, &desc, &fb, &fo, &fr, &info);
-        if (st != KLCL_OK) {
-            fprintf(stderr, "klcl_compute_fused: %s: %s\n", klcl_status_string(st), klcl_last_error(ctx));
-            return 3;
-        }
-        if (r >= 0) times[r] = now() - t0;
+    /* One fused call first, for the chunk size the other two paths then use. */
+    st = klcl_compute_fused(ctx, &desc, &fb, &fo, &fr, &info);
+    if (st != KLCL_OK) {
+        fprintf(stderr, "klcl_compute_fused: %s: %s\n", klcl_status_string(st), klcl_last_error(ctx));
+        return 3;
     }
-    t_fused = median(times, reps);
     const size_t c = info.chunk_rows;
     const size_t fused_bytes = info.device_bytes;
-
-    /* (2) the same GEMMs alone, chunk by chunk: forward (student, and teacher when given as hidden states),
-     * dH = dZ W, dW += dZ^T H. */
     const size_t logits_sides = teacher_logits ? 1 : 2;
+    const size_t gemm_bytes = logits_sides * c * V * sizeof(float);
     cl_mem zs = buffer(c * V, NULL), zt = teacher_logits ? NULL : buffer(c * V, NULL);
+    cl_mem zsf = NULL, ztf = NULL;
+    size_t unfused_bytes = 0;
+    if (!skip_unfused) {
+        cl_int err;
+        zsf = clCreateBuffer(clctx, CL_MEM_READ_WRITE, N * V * sizeof(float), NULL, &err);
+        if (!teacher_logits) ztf = clCreateBuffer(clctx, CL_MEM_READ_WRITE, N * V * sizeof(float), NULL, &err);
+        if (!zsf || (!teacher_logits && !ztf)) {
+            fprintf(stderr, "unfused path: the full logits (%zu bytes each) do not fit the device; --skip-unfused\n",
+                    N * V * sizeof(float));
+            return 3;
+        }
+        unfused_bytes = logits_sides * N * V * sizeof(float);
+    }
+
+    /* The three paths in turn within each repetition, so that a change in the machine's load falls on all
+     * three alike; the first repetition is a warm-up. */
+    double *times = malloc(3 * (size_t)reps * sizeof(double));
+    if (!times) die("malloc", 0);
+    double *t_gemm_v = times, *t_fused_v = times + reps, *t_unfused_v = times + 2 * reps;
+    double unfused_loss = NAN;
     for (int r = -1; r < reps; r++) {
+        /* (a) the GEMMs alone, chunk by chunk: forward (student, and teacher when given as hidden states),
+         * dH = dZ W, dW += dZ^T H */
         t0 = now();
         for (size_t r0 = 0; r0 < N; r0 += c) {
             size_t n = N - r0 < c ? N - r0 : c;
@@ -204,53 +216,46 @@ int main(int argc, char **argv)
             gemm_at(1, 0, V, D, n, 1.0f, zs, 0, V, hs, r0 * D, D, r0 ? 1.0f : 0.0f, dw, 0, D);
         }
         clFinish(queue);
-        if (r >= 0) times[r] = now() - t0;
-    }
-    double t_gemm = median(times, reps);
-    clReleaseMemObject(zs);
-    if (zt) clReleaseMemObject(zt);
-    const size_t gemm_bytes = logits_sides * c * V * sizeof(float);
+        if (r >= 0) t_gemm_v[r] = now() - t0;
 
-    /* (3) unfused: full logits, klcl_compute with the gradient in place, then the backward GEMMs. */
-    double t_unfused = NAN, unfused_loss = NAN;
-    size_t unfused_bytes = 0;
-    if (!skip_unfused) {
-        cl_int err;
-        cl_mem zsf = clCreateBuffer(clctx, CL_MEM_READ_WRITE, N * V * sizeof(float), NULL, &err);
-        cl_mem ztf = teacher_logits ? NULL : clCreateBuffer(clctx, CL_MEM_READ_WRITE, N * V * sizeof(float), NULL, &err);
-        if (!zsf || (!teacher_logits && !ztf)) {
-            fprintf(stderr, "unfused path: the full logits (%zu bytes each) do not fit the device; --skip-unfused\n",
-                    N * V * sizeof(float));
+        /* (b) fused */
+        t0 = now();
+        st = klcl_compute_fused(ctx, &desc, &fb, &fo, &fr, &info);
+        if (st != KLCL_OK) {
+            fprintf(stderr, "klcl_compute_fused: %s: %s\n", klcl_status_string(st), klcl_last_error(ctx));
             return 3;
         }
-        unfused_bytes = logits_sides * N * V * sizeof(float);
-        for (int r = -1; r < reps; r++) {
-            t0 = now();
-            gemm(0, 1, N, V, D, 1.0f, hs, D, ws, D, 0.0f, zsf, V);
-            if (!teacher_logits) gemm(0, 1, N, V, D, 1.0f, ht, D, wt, D, 0.0f, ztf, V);
-            klcl_batch b = KLCL_BATCH_INIT;
-            b.rows = N;
-            b.vocab = V;
-            b.student = klcl_mem_tensor(zsf, 0, 0);
-            b.teacher = klcl_mem_tensor(teacher_logits ? tl : ztf, 0, 0);
-            b.labels = klcl_host_tensor(labels, 0);
-            b.grad = klcl_mem_tensor(zsf, 0, 0);
-            klcl_result ur;
-            st = klcl_compute(ctx, &desc, &b, &ur);
-            if (st != KLCL_OK) {
-                fprintf(stderr, "klcl_compute: %s: %s\n", klcl_status_string(st), klcl_last_error(ctx));
-                return 3;
-            }
-            unfused_loss = ur.loss;
-            gemm(0, 0, N, D, V, 1.0f, zsf, V, ws, D, 0.0f, dh, D);
-            gemm(1, 0, V, D, N, 1.0f, zsf, V, hs, D, 0.0f, dw, D);
-            clFinish(queue);
-            if (r >= 0) times[r] = now() - t0;
+        if (r >= 0) t_fused_v[r] = now() - t0;
+
+        /* (c) unfused: full logits, klcl_compute with the gradient in place, then the backward GEMMs */
+        if (skip_unfused) continue;
+        t0 = now();
+        gemm(0, 1, N, V, D, 1.0f, hs, D, ws, D, 0.0f, zsf, V);
+        if (!teacher_logits) gemm(0, 1, N, V, D, 1.0f, ht, D, wt, D, 0.0f, ztf, V);
+        klcl_batch b = KLCL_BATCH_INIT;
+        b.rows = N;
+        b.vocab = V;
+        b.student = klcl_mem_tensor(zsf, 0, 0);
+        b.teacher = klcl_mem_tensor(teacher_logits ? tl : ztf, 0, 0);
+        b.labels = klcl_host_tensor(labels, 0);
+        b.grad = klcl_mem_tensor(zsf, 0, 0);
+        klcl_result ur;
+        st = klcl_compute(ctx, &desc, &b, &ur);
+        if (st != KLCL_OK) {
+            fprintf(stderr, "klcl_compute: %s: %s\n", klcl_status_string(st), klcl_last_error(ctx));
+            return 3;
         }
-        t_unfused = median(times, reps);
-        clReleaseMemObject(zsf);
-        if (ztf) clReleaseMemObject(ztf);
+        unfused_loss = ur.loss;
+        gemm(0, 0, N, D, V, 1.0f, zsf, V, ws, D, 0.0f, dh, D);
+        gemm(1, 0, V, D, N, 1.0f, zsf, V, hs, D, 0.0f, dw, D);
+        clFinish(queue);
+        if (r >= 0) t_unfused_v[r] = now() - t0;
     }
+    const double t_gemm = median(t_gemm_v, reps), t_fused = median(t_fused_v, reps);
+    const double t_unfused = skip_unfused ? NAN : median(t_unfused_v, reps);
+    cl_mem scratch[] = {zs, zt, zsf, ztf};
+    for (size_t i = 0; i < 4; i++)
+        if (scratch[i]) clReleaseMemObject(scratch[i]);
 
     const double gemm_flops = 2.0 * (double)N * (double)V * (double)D * (double)(logits_sides + 2);
     const size_t shared = (2 * N * D + 2 * V * D) * sizeof(float) +
