@@ -418,6 +418,127 @@ KLCL_API klcl_status klcl_reference_row(const klcl_loss_desc *desc, size_t vocab
                                         const float *student, int32_t label, double *loss, double *grad,
                                         double *teacher_entropy, double *student_entropy);
 
+/* ---------------------------------------------------------------------------------------------------- */
+/* Fused linear + loss (built with CLBlast)                                                               */
+/* ---------------------------------------------------------------------------------------------------- */
+
+/* For language-model distillation the logits are the largest tensor of a step (N tokens x V vocabulary).
+ * klcl_compute_fused takes the hidden states and the output heads instead and never holds all N x V
+ * logits: it walks the rows in chunks; per chunk a CLBlast GEMM makes the chunk's logits (chunk x V),
+ * klcl's kernels compute the loss and write d loss / d logits over them in place, and further GEMMs fold
+ * that into d loss / d hidden (per chunk) and d loss / d weight and d loss / d bias (accumulated). Device
+ * memory for logits is chunk x V (twice that when the teacher is given as hidden states too), whatever N.
+ *
+ * The math is the loss of `desc` (docs/LOSSES.md) on the logits z = hidden . weight^T + bias:
+ *     z_s[i][v] = sum_d H_s[i][d] W_s[v][d] + b_s[v],   and likewise the teacher's, or given logits;
+ *     dH_s = dZ . W_s,   dW_s = dZ^T . H_s,   db_s[v] = sum_i dZ[i][v],
+ * with dZ the gradient klcl_compute gives for the reduction of desc. All fp32 (low-precision hidden states
+ * and weights are not accepted yet); products are CLBlast's fp32 GEMMs. Results match one klcl_compute
+ * over the full logits up to the rounding of the GEMMs and of the order the chunks are summed in.
+ *
+ * Availability: klcl_fused_supported() is 0 when the library was built without CLBlast
+ * (-DKLCL_WITH_CLBLAST=OFF); every function of this section then returns KLCL_ERR_UNSUPPORTED. The fused
+ * path needs an OpenCL device: on the CPU reference it returns KLCL_ERR_UNSUPPORTED too. */
+
+/* A linear layer's input and weights: logits = hidden . weight^T + bias. Matrices are row-major fp32 with
+ * a row stride in elements (klcl_tensor.stride, 0 meaning dense), host memory or cl_mem as for
+ * klcl_compute. */
+typedef struct klcl_linear {
+    size_t dim;         /* D >= 1: width of a hidden state (columns of hidden and of weight) */
+    size_t vocab;       /* V >= 1: rows of weight (output features); the teacher's must equal the student's */
+    klcl_tensor hidden; /* N x D hidden states */
+    klcl_tensor weight; /* V x D head, the layout of torch.nn.Linear.weight */
+    klcl_tensor bias;   /* optional, V */
+} klcl_linear;
+
+typedef struct klcl_fused_batch {
+    size_t rows;                /* N >= 1 tokens */
+    klcl_linear student;        /* required: hidden and weight (bias optional) */
+    klcl_linear teacher;        /* the teacher as hidden states and head (its dim may differ from the
+                                   student's), or else ... */
+    klcl_tensor teacher_logits; /* ... as N x V logits (stride >= V). Exactly one of teacher.hidden and
+                                   teacher_logits for every loss but ce, which may have neither */
+    klcl_tensor labels;         /* optional N int32, required for ce and kd; ignore_index skips a row */
+    klcl_tensor mask;           /* optional N uint8; 0 skips the row */
+    klcl_tensor grad_hidden;    /* optional output, N x D_s: d(reduced loss)/d student.hidden */
+    klcl_tensor grad_weight;    /* optional output, V x D_s: d(reduced loss)/d student.weight */
+    klcl_tensor grad_bias;      /* optional output, V: d(reduced loss)/d student.bias (the column sums of
+                                   the logits' gradient; allowed without a bias) */
+    klcl_tensor row_loss;       /* optional output, N fp32: per-row loss after scale (skipped rows 0) */
+} klcl_fused_batch;
+
+#define KLCL_FUSED_BATCH_INIT {0}
+
+typedef struct klcl_fused_options {
+    /* Rows per chunk. 0 chooses from the device's memory: the logits buffers take at most a quarter of
+     * the free global memory (where the driver reports it, else of the global memory), at most
+     * CL_DEVICE_MAX_MEM_ALLOC_SIZE each and at most 256 MiB each, whole multiples of 64 rows when that
+     * leaves at least 64; never more than N. Larger chunks make larger, faster GEMMs; memory grows
+     * with chunk x V, not with N. */
+    size_t chunk_rows;
+    /* 1: add this call's gradients into grad_weight and grad_bias (gradient accumulation over
+     * micro-batches) instead of overwriting them. grad_hidden is always overwritten. */
+    int accumulate;
+} klcl_fused_options;
+
+#define KLCL_FUSED_OPTIONS_INIT {0, 0}
+
+/* What a call did, for logs and benchmarks. */
+typedef struct klcl_fused_info {
+    size_t chunk_rows;   /* rows per chunk used (the last chunk may be shorter) */
+    size_t chunks;       /* number of chunks */
+    size_t device_bytes; /* device memory this call held at its peak, not counting the caller's cl_mem
+                            tensors: logits chunks, uploads of host tensors, and the context's scratch */
+} klcl_fused_info;
+
+/* 1 when this library was built with CLBlast, so that klcl_compute_fused can work; 0 otherwise. */
+KLCL_API int klcl_fused_supported(void);
+
+/* Compiles CLBlast's GEMM kernels and klcl's loss kernels for the context's device now, by running one
+ * small product of every shape klcl_compute_fused uses. CLBlast compiles its kernels on first use, and that
+ * can take seconds (PoCL: about 7 s); call this at start-up so that the first training step does not
+ * pay it. CLBlast keeps compiled programs per OpenCL context for the life of the process: later calls, and
+ * later klcl contexts that share the OpenCL context, are quick.
+ * Errors: KLCL_ERR_NULL_POINTER (ctx), KLCL_ERR_UNSUPPORTED (no CLBlast in this build, or the CPU
+ * reference), OpenCL codes (the failing call named in klcl_last_error). Same threading rule as the
+ * context: one thread at a time. */
+KLCL_API klcl_status klcl_fused_warm(klcl_context *ctx);
+
+/* Computes the loss described by `desc` on the logits of batch->student (and the teacher's) without
+ * materialising all of them, and the gradients that are asked for (grad_hidden, grad_weight, grad_bias);
+ * none asked for means the loss only. `options` may be NULL (defaults: automatic chunk, overwrite);
+ * `result` and `info` may be NULL. `result` is what klcl_compute would report over the full logits: the
+ * reduced loss (sum accumulated in double), rows used, skipped and non-finite, metrics. Reduction none
+ * writes the per-row values to row_loss and gives the gradients of their sum. Blocks until every output is
+ * written (for cl_mem outputs, until the device has finished). Outputs must not overlap inputs. Verify
+ * mode (KLCL_VERIFY) does not apply to this call: result->verified is 0.
+ *
+ * Labels and mask are read on the host first (downloaded when they are cl_mem): the mean's denominator
+ * counts the rows not skipped before any chunk runs. Host hidden states are uploaded chunk by chunk, host
+ * weights once per call; cl_mem tensors are used in place. Temporary device buffers are freed before
+ * return; the context's scratch grows to one chunk's needs. Same threading rule as klcl_compute.
+ *
+ * Argument errors (status, and the message names the argument, e.g. "batch->teacher.vocab"):
+ *   KLCL_ERR_NULL_POINTER       ctx, desc or batch NULL; student.hidden or student.weight missing; teacher
+ *                                missing (neither teacher.hidden nor teacher_logits, loss not ce); one of
+ *                                teacher.hidden and teacher.weight without the other; labels missing for
+ *                                ce and kd
+ *   KLCL_ERR_INVALID_SHAPE      rows, dim or vocab 0; vocab > 2^31 - 1; teacher.vocab differs from
+ *                                student.vocab; a stride smaller than the row width; sizes that overflow
+ *   KLCL_ERR_INVALID_VALUE      desc out of range (as klcl_compute); both host and mem set on a tensor;
+ *                                both teacher.hidden and teacher_logits given; accumulate not 0 or 1
+ *   KLCL_ERR_NONFINITE_ARG      a float parameter of desc is NaN or infinite
+ *   KLCL_ERR_LABEL_OUT_OF_RANGE a label outside [0, vocab) not equal to ignore_index (names the row)
+ *   KLCL_ERR_BUFFER_TOO_SMALL   a cl_mem cannot hold offset + extent
+ *   KLCL_ERR_MISALIGNED         a cl_mem offset not a multiple of 4 (or 1 for the mask)
+ *   KLCL_ERR_UNSUPPORTED        built without CLBlast; the context is the CPU reference; CLBlast refused
+ *                                a product with one of its own codes (the message gives it)
+ * OpenCL failures (CL_MEM_OBJECT_ALLOCATION_FAILURE for a chunk that does not fit: set a smaller
+ * options->chunk_rows) return OpenCL's code, the failing call named in klcl_last_error. */
+KLCL_API klcl_status klcl_compute_fused(klcl_context *ctx, const klcl_loss_desc *desc,
+                                        const klcl_fused_batch *batch, const klcl_fused_options *options,
+                                        klcl_result *result, klcl_fused_info *info);
+
 #ifdef __cplusplus
 }
 #endif
