@@ -341,10 +341,14 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     uint8 ati8 = (uint8)(UINT_MAX), asi8 = (uint8)(UINT_MAX);
     const uint8 lane = (uint8)(0, 1, 2, 3, 4, 5, 6, 7);
     uint bad = 0, in_block = 0, count = 0; /* in_block: logits per lane in blk; count: logits in acc */
+    /* The flags of `bad`, kept lane-wise in the vector loop (an OR per vector, no horizontal test) and
+     * folded after it: NaN or +inf in the student (2) or teacher (1) is "not below +inf"; mass against
+     * probability 0 (4, 8) is a finite logit facing -inf. */
+    int8 bad_s8 = (int8)(0), bad_t8 = (int8)(0), bad_4 = (int8)(0), bad_8 = (int8)(0);
     for (uint kk = lid; kk < nvec; kk += KLCL_WG) {
         const uint8 idx = (uint8)(kk * 8) + lane;
         const float8 rs = LOAD_S8(kk, s);
-        bad |= any(isnan(rs) | (rs == (float8)(INFINITY))) ? 2u : 0u;
+        bad_s8 |= ~(rs < (float8)(INFINITY));
         const int8 sup = rs > asv8;
         asv8 = select(asv8, rs, sup);
         asi8 = select(asi8, idx, as_uint8(sup));
@@ -353,14 +357,14 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         float mt_new = mt;
         if (has_teacher) {
             const float8 rt = LOAD_T8(kk, t);
-            bad |= any(isnan(rt) | (rt == (float8)(INFINITY))) ? 1u : 0u;
+            bad_t8 |= ~(rt < (float8)(INFINITY));
             const int8 tup = rt > atv8;
             atv8 = select(atv8, rt, tup);
             ati8 = select(ati8, idx, as_uint8(tup));
             xt = softcap8(rt, cap);
             mt_new = fmax(mt, hmax8(xt));
-            bad |= any((xs == (float8)(KLCL_NEG_INF)) & (xt != (float8)(KLCL_NEG_INF))) ? 4u : 0u;
-            bad |= any((xt == (float8)(KLCL_NEG_INF)) & (xs != (float8)(KLCL_NEG_INF))) ? 8u : 0u;
+            bad_4 |= (xs == (float8)(KLCL_NEG_INF)) & (xt != (float8)(KLCL_NEG_INF));
+            bad_8 |= (xt == (float8)(KLCL_NEG_INF)) & (xs != (float8)(KLCL_NEG_INF));
         }
         const float ms_new = fmax(ms, hmax8(xs));
         if (mt_new > mt || ms_new > ms) {
@@ -377,6 +381,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     }
     lanes_fold8(&acc, &blk);
     count += 8 * in_block;
+    bad |= (any(bad_t8) ? 1u : 0u) | (any(bad_s8) ? 2u : 0u) | (any(bad_4) ? 4u : 0u) | (any(bad_8) ? 8u : 0u);
     float atv = KLCL_NEG_INF, asv = KLCL_NEG_INF;
     uint ati = UINT_MAX, asi = UINT_MAX;
     argmax_fold8(&asv, &asi, asv8, asi8);
