@@ -104,6 +104,7 @@ static void release_kernels(klcl_context *ctx)
         if (ctx->grad_kernel[i]) clReleaseKernel(ctx->grad_kernel[i]);
         ctx->rows_kernel[i] = ctx->grad_kernel[i] = NULL;
     }
+    klcl_sparse_kernels_release(ctx);
 }
 
 void klcl_program_release(klcl_context *ctx)
@@ -157,7 +158,7 @@ static klcl_status build_once(klcl_context *ctx, const char *src, size_t wg, siz
         if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
         if (limit < *kernel_limit) *kernel_limit = limit;
     }
-    return KLCL_OK;
+    return klcl_sparse_kernels_create(ctx, kernel_limit);
 }
 
 /* A build that came from the cache and then failed (a binary the driver took but cannot use) is
