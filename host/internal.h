@@ -40,7 +40,9 @@ typedef struct klcl_scratch {
 /* Host logits and gradients stream through two slots of chunk buffers (SCRATCH_TEACHER + slot, ...). */
 enum { SCRATCH_TEACHER, SCRATCH_TEACHER_2, SCRATCH_STUDENT, SCRATCH_STUDENT_2, SCRATCH_GRAD, SCRATCH_GRAD_2,
        SCRATCH_LABELS, SCRATCH_MASK, SCRATCH_ROW_LOSS, SCRATCH_ROW_STATS, SCRATCH_ROW_FLAGS, SCRATCH_DUMMY,
-       SCRATCH_DENOM, SCRATCH_COUNT };
+       SCRATCH_DENOM,
+       SCRATCH_SPARSE_INDICES, SCRATCH_SPARSE_LOGPROBS, /* uploads for klcl_compute_sparse */
+       SCRATCH_COUNT };
 
 /* The kernels of one element-type combination (teacher, student, gradient), index klcl_variant_index. */
 typedef struct klcl_program {
@@ -92,6 +94,9 @@ struct klcl_context {
     int from_cache; /* the fp32 program came from the binary cache */
     size_t wg; /* work-group size of the row kernels */
     klcl_program variants[KLCL_VARIANT_COUNT];
+    /* Sparse teacher (sparse.c, kernels_cl/sparse.cl): row kernel, dense and top-k gradient kernels, from the
+     * fp32 program. */
+    cl_kernel sparse_rows_kernel, sparse_grad_dense_kernel, sparse_grad_topk_kernel;
 
     klcl_scratch scratch[SCRATCH_COUNT];
     klcl_async_state async;
@@ -174,5 +179,22 @@ double klcl_denominator(klcl_reduction reduction, size_t rows, size_t rows_used)
 klcl_status klcl_verify(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
                         const klcl_tensor *teacher, const klcl_tensor *student, const int32_t *labels,
                         const uint8_t *mask, const float *row_loss, const klcl_tensor *grad, klcl_result *result);
+
+/* Sparse teacher (sparse.c, reference_sparse.c). */
+/* Creates the sparse kernels from the built program and lowers *kernel_limit to their work-group limit;
+ * releases them (NULL-safe). Called by the program layer. */
+klcl_status klcl_sparse_kernels_create(klcl_context *ctx, cl_program program, size_t *kernel_limit);
+void klcl_sparse_kernels_release(klcl_context *ctx);
+int klcl_sparse_loss_supported(klcl_loss loss);
+/* Checks one row's k indices against [0, vocab) and for repeats, using work[0..k) as scratch. Returns 0
+ * when valid, 1 for an index out of range, 2 for a repeat; *bad is the offending index. */
+int klcl_sparse_check_row(const int32_t *indices, size_t k, size_t vocab, int32_t *work, int32_t *bad);
+/* Reference backend over a batch of host tensors, and verify mode for the sparse path. */
+klcl_status klcl_reference_sparse_compute(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
+                                          const klcl_sparse_teacher *sp, klcl_result *result);
+klcl_status klcl_sparse_verify(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
+                               const klcl_sparse_teacher *sp, const float *student, const int32_t *labels,
+                               const uint8_t *mask, const int32_t *indices, const float *logprobs,
+                               const float *row_loss, const float *grad, size_t grad_stride, klcl_result *result);
 
 #endif

@@ -113,6 +113,7 @@ static void release_variant(klcl_program *v)
 
 void klcl_program_release(klcl_context *ctx)
 {
+    klcl_sparse_kernels_release(ctx);
     for (int i = 0; i < KLCL_VARIANT_COUNT; i++) release_variant(&ctx->variants[i]);
     ctx->built = 0;
 }
@@ -141,6 +142,7 @@ static klcl_status build_once(klcl_context *ctx, const char *src, int index, siz
                  index / (KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT), index / KLCL_DTYPE_COUNT % KLCL_DTYPE_COUNT,
                  index % KLCL_DTYPE_COUNT);
     klcl_program *v = &ctx->variants[index];
+    if (index == 0) klcl_sparse_kernels_release(ctx);
     release_variant(v);
     v->program = use_cache ? klcl_cache_load(ctx, src, options) : NULL;
     *from_cache = v->program != NULL;
@@ -169,7 +171,8 @@ static klcl_status build_once(klcl_context *ctx, const char *src, int index, siz
         if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
         if (limit < *kernel_limit) *kernel_limit = limit;
     }
-    return KLCL_OK;
+    /* The sparse teacher's kernels take an fp32 student: they come from the fp32 program. */
+    return index == 0 ? klcl_sparse_kernels_create(ctx, v->program, kernel_limit) : KLCL_OK;
 }
 
 /* A build that came from the cache and then failed (a binary the driver took but cannot use) is

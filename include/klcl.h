@@ -539,6 +539,78 @@ KLCL_API klcl_status klcl_compute_fused(klcl_context *ctx, const klcl_loss_desc 
                                         const klcl_fused_batch *batch, const klcl_fused_options *options,
                                         klcl_result *result, klcl_fused_info *info);
 
+/* ---------------------------------------------------------------------------------------------------- */
+/* Sparse (top-k) teacher                                                                                 */
+/* ---------------------------------------------------------------------------------------------------- */
+
+/* The teacher given per row as its top k tokens (int32 indices) and their fp32 log-probabilities, as
+ * offline teacher jobs store it, against dense student logits [N x V]. The student is q = softmax(
+ * softcap(s) / tau) over the full V, as in klcl_compute; the teacher's log-probabilities are used as they
+ * are (softcap applies to the student only). Two policies decide what the teacher is outside its k tokens
+ * (LOSSES.md, "Sparse teacher"):
+ *
+ *   KLCL_SPARSE_RENORM  p_i proportional to exp(lp_i / tau) over the k tokens, 0 on every other token; the
+ *                       loss is the dense loss between that p (over V) and q. kl with k = 1 is cross-entropy
+ *                       with the teacher's top token as label. rkl is +inf wherever q has mass outside the
+ *                       k tokens (mass against probability 0; gradient NaN for that row): use the tail
+ *                       policy for rkl.
+ *   KLCL_SPARSE_TAIL    k + 1 categories, the k tokens and one bucket for every other token. Teacher:
+ *                       p_i = exp(lp_i), p_tail = max(0, 1 - sum_i p_i), tempered at tau != 1 as if the
+ *                       bucket were one token (p proportional to exp(log p / tau), normalised). Student:
+ *                       q_i from the full softmax, q_tail = the sum of q over the tokens outside the k. The
+ *                       loss is the dense loss over the k + 1 categories; the gradient reaches the tokens
+ *                       outside the k through q_tail. With k = V the bucket holds no token and is left out.
+ *
+ * With k = V both policies are the dense loss on the teacher's log-probabilities. */
+typedef enum klcl_sparse_policy {
+    KLCL_SPARSE_RENORM = 0, /* renormalise the teacher over its k tokens */
+    KLCL_SPARSE_TAIL = 1    /* keep the teacher's leftover mass in one bucket for the other tokens */
+} klcl_sparse_policy;
+
+#define KLCL_SPARSE_K_MAX 1024 /* the largest k a call accepts */
+
+typedef struct klcl_sparse_teacher {
+    size_t k;                  /* tokens per row, 1 <= k <= min(vocab, KLCL_SPARSE_K_MAX) */
+    klcl_tensor indices;       /* N x k int32 token indices, row stride in elements (0 means k); each row's
+                                  indices distinct and in [0, vocab), in any order */
+    klcl_tensor logprobs;      /* N x k fp32 log-probabilities of those tokens, same layout rules */
+    klcl_sparse_policy policy; /* default (0) renorm */
+} klcl_sparse_teacher;
+
+#define KLCL_SPARSE_TEACHER_INIT {0}
+
+/* klcl_compute with a sparse teacher: batch->teacher must be unset, batch->vocab is the width of the
+ * student rows, and the teacher is `sparse`. Supports the losses kl, rkl, soft_ce, jsd (beta 0 and 1 are
+ * kl and rkl, as for klcl_compute) and tvd; any other loss gives KLCL_ERR_UNSUPPORTED. Labels, mask,
+ * ignore_index, reductions, scale, softcap, tau, grad, row_loss, result and verify mode behave as in
+ * klcl_compute, and the outputs are bit-identical across runs likewise. result->teacher_entropy is the
+ * entropy of the policy's teacher distribution (over the k tokens, or the k tokens and the bucket);
+ * top-1 agreement compares the teacher's top token (largest lp, ties to the lowest token index) with the
+ * student's argmax over V. A teacher log-probability of NaN or +inf makes its row invalid (NaN), as does a
+ * renorm teacher whose k log-probabilities are all -inf.
+ *
+ * Rows skipped by mask or ignore_index are not read, so their indices may hold anything (padding).
+ * Errors are those of klcl_compute, and:
+ *   KLCL_ERR_NULL_POINTER   sparse is NULL; sparse->indices or sparse->logprobs missing
+ *   KLCL_ERR_INVALID_SHAPE  k is 0, larger than vocab or than KLCL_SPARSE_K_MAX; a stride smaller than k
+ *   KLCL_ERR_INVALID_VALUE  batch->teacher is set; unknown policy; a used row whose indices repeat or fall
+ *                           outside [0, vocab) (the message names the first such row; for cl_mem indices
+ *                           the device checks them and the call fails before any gradient is written)
+ *   KLCL_ERR_UNSUPPORTED    a loss other than kl, rkl, soft_ce, jsd and tvd
+ * Thread safety as klcl_compute (one context per thread). */
+KLCL_API klcl_status klcl_compute_sparse(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *batch,
+                                         const klcl_sparse_teacher *sparse, klcl_result *result);
+
+/* The CPU reference for one sparse-teacher row, in double precision, independent of any context: the row
+ * loss after scale and, when grad is not NULL, d(row loss)/d(student logits) after scale (denominator 1)
+ * into grad[0..vocab). `indices` and `logprobs` hold the row's k entries. Sets *teacher_entropy and
+ * *student_entropy when not NULL. Returns the argument errors of klcl_compute_sparse for this row
+ * (KLCL_ERR_INVALID_VALUE for repeated or out-of-range indices). Thread-safe. */
+KLCL_API klcl_status klcl_reference_sparse_row(const klcl_loss_desc *desc, klcl_sparse_policy policy, size_t vocab,
+                                               const float *student, size_t k, const int32_t *indices,
+                                               const float *logprobs, double *loss, double *grad,
+                                               double *teacher_entropy, double *student_entropy);
+
 #ifdef __cplusplus
 }
 #endif
