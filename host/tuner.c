@@ -114,7 +114,9 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
     float *host = NULL;
     st = klcl_context_create(ctx_opts, &base);
     if (st != KLCL_OK) {
-        report_fail(out, st, "cannot open the device: %s", klcl_status_string(st));
+        const char *spec = ctx_opts && ctx_opts->device ? ctx_opts->device : getenv("KLCL_DEVICE");
+        report_fail(out, st, "cannot open the device%s%s%s (%s)", spec ? " '" : "", spec ? spec : "", spec ? "'" : "",
+                    ctx_opts && ctx_opts->device ? "options->device" : spec ? "KLCL_DEVICE" : "the default");
         goto done;
     }
     snprintf(out->device, sizeof out->device, "%s", base->device_name);
