@@ -14,16 +14,23 @@
  *              [--format table|csv|json] [--tune]
  *
  * --csv and --json write the results to a file as well; --format picks what goes to standard output (the
- * table by default). --tune runs klcl_tune first (its entry in the tuning table then applies to the run).
+ * table by default). --tune runs `klcl tune` first (the klcl tool next to this program), whose entry in the
+ * tuning table then applies to the run; the tool checks each size in a child process, which a driver that
+ * crashes on some size needs.
  * The JSON schema is in README.md ("klcl-bench JSON").
  */
+#define _POSIX_C_SOURCE 200809L /* fork, execv, readlink */
+
 #include <klcl.h>
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 extern const char *const klcl_bench_kernel_sources[];
 extern const size_t klcl_bench_kernel_lengths[];
@@ -88,6 +95,36 @@ static void usage_error(const char *fmt, const char *arg)
     fprintf(stderr, "\nusage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--csv FILE] "
                     "[--json FILE] [--format table|csv|json] [--tune]\n");
     exit(2);
+}
+
+/* Runs `klcl tune [--device SPEC]` from this program's folder, its output on stdout or (to keep a CSV or
+ * JSON stdout parseable) on stderr; exits with its status when it fails. */
+static void run_tuner(const char *device, int to_stderr)
+{
+    char path[4096];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 8);
+    char *slash = n > 0 ? memchr(path, '/', (size_t)n) : NULL;
+    if (!slash) die("--tune: cannot find this program's folder", 2);
+    path[n] = '\0';
+    strcpy(strrchr(path, '/') + 1, "klcl");
+    if (access(path, X_OK) != 0) {
+        fprintf(stderr, "klcl-bench: --tune runs the klcl tool, which is not next to klcl-bench (%s)\n", path);
+        exit(2);
+    }
+    char *args[] = {"klcl", "tune", device ? "--device" : NULL, (char *)device, NULL};
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) die("--tune: fork failed", 2);
+    if (pid == 0) {
+        if (to_stderr) dup2(2, 1);
+        execv(path, args);
+        _exit(127);
+    }
+    int status = 0;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "klcl-bench: --tune: klcl tune failed\n");
+        exit(WIFEXITED(status) && WEXITSTATUS(status) ? WEXITSTATUS(status) : 3);
+    }
 }
 
 static void json_str(FILE *f, const char *s)
@@ -275,18 +312,8 @@ int main(int argc, char **argv)
     o.device = device ? device : "opencl";
     klcl_status st;
     if (tune) {
-        klcl_tune_report *tr = calloc(1, sizeof *tr);
-        if (!tr) die("out of host memory", 2);
-        st = klcl_tune(&o, NULL, tr);
-        if (st != KLCL_OK) {
-            fprintf(stderr, "klcl-bench: --tune: %s: %s\n", klcl_status_string(st), tr->error);
-            exit(st < 0 || st == KLCL_ERR_NO_DEVICE || st == KLCL_ERR_UNSUPPORTED ? 3 : 2);
-        }
-        fprintf(text, "tuned: work-group %zu (%.3f ms geometric mean over kl and kl+grad at V = 32768, 131072), "
-                      "built-in default %zu (%.3f ms); stored in %s\n\n",
-                tr->best_work_group, 1e3 * tr->best_score, tr->default_work_group, 1e3 * tr->default_score,
-                tr->table_path);
-        free(tr);
+        run_tuner(o.device, text != stdout);
+        fprintf(text, "\n");
     }
     klcl_context *ctx = NULL;
     st = klcl_context_create(&o, &ctx);

@@ -51,6 +51,42 @@ static klcl_status report_fail(klcl_tune_report *out, klcl_status st, const char
     return st;
 }
 
+/* A candidate must compute every loss, with its gradient, as the CPU reference does before it is timed:
+ * a size at which some kernel fails or is wrong is never stored. A small batch with a vector tail
+ * (V not a multiple of 8), an ignored row and a hard label at the last column. */
+static int computes_correctly(klcl_context *ctx)
+{
+    enum { ROWS = 3, VOCAB = 1003 };
+    static float teacher[ROWS * VOCAB], student[ROWS * VOCAB], grad[ROWS * VOCAB];
+    static const int32_t labels[ROWS] = {5, VOCAB - 1, -100};
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (size_t k = 0; k < ROWS * VOCAB; k++) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        teacher[k] = (float)((double)(x >> 40) / 16777216.0 * 8.0 - 4.0);
+        student[k] = 0.5f * teacher[k] + (float)((double)((x >> 20) & 0xfffff) / 1048576.0 - 0.5);
+    }
+    int was = ctx->verify, ok = 1;
+    ctx->verify = 1;
+    for (int l = 0; l < KLCL_LOSS_COUNT && ok; l++) {
+        klcl_loss_desc desc;
+        klcl_loss_desc_init(&desc, (klcl_loss)l);
+        desc.tau = 2.0f;
+        klcl_batch b = KLCL_BATCH_INIT;
+        b.rows = ROWS;
+        b.vocab = VOCAB;
+        b.teacher = klcl_host_tensor(teacher, 0);
+        b.student = klcl_host_tensor(student, 0);
+        b.labels = klcl_host_tensor(labels, 0);
+        b.grad = klcl_host_tensor(grad, 0);
+        klcl_result r;
+        ok = klcl_compute(ctx, &desc, &b, &r) == KLCL_OK && r.verified && r.verify_ok;
+    }
+    ctx->verify = was;
+    return ok;
+}
+
 /* Seconds per call over `calls` calls. */
 static klcl_status time_calls(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b, size_t calls,
                               double *sec)
@@ -89,6 +125,16 @@ static klcl_status check_options(const klcl_tune_options *o, klcl_tune_report *o
     if (o->max_work_group > KLCL_WORK_GROUP_LIMIT)
         return report_fail(out, KLCL_ERR_INVALID_VALUE, "tune->max_work_group %zu: must be at most %d",
                            o->max_work_group, KLCL_WORK_GROUP_LIMIT);
+    if (o->size_count && !o->sizes)
+        return report_fail(out, KLCL_ERR_NULL_POINTER, "tune->sizes is NULL but tune->size_count is %zu",
+                           o->size_count);
+    if (o->sizes && !o->size_count)
+        return report_fail(out, KLCL_ERR_INVALID_VALUE, "tune->size_count is 0 but tune->sizes is given");
+    for (size_t i = 0; i < o->size_count; i++)
+        if (o->sizes[i] < 1 || o->sizes[i] > KLCL_WORK_GROUP_LIMIT || (o->sizes[i] & (o->sizes[i] - 1)))
+            return report_fail(out, KLCL_ERR_INVALID_VALUE,
+                               "tune->sizes[%zu] = %zu: must be a power of two from 1 to %d", i, o->sizes[i],
+                               KLCL_WORK_GROUP_LIMIT);
     if (o->rows > 0x7fffffff)
         return report_fail(out, KLCL_ERR_INVALID_SHAPE, "tune->rows %zu: must be below 2^31", o->rows);
     return KLCL_OK;
@@ -140,6 +186,9 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
     shared.queue = base->queue;
     size_t nc = 0;
     for (size_t w = 1; w <= limit && nc < KLCL_TUNE_MAX_CANDIDATES; w *= 2) {
+        int listed = !o.sizes;
+        for (size_t i = 0; i < o.size_count; i++) listed |= o.sizes[i] == w;
+        if (!listed) continue;
         klcl_context *c = NULL;
         st = klcl_context_create(&shared, &c);
         if (st == KLCL_OK) {
@@ -155,12 +204,17 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
             klcl_context_destroy(c);
             break;
         }
+        if (!computes_correctly(c)) {
+            out->rejected[out->rejected_count++] = w;
+            klcl_context_destroy(c);
+            continue;
+        }
         cand[nc] = c;
         out->candidates[nc++] = w;
     }
     out->candidate_count = nc;
     if (nc == 0) {
-        st = report_fail(out, KLCL_ERR_UNSUPPORTED, "the device allows no work-group size to time");
+        st = report_fail(out, KLCL_ERR_UNSUPPORTED, "no work-group size computes the losses correctly on this device");
         goto done;
     }
     size_t di = 0; /* the candidate the built-in default becomes after clamping */

@@ -394,9 +394,13 @@ typedef struct klcl_tune_options {
     int reps;               /* timed samples per candidate and case, the median kept; 0: 5; at most 101 */
     size_t max_work_group;  /* largest candidate; 0: what the device and the kernels allow */
     int dry_run;            /* 1: measure and report, leave the table alone */
+    const size_t *sizes;    /* only these candidates (powers of two, at most max_work_group); NULL: every
+                               power of two up to the limit. `klcl tune` passes the sizes that passed the
+                               check in a child process */
+    size_t size_count;
 } klcl_tune_options;
 
-#define KLCL_TUNE_OPTIONS_INIT {NULL, 0, 0, 0, 0.0, 0, 0, 0}
+#define KLCL_TUNE_OPTIONS_INIT {NULL, 0, 0, 0, 0.0, 0, 0, 0, NULL, 0}
 #define KLCL_TUNE_MAX_CANDIDATES 13 /* 1, 2, 4, ..., 4096 */
 #define KLCL_TUNE_MAX_CASES 8
 
@@ -413,6 +417,9 @@ typedef struct klcl_tune_report {
     char device[256];
     size_t candidate_count;
     size_t candidates[KLCL_TUNE_MAX_CANDIDATES]; /* the work-group sizes timed, ascending */
+    size_t rejected_count;
+    size_t rejected[KLCL_TUNE_MAX_CANDIDATES];   /* sizes not timed: some loss failed or differed from the
+                                                    CPU reference beyond LOSSES.md's tolerances */
     double score[KLCL_TUNE_MAX_CANDIDATES];      /* geometric mean over the cases of seconds per call */
     size_t case_count;
     klcl_tune_case cases[KLCL_TUNE_MAX_CASES];
@@ -424,9 +431,12 @@ typedef struct klcl_tune_report {
     char error[512];           /* on failure: what went wrong, naming the option or the OpenCL call */
 } klcl_tune_report;
 
-/* Times every power-of-two work-group size from 1 to the device's limit (or opts->max_work_group) on the
- * row kernels, for kl forward and kl with gradient at each vocabulary, picks the size with the lowest
- * geometric mean of the median times, and stores it in the tuning table for the device (unless dry_run).
+/* Checks every power-of-two work-group size from 1 to the device's limit (or tune->max_work_group, or the
+ * listed tune->sizes) on all losses with gradient against the CPU reference on a small batch: a size that
+ * fails or differs is rejected, never stored. A size that crashes the driver ends the process before
+ * anything is stored: `klcl tune` therefore checks each size in a child process first. Then it times the
+ * rest on the row kernels, for kl forward and kl with gradient at each vocabulary, picks the size with the
+ * lowest geometric mean of the median times, and stores it in the tuning table (unless dry_run).
  * `ctx_opts` picks the device as klcl_context_create does (NULL: the default); an adopted queue is used
  * for the timing. Candidates are interleaved sample by sample, so a machine that slows down mid-run
  * slows all of them. Takes seconds to minutes (about candidates x cases x (reps + 1) x sample_seconds,

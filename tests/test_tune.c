@@ -359,6 +359,12 @@ static void test_tune_bad_options(void **state)
     t.vocab_count = 2;
     expect_refused(&t, KLCL_ERR_INVALID_SHAPE, "vocabs[1]");
     t = (klcl_tune_options)KLCL_TUNE_OPTIONS_INIT;
+    t.size_count = 2;
+    expect_refused(&t, KLCL_ERR_NULL_POINTER, "sizes");
+    const size_t odd[] = {4, 3};
+    t.sizes = odd;
+    expect_refused(&t, KLCL_ERR_INVALID_VALUE, "sizes[1]");
+    t = (klcl_tune_options)KLCL_TUNE_OPTIONS_INIT;
     t.max_work_group = 8192;
     expect_refused(&t, KLCL_ERR_INVALID_VALUE, "max_work_group");
     klcl_context_options cpu = KLCL_CONTEXT_OPTIONS_INIT;
@@ -369,18 +375,23 @@ static void test_tune_bad_options(void **state)
     assert_int_equal(access(table, F_OK), -1);
 }
 
-/* A real run on small shapes: every candidate timed, the fastest stored, and a new context uses it. */
+/* A real run on small shapes: every listed candidate checked and timed, the fastest stored, and a new
+ * context uses it. Size 2 is not listed: PoCL 3.1 crashes (SIGSEGV) in the two-pass losses' kernels at
+ * work-group size 2, which klcl_tune's in-process check cannot survive; `klcl tune` checks each size in
+ * a child process and rejects it (tests/cli). */
 static void test_tiny_tune_run(void **state)
 {
     (void)state;
     size_t vocabs[] = {1000, 4096};
+    const size_t sizes[] = {16, 1, 8, 4}; /* any order */
     klcl_tune_options t = KLCL_TUNE_OPTIONS_INIT;
     t.vocabs = vocabs;
     t.vocab_count = 2;
     t.rows = 16;
     t.reps = 3;
     t.sample_seconds = 0.002;
-    t.max_work_group = 16;
+    t.sizes = sizes;
+    t.size_count = 4;
     klcl_context_options co = KLCL_CONTEXT_OPTIONS_INIT;
     co.device = device_spec();
     klcl_tune_report *r = calloc(1, sizeof *r);
@@ -397,10 +408,12 @@ static void test_tiny_tune_run(void **state)
     if (st != KLCL_OK) fail_msg("klcl_tune: %s", r->error);
     assert_true(r->written);
     assert_string_equal(r->table_path, table);
-    assert_true(r->candidate_count >= 1 && r->candidate_count <= 5);
+    assert_true(r->candidate_count >= 1 && r->candidate_count <= 4);
+    assert_int_equal(r->rejected_count, 0);
+    const size_t in_order[] = {1, 4, 8, 16};
     int best_found = 0, default_found = 0;
     for (size_t c = 0; c < r->candidate_count; c++) {
-        assert_int_equal(r->candidates[c], (size_t)1 << c);
+        assert_int_equal(r->candidates[c], in_order[c]);
         assert_true(isfinite(r->score[c]) && r->score[c] > 0.0);
         assert_true(r->best_score <= r->score[c]);
         best_found += r->candidates[c] == r->best_work_group;

@@ -1,11 +1,22 @@
 /* klcl tune: times the row kernels at every work-group size the device allows (klcl_tune), prints the
  * table of times, and stores the fastest size in the tuning table for the device; --show prints what is
- * stored and what a new context would use, without timing anything. */
+ * stored and what a new context would use, without timing anything.
+ *
+ * Each size is first checked in a child process (every loss with gradient against the CPU reference,
+ * klcl_tune on that size alone): a driver can crash on a size it claims to support, and a crash in a
+ * child only rejects that size, where in klcl_tune itself it would end the run. The parent touches no
+ * OpenCL state before the children are done, so forking is safe. */
+#define _POSIX_C_SOURCE 200809L /* fork, waitpid */
+
 #include "tool.h"
 
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #define CMD "klcl tune"
 
@@ -14,9 +25,11 @@ static const char *const tune_usage =
     "                 [--max-work-group N] [--dry-run] [--json]\n"
     "       klcl tune --show [--device SPEC] [--json]\n"
     "\n"
-    "Times the row kernels (kl forward and kl with gradient at each vocabulary) at every power-of-two\n"
-    "work-group size from 1 to the device's limit, and stores the fastest (lowest geometric mean of the\n"
-    "median times) in the tuning table, keyed by device, vendor, driver, platform version and klcl version.\n"
+    "Checks every power-of-two work-group size from 1 to the device's limit on every loss against the CPU\n"
+    "reference, each in a child process (a size that fails, differs or crashes is rejected), times the\n"
+    "rest on the row kernels (kl forward and kl with gradient at each vocabulary), and stores the fastest\n"
+    "(lowest geometric mean of the median times) in the tuning table, keyed by device, vendor, driver,\n"
+    "platform version and klcl version.\n"
     "Contexts created afterwards on that device use it, unless KLCL_WORK_GROUP is set.\n"
     "\n"
     "  --device SPEC          P:D, opencl, or a device name substring (default: as klcl eval picks)\n"
@@ -106,7 +119,71 @@ static int show(const char *device, int json)
     return EXIT_OK;
 }
 
-static void print_text(const klcl_tune_report *r)
+/* What the child checks found. */
+typedef struct size_checks {
+    size_t ok[KLCL_TUNE_MAX_CANDIDATES], n_ok;
+    size_t bad[KLCL_TUNE_MAX_CANDIDATES], n_bad;
+    char why[KLCL_TUNE_MAX_CANDIDATES][64];
+} size_checks;
+
+enum { CHILD_OK = 0, CHILD_REJECTED = 10, CHILD_BEYOND = 11, CHILD_FAILED = 12 };
+
+/* In the child: klcl_tune on size w alone, tiny shapes, table untouched. */
+static int child_check(const char *device, size_t w)
+{
+    klcl_context_options co = KLCL_CONTEXT_OPTIONS_INIT;
+    co.device = device;
+    size_t vocab = 64;
+    klcl_tune_options t = KLCL_TUNE_OPTIONS_INIT;
+    t.sizes = &w;
+    t.size_count = 1;
+    t.vocabs = &vocab;
+    t.vocab_count = 1;
+    t.rows = 1;
+    t.reps = 1;
+    t.sample_seconds = 1e-6;
+    t.dry_run = 1;
+    klcl_tune_report *r = calloc(1, sizeof *r);
+    if (!r) return CHILD_FAILED;
+    klcl_status st = klcl_tune(&co, &t, r);
+    int rc = st == KLCL_OK                  ? CHILD_OK
+             : r->rejected_count            ? CHILD_REJECTED
+             : st == KLCL_ERR_UNSUPPORTED   ? CHILD_BEYOND
+                                            : CHILD_FAILED;
+    free(r);
+    return rc;
+}
+
+/* Checks 1, 2, 4, ... up to max_wg (0: until the device's limit) each in a child process. -1 when no
+ * child can be started. */
+static int check_sizes(const char *device, size_t max_wg, size_checks *c)
+{
+    memset(c, 0, sizeof *c);
+    for (size_t w = 1; w <= (max_wg ? max_wg : 4096); w *= 2) {
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid < 0) return -1;
+        if (pid == 0) _exit(child_check(device, w));
+        int status = 0;
+        if (waitpid(pid, &status, 0) != pid) return -1;
+        if (WIFEXITED(status) && WEXITSTATUS(status) == CHILD_OK) {
+            c->ok[c->n_ok++] = w;
+            continue;
+        }
+        if (WIFEXITED(status) && WEXITSTATUS(status) == CHILD_BEYOND) break;
+        if (WIFSIGNALED(status))
+            snprintf(c->why[c->n_bad], sizeof c->why[0], "crashed (signal %d)", WTERMSIG(status));
+        else if (WEXITSTATUS(status) == CHILD_REJECTED)
+            snprintf(c->why[c->n_bad], sizeof c->why[0], "results differ from the CPU reference");
+        else
+            snprintf(c->why[c->n_bad], sizeof c->why[0], "failed (exit status %d)", WEXITSTATUS(status));
+        c->bad[c->n_bad++] = w;
+        if (WIFEXITED(status) && WEXITSTATUS(status) == CHILD_FAILED && w == 1) break; /* no device: the run says */
+    }
+    return 0;
+}
+
+static void print_text(const klcl_tune_report *r, const size_checks *checks)
 {
     printf("klcl tune on %s: median ms per call; * fastest, d built-in default\n\n", r->device);
     printf("%-8s %7s %8s %6s", "op", "N", "V", "calls");
@@ -123,7 +200,12 @@ static void print_text(const klcl_tune_report *r)
     for (size_t c = 0; c < r->candidate_count; c++)
         printf(" %7.3f%c", 1e3 * r->score[c],
                r->candidates[c] == r->best_work_group ? '*' : r->candidates[c] == r->default_work_group ? 'd' : ' ');
-    printf("\n(~: one sample only, over 3x slower than the best on its first)\n\n");
+    printf("\n(~: one sample only, over 3x slower than the best on its first)\n");
+    for (size_t i = 0; i < checks->n_bad; i++)
+        printf("rejected: work-group %zu: %s\n", checks->bad[i], checks->why[i]);
+    for (size_t i = 0; i < r->rejected_count; i++)
+        printf("rejected: work-group %zu: results differ from the CPU reference\n", r->rejected[i]);
+    printf("\n");
     printf("fastest: work-group %zu, %.3f ms geometric mean; default %zu: %.3f ms (%.2fx)\n", r->best_work_group,
            1e3 * r->best_score, r->default_work_group, 1e3 * r->default_score, r->default_score / r->best_score);
     if (r->written)
@@ -132,7 +214,7 @@ static void print_text(const klcl_tune_report *r)
         printf("dry run: %s not changed\n", r->table_path[0] ? r->table_path : "the table");
 }
 
-static void print_json(const klcl_tune_report *r)
+static void print_json(const klcl_tune_report *r, const size_checks *checks)
 {
     printf("{\n  \"device\": ");
     json_str(r->device);
@@ -146,6 +228,14 @@ static void print_json(const klcl_tune_report *r)
            1e3 * r->default_score);
     for (size_t c = 0; c < r->candidate_count; c++)
         printf("%s{\"work_group\": %zu, \"geomean_ms\": %.6g}", c ? ", " : "", r->candidates[c], 1e3 * r->score[c]);
+    printf("],\n  \"rejected\": [");
+    for (size_t i = 0; i < checks->n_bad + r->rejected_count; i++) {
+        int mine = i < checks->n_bad;
+        printf("%s{\"work_group\": %zu, \"why\": ", i ? ", " : "",
+               mine ? checks->bad[i] : r->rejected[i - checks->n_bad]);
+        json_str(mine ? checks->why[i] : "results differ from the CPU reference");
+        printf("}");
+    }
     printf("],\n  \"cases\": [\n");
     for (size_t k = 0; k < r->case_count; k++) {
         const klcl_tune_case *tc = &r->cases[k];
@@ -241,15 +331,31 @@ int cmd_tune(int argc, char **argv)
         fprintf(stderr, CMD ": out of host memory\n");
         return EXIT_IO;
     }
+    size_checks checks;
+    if (check_sizes(device, t.max_work_group, &checks) != 0) {
+        fprintf(stderr, CMD ": cannot start a child process to check the sizes\n");
+        free(r);
+        return EXIT_IO;
+    }
+    if (checks.n_ok == 0 && checks.n_bad > 0 && checks.bad[0] == 1 && strncmp(checks.why[0], "failed", 6) != 0) {
+        fprintf(stderr, CMD ": no work-group size works on this device (1: %s)\n", checks.why[0]);
+        free(r);
+        return EXIT_DEVICE;
+    }
+    /* With no size passed, the run itself reports why (no device, ...). */
+    if (checks.n_ok) {
+        t.sizes = checks.ok;
+        t.size_count = checks.n_ok;
+    }
     klcl_status st = klcl_tune(&co, &t, r);
     int rc = EXIT_OK;
     if (st != KLCL_OK) {
         fprintf(stderr, CMD ": %s: %s\n", klcl_status_string(st), r->error);
         rc = device_exit(st);
     } else if (json) {
-        print_json(r);
+        print_json(r, &checks);
     } else {
-        print_text(r);
+        print_text(r, &checks);
     }
     free(r);
     return rc;
