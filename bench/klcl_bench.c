@@ -10,15 +10,27 @@
  * Per case it prints useful bytes per second (inputs read once, gradient written once), the fraction of the
  * streaming limit, logits per second, the fraction of the exp limit, and the speed-up over the reference.
  *
- *   klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--csv FILE]
+ *   klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--csv FILE] [--json FILE]
+ *              [--format table|csv|json] [--tune]
+ *
+ * --csv and --json write the results to a file as well; --format picks what goes to standard output (the
+ * table by default). --tune runs `klcl tune` first (the klcl tool next to this program), whose entry in the
+ * tuning table then applies to the run; the tool checks each size in a child process, which a driver that
+ * crashes on some size needs.
+ * The JSON schema is in README.md ("klcl-bench JSON").
  */
+#define _POSIX_C_SOURCE 200809L /* fork, execv, readlink */
+
 #include <klcl.h>
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 extern const char *const klcl_bench_kernel_sources[];
 extern const size_t klcl_bench_kernel_lengths[];
@@ -35,7 +47,21 @@ static const bench_op ops[] = {
     {"ce+grad", KLCL_LOSS_CE, 1},
     {"jsd+grad", KLCL_LOSS_JSD, 1},
 };
-enum { OP_COUNT = sizeof ops / sizeof ops[0], MAX_REPS = 101, REF_ROWS = 4 };
+enum { OP_COUNT = sizeof ops / sizeof ops[0], MAX_REPS = 101, REF_ROWS = 4, MAX_VOCABS = 16 };
+enum { FORMAT_TABLE, FORMAT_CSV, FORMAT_JSON };
+
+/* One measured operation, kept for the JSON written at the end. */
+typedef struct bench_case {
+    const char *op;
+    size_t rows, vocab;
+    double seconds, gbps, frac_read, logit_rate, frac_exp, speedup;
+} bench_case;
+
+/* The two limits at one vocabulary. */
+typedef struct bench_limit {
+    size_t rows, vocab;
+    double read_seconds, read_gbps, exp_seconds, exp_rate;
+} bench_limit;
 
 static double now(void)
 {
@@ -60,6 +86,139 @@ static void die(const char *what, long code)
 {
     fprintf(stderr, "klcl-bench: %s (%ld)\n", what, code);
     exit(code < 0 ? 3 : 2);
+}
+
+static void usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "klcl-bench: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nusage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--csv FILE] "
+                    "[--json FILE] [--format table|csv|json] [--tune]\n");
+    exit(2);
+}
+
+/* Runs `klcl tune [--device SPEC]` from this program's folder, its output on stdout or (to keep a CSV or
+ * JSON stdout parseable) on stderr; exits with its status when it fails. */
+static void run_tuner(const char *device, int to_stderr)
+{
+    char path[4096];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 8);
+    char *slash = n > 0 ? memchr(path, '/', (size_t)n) : NULL;
+    if (!slash) die("--tune: cannot find this program's folder", 2);
+    path[n] = '\0';
+    strcpy(strrchr(path, '/') + 1, "klcl");
+    if (access(path, X_OK) != 0) {
+        fprintf(stderr, "klcl-bench: --tune runs the klcl tool, which is not next to klcl-bench (%s)\n", path);
+        exit(2);
+    }
+    char *args[] = {"klcl", "tune", device ? "--device" : NULL, (char *)device, NULL};
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) die("--tune: fork failed", 2);
+    if (pid == 0) {
+        if (to_stderr) dup2(2, 1);
+        execv(path, args);
+        _exit(127);
+    }
+    int status = 0;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "klcl-bench: --tune: klcl tune failed\n");
+        exit(WIFEXITED(status) && WEXITSTATUS(status) ? WEXITSTATUS(status) : 3);
+    }
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if (*p < 0x20)
+            fprintf(f, "\\u%04x", *p);
+        else
+            fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+/* JSON has no NaN or infinity: null. */
+static void json_num(FILE *f, const char *key, double v, const char *after)
+{
+    fprintf(f, "\"%s\": ", key);
+    if (isfinite(v))
+        fprintf(f, "%.6g", v);
+    else
+        fputs("null", f);
+    fputs(after, f);
+}
+
+static void device_text(cl_device_id dev, cl_device_info what, char *out, size_t cap)
+{
+    out[0] = '\0';
+    if (clGetDeviceInfo(dev, what, cap - 1, out, NULL) != CL_SUCCESS) out[0] = '\0';
+    out[cap - 1] = '\0';
+}
+
+static void write_json(FILE *f, int argc, char **argv, cl_device_id dev, const char *device_name, cl_uint units,
+                       size_t wg, klcl_work_group_source wg_source, double mib, int reps, const bench_limit *lim,
+                       size_t nlim, const bench_case *cases, size_t ncases)
+{
+    char vendor[256], driver[256], version[256], platform_name[256], platform_version[256];
+    cl_platform_id plat = NULL;
+    device_text(dev, CL_DEVICE_VENDOR, vendor, sizeof vendor);
+    device_text(dev, CL_DRIVER_VERSION, driver, sizeof driver);
+    device_text(dev, CL_DEVICE_VERSION, version, sizeof version);
+    platform_name[0] = platform_version[0] = '\0';
+    if (clGetDeviceInfo(dev, CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL) == CL_SUCCESS) {
+        if (clGetPlatformInfo(plat, CL_PLATFORM_NAME, sizeof platform_name - 1, platform_name, NULL) != CL_SUCCESS)
+            platform_name[0] = '\0';
+        if (clGetPlatformInfo(plat, CL_PLATFORM_VERSION, sizeof platform_version - 1, platform_version, NULL) !=
+            CL_SUCCESS)
+            platform_version[0] = '\0';
+        platform_name[sizeof platform_name - 1] = platform_version[sizeof platform_version - 1] = '\0';
+    }
+    fprintf(f, "{\n  \"schema\": \"klcl-bench/1\",\n  \"klcl_version\": ");
+    json_str(f, klcl_version_string());
+    fprintf(f, ",\n  \"command\": [");
+    for (int i = 0; i < argc; i++) {
+        if (i) fputs(", ", f);
+        json_str(f, argv[i]);
+    }
+    fprintf(f, "],\n  \"device\": {\"name\": ");
+    json_str(f, device_name);
+    fprintf(f, ", \"vendor\": ");
+    json_str(f, vendor);
+    fprintf(f, ", \"driver\": ");
+    json_str(f, driver);
+    fprintf(f, ", \"version\": ");
+    json_str(f, version);
+    fprintf(f, ", \"platform\": ");
+    json_str(f, platform_name);
+    fprintf(f, ", \"platform_version\": ");
+    json_str(f, platform_version);
+    fprintf(f, ", \"compute_units\": %u, \"work_group\": %zu, \"work_group_source\": \"%s\"},\n", units, wg,
+            klcl_work_group_source_name(wg_source));
+    fprintf(f, "  \"mib_per_tensor\": %.6g,\n  \"reps\": %d,\n  \"limits\": [\n", mib, reps);
+    for (size_t i = 0; i < nlim; i++) {
+        fprintf(f, "    {\"rows\": %zu, \"vocab\": %zu, ", lim[i].rows, lim[i].vocab);
+        json_num(f, "read_seconds", lim[i].read_seconds, ", ");
+        json_num(f, "read_bytes_per_s", lim[i].read_gbps * 1e9, ", ");
+        json_num(f, "exp_seconds", lim[i].exp_seconds, ", ");
+        json_num(f, "exp_logits_per_s", lim[i].exp_rate * 1e9, i + 1 < nlim ? "},\n" : "}\n");
+    }
+    fprintf(f, "  ],\n  \"cases\": [\n");
+    for (size_t i = 0; i < ncases; i++) {
+        const bench_case *c = &cases[i];
+        fprintf(f, "    {\"op\": \"%s\", \"dtype\": \"f32\", \"rows\": %zu, \"vocab\": %zu, ", c->op, c->rows,
+                c->vocab);
+        json_num(f, "median_seconds", c->seconds, ", ");
+        json_num(f, "useful_bytes_per_s", c->gbps * 1e9, ", ");
+        json_num(f, "fraction_of_read_limit", c->frac_read, ", ");
+        json_num(f, "logits_per_s", c->logit_rate * 1e9, ", ");
+        json_num(f, "fraction_of_exp_limit", c->frac_exp, ", ");
+        json_num(f, "speedup_vs_reference", c->speedup, i + 1 < ncases ? "},\n" : "}\n");
+    }
+    fprintf(f, "  ]\n}\n");
 }
 
 /* Median seconds of a limit kernel over n floats (n a multiple of 8). */
@@ -91,37 +250,73 @@ static double time_limit(cl_command_queue q, cl_kernel strided, cl_kernel chunke
 
 int main(int argc, char **argv)
 {
-    const char *device = NULL, *csv_path = NULL;
+    const char *device = NULL, *csv_path = NULL, *json_path = NULL;
     double mib = 64.0;
-    int reps = 5;
-    size_t vocabs[16] = {4096, 16384, 32000, 65536, 131072, 262144};
+    int reps = 5, format = FORMAT_TABLE, tune = 0;
+    size_t vocabs[MAX_VOCABS] = {4096, 16384, 32000, 65536, 131072, 262144};
     size_t nv = 6;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--device") && v) device = argv[++i];
-        else if (!strcmp(a, "--mib") && v) mib = atof(argv[++i]);
-        else if (!strcmp(a, "--reps") && v) reps = atoi(argv[++i]);
-        else if (!strcmp(a, "--csv") && v) csv_path = argv[++i];
-        else if (!strcmp(a, "--vocab") && v) {
-            nv = 0;
-            for (char *p = argv[++i]; *p && nv < 16;) {
-                vocabs[nv++] = strtoul(p, &p, 10);
-                if (*p == ',') p++;
-                else if (*p) die("--vocab takes numbers separated by commas", 2);
-            }
+        char *end = NULL;
+        if (!strcmp(a, "--tune")) {
+            tune = 1;
+            continue;
+        }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            printf("usage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--csv FILE] "
+                   "[--json FILE] [--format table|csv|json] [--tune]\n");
+            return 0;
+        }
+        if (strcmp(a, "--device") && strcmp(a, "--mib") && strcmp(a, "--reps") && strcmp(a, "--csv") &&
+            strcmp(a, "--json") && strcmp(a, "--format") && strcmp(a, "--vocab"))
+            usage_error("unknown argument '%s'", a);
+        if (!v || !*v) usage_error("%s needs a value", a);
+        i++;
+        if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--csv")) csv_path = v;
+        else if (!strcmp(a, "--json")) json_path = v;
+        else if (!strcmp(a, "--mib")) {
+            mib = strtod(v, &end);
+            if (*end || !(mib > 0.0) || mib > 1e6) usage_error("--mib %s: must be a number above 0", v);
+        } else if (!strcmp(a, "--reps")) {
+            long r = strtol(v, &end, 10);
+            if (*end || r < 1 || r > MAX_REPS) usage_error("--reps %s: must be a whole number from 1 to 101", v);
+            reps = (int)r;
+        } else if (!strcmp(a, "--format")) {
+            if (!strcmp(v, "table")) format = FORMAT_TABLE;
+            else if (!strcmp(v, "csv")) format = FORMAT_CSV;
+            else if (!strcmp(v, "json")) format = FORMAT_JSON;
+            else usage_error("--format %s: expected table, csv or json", v);
         } else {
-            fprintf(stderr, "usage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--csv FILE]\n");
-            return 2;
+            nv = 0;
+            for (const char *p = v; *p;) {
+                if (nv == MAX_VOCABS) usage_error("--vocab %s: at most 16 values", v);
+                unsigned long long x = strtoull(p, &end, 10);
+                if (end == p || *p == '-' || x == 0 || x % 8 || x > 0x7fffffff || (*end && *end != ','))
+                    usage_error("--vocab %s: every value must be a positive multiple of 8, separated by commas", v);
+                vocabs[nv++] = (size_t)x;
+                p = *end ? end + 1 : end;
+            }
         }
     }
-    if (!(mib > 0.0) || reps < 1 || reps > MAX_REPS) die("--mib must be > 0 and --reps in [1, 101]", 2);
-    for (size_t i = 0; i < nv; i++)
-        if (vocabs[i] == 0 || vocabs[i] % 8) die("every --vocab value must be a positive multiple of 8", 2);
+    /* Text for a person goes to stdout with the table, else to stderr, keeping stdout parseable. */
+    FILE *text = format == FORMAT_TABLE ? stdout : stderr;
+
+    /* Outputs are opened first: a bad path fails now, not after the run. */
+    FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
+    if (csv_path && !csv) usage_error("--csv %s: cannot create the file", csv_path);
+    FILE *json = json_path ? fopen(json_path, "w") : NULL;
+    if (json_path && !json) usage_error("--json %s: cannot create the file", json_path);
 
     klcl_context_options o = KLCL_CONTEXT_OPTIONS_INIT;
     o.device = device ? device : "opencl";
+    klcl_status st;
+    if (tune) {
+        run_tuner(o.device, text != stdout);
+        fprintf(text, "\n");
+    }
     klcl_context *ctx = NULL;
-    klcl_status st = klcl_context_create(&o, &ctx);
+    st = klcl_context_create(&o, &ctx);
     if (st != KLCL_OK) die(klcl_status_string(st), st);
     klcl_context_options ro = KLCL_CONTEXT_OPTIONS_INIT;
     ro.device = "cpu";
@@ -145,17 +340,23 @@ int main(int argc, char **argv)
         k_exp[i] = clCreateKernel(prog, names[2 + i], &err);
         if (!k_read[i] || !k_exp[i]) die("limit kernels missing", err);
     }
-    if (klcl_context_prepare(ctx) != KLCL_OK) die(klcl_last_error(ctx), 3);
+    size_t wg = 0;
+    klcl_work_group_source wg_source = KLCL_WORK_GROUP_DEFAULT;
+    if (klcl_context_work_group(ctx, &wg, &wg_source) != KLCL_OK) die(klcl_last_error(ctx), 3);
 
-    FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
-    if (csv_path && !csv) die("cannot open the --csv file", 2);
-    if (csv) fprintf(csv, "device,op,rows,vocab,seconds,useful_gbps,read_gbps,frac_bandwidth,glogits_per_s,"
-                          "exp_glogits_per_s,frac_exp,speedup_vs_reference\n");
-    printf("klcl-bench %s on %s (%u compute units): median of %d after a warm-up, ~%.0f MiB per tensor\n",
-           klcl_version_string(), klcl_context_device_name(ctx), units, reps, mib);
-    printf("limits per V: 'read' streams teacher+student once; 'exp' does one exp per logit read\n\n");
-    printf("%-9s %6s %7s %9s %9s %7s %9s %7s %9s\n", "op", "N", "V", "ms", "GB/s", "of read", "Glogit/s",
-           "of exp", "vs ref");
+    FILE *table = format == FORMAT_TABLE ? stdout : NULL;
+    if (table) {
+        printf("klcl-bench %s on %s (%u compute units, work-group %zu from %s): median of %d after a warm-up, "
+               "~%.0f MiB per tensor\n",
+               klcl_version_string(), klcl_context_device_name(ctx), units, wg, klcl_work_group_source_name(wg_source),
+               reps, mib);
+        printf("limits per V: 'read' streams teacher+student once; 'exp' does one exp per logit read\n\n");
+        printf("%-9s %6s %7s %9s %9s %7s %9s %7s %9s\n", "op", "N", "V", "ms", "GB/s", "of read", "Glogit/s",
+               "of exp", "vs ref");
+    }
+    bench_case cases[MAX_VOCABS * OP_COUNT];
+    bench_limit limits[MAX_VOCABS];
+    size_t ncases = 0;
 
     cl_mem partial = clCreateBuffer(cc, CL_MEM_READ_WRITE, (size_t)units * 256 * sizeof(float), NULL, &err);
     for (size_t iv = 0; iv < nv; iv++) {
@@ -184,10 +385,13 @@ int main(int argc, char **argv)
         double t_exp = time_limit(q, k_exp[0], k_exp[1], logits, 2 * n, partial, units, reps);
         double read_gbps = 2.0 * (double)n * 4.0 / t_read * 1e-9;
         double exp_rate = 2.0 * (double)n / t_exp * 1e-9; /* logits per second */
-        printf("%-9s %6zu %7zu %9.3f %9.2f %7s %9.3f %7s %9s\n", "read", rows, vocab, 1e3 * t_read, read_gbps, "1.00",
-               2.0 * (double)n / t_read * 1e-9, "", "");
-        printf("%-9s %6zu %7zu %9.3f %9s %7s %9.3f %7s %9s\n", "exp", rows, vocab, 1e3 * t_exp, "", "", exp_rate,
-               "1.00", "");
+        limits[iv] = (bench_limit){rows, vocab, t_read, read_gbps, t_exp, exp_rate};
+        if (table) {
+            printf("%-9s %6zu %7zu %9.3f %9.2f %7s %9.3f %7s %9s\n", "read", rows, vocab, 1e3 * t_read, read_gbps,
+                   "1.00", 2.0 * (double)n / t_read * 1e-9, "", "");
+            printf("%-9s %6zu %7zu %9.3f %9s %7s %9.3f %7s %9s\n", "exp", rows, vocab, 1e3 * t_exp, "", "", exp_rate,
+                   "1.00", "");
+        }
 
         for (int op = 0; op < OP_COUNT; op++) {
             klcl_loss_desc desc;
@@ -226,21 +430,44 @@ int main(int argc, char **argv)
             double bytes = (double)n * 4.0 * (inputs + (ops[op].with_grad ? 1 : 0));
             double gbps = bytes / sec * 1e-9, logit_rate = (double)n * inputs / sec * 1e-9;
             double speedup = ref_per_logit * (double)n / sec;
-            printf("%-9s %6zu %7zu %9.3f %9.2f %7.2f %9.3f %7.2f %8.1fx\n", ops[op].name, rows, vocab, 1e3 * sec,
-                   gbps, gbps / read_gbps, logit_rate, logit_rate / exp_rate, speedup);
-            if (csv)
-                fprintf(csv, "\"%s\",%s,%zu,%zu,%.6g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g\n",
-                        klcl_context_device_name(ctx), ops[op].name, rows, vocab, sec, gbps, read_gbps,
-                        gbps / read_gbps, logit_rate, exp_rate, logit_rate / exp_rate, speedup);
+            cases[ncases++] = (bench_case){ops[op].name, rows,       vocab,
+                                           sec,          gbps,       gbps / read_gbps,
+                                           logit_rate,   logit_rate / exp_rate, speedup};
+            if (table)
+                printf("%-9s %6zu %7zu %9.3f %9.2f %7.2f %9.3f %7.2f %8.1fx\n", ops[op].name, rows, vocab, 1e3 * sec,
+                       gbps, gbps / read_gbps, logit_rate, logit_rate / exp_rate, speedup);
         }
-        printf("\n");
+        if (table) printf("\n");
         clReleaseMemObject(logits);
         clReleaseMemObject(grad);
         clReleaseMemObject(ybuf);
         free(host);
         free(labels);
     }
-    if (csv) fclose(csv);
+    /* CSV: the columns torch_compare.py reads come first; dtype and work_group were added later, at the end. */
+    FILE *csv_out[2] = {csv, format == FORMAT_CSV ? stdout : NULL};
+    for (int k = 0; k < 2; k++) {
+        FILE *f = csv_out[k];
+        if (!f) continue;
+        fprintf(f, "device,op,rows,vocab,seconds,useful_gbps,read_gbps,frac_bandwidth,glogits_per_s,"
+                   "exp_glogits_per_s,frac_exp,speedup_vs_reference,dtype,work_group\n");
+        for (size_t i = 0; i < ncases; i++) {
+            const bench_case *c = &cases[i];
+            const bench_limit *l = &limits[0];
+            for (size_t j = 0; j < nv; j++)
+                if (limits[j].vocab == c->vocab) l = &limits[j];
+            fprintf(f, "\"%s\",%s,%zu,%zu,%.6g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,f32,%zu\n",
+                    klcl_context_device_name(ctx), c->op, c->rows, c->vocab, c->seconds, c->gbps, l->read_gbps,
+                    c->frac_read, c->logit_rate, l->exp_rate, c->frac_exp, c->speedup, wg);
+        }
+    }
+    FILE *json_out[2] = {json, format == FORMAT_JSON ? stdout : NULL};
+    for (int k = 0; k < 2; k++)
+        if (json_out[k])
+            write_json(json_out[k], argc, argv, dev, klcl_context_device_name(ctx), units, wg, wg_source, mib, reps,
+                       limits, nv, cases, ncases);
+    if (csv && fclose(csv) != 0) die("--csv: writing the file failed", 2);
+    if (json && fclose(json) != 0) die("--json: writing the file failed", 2);
     clReleaseMemObject(partial);
     for (int i = 0; i < 2; i++) {
         clReleaseKernel(k_read[i]);

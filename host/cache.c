@@ -85,8 +85,7 @@ static int cache_enabled(const klcl_context *ctx)
     return !(type & CL_DEVICE_TYPE_CPU);
 }
 
-/* The cache folder (created if missing), or 0 when it has no home. */
-static int cache_dir(char *out, size_t cap)
+int klcl_cache_dir(char *out, size_t cap, int create)
 {
     const char *dir = getenv("KLCL_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     int n;
@@ -99,6 +98,7 @@ static int cache_dir(char *out, size_t cap)
     else
         return 0;
     if (n <= 0 || (size_t)n >= cap) return 0;
+    if (!create) return 1;
     /* mkdir -p, one level at a time; an existing folder is fine. */
     for (char *p = out + 1; *p; p++) {
         if (*p != '/') continue;
@@ -112,7 +112,7 @@ static int cache_dir(char *out, size_t cap)
 static int cache_path(const cache_key *k, char *out, size_t cap)
 {
     char dir[3072];
-    if (!cache_dir(dir, sizeof dir)) return 0;
+    if (!klcl_cache_dir(dir, sizeof dir, 1)) return 0;
     int n = snprintf(out, cap, "%s/%016llx%016llx.clbin", dir, (unsigned long long)k->h[0],
                      (unsigned long long)k->h[1]);
     return n > 0 && (size_t)n < cap;

@@ -97,6 +97,9 @@ struct klcl_context {
     /* Sparse teacher (sparse.c, kernels_cl/sparse.cl): row kernel, dense and top-k gradient kernels, from the
      * fp32 program. */
     cl_kernel sparse_rows_kernel, sparse_grad_dense_kernel, sparse_grad_topk_kernel;
+    size_t wg_forced; /* non-zero: klcl_tune's candidate, set before the build (tune.c) */
+    size_t wg_default; /* the built-in default the last build started from */
+    klcl_work_group_source wg_source; /* where the request for wg came from */
 
     klcl_scratch scratch[SCRATCH_COUNT];
     klcl_async_state async;
@@ -127,6 +130,19 @@ void klcl_platform_string(cl_platform_id p, cl_platform_info what, char *out, si
  * never fails visibly. */
 cl_program klcl_cache_load(klcl_context *ctx, const char *src, const char *options);
 void klcl_cache_store(klcl_context *ctx, const char *src, const char *options, cl_program program);
+
+/* Folder of the binary cache and the tuning table: $KLCL_CACHE_DIR, else $XDG_CACHE_HOME/klcl, else
+ * $HOME/.cache/klcl; created (mkdir -p) when `create` is set. 0 when it has no home or cannot be made. */
+int klcl_cache_dir(char *out, size_t cap, int create);
+
+/* Tuning (tune.c). The work-group size a build starts from, before clamping: ctx->wg_forced, else
+ * KLCL_WORK_GROUP, else this device's tuning-table entry, else `builtin`; records the source and the
+ * default on ctx. */
+size_t klcl_work_group_request(klcl_context *ctx, size_t builtin);
+enum { KLCL_WORK_GROUP_LIMIT = 4096 }; /* the largest size the table and KLCL_WORK_GROUP accept */
+/* Sets this device's row of the tuning table: the n named columns (work_group and any others), written
+ * atomically; other rows and columns are kept. Errors name the file (on ctx). */
+klcl_status klcl_tune_table_store(klcl_context *ctx, const char *const *names, const char *const *values, size_t n);
 
 /* Program layer (program.c): builds the fp32 kernels once, choosing the work-group size. */
 klcl_status klcl_program_build(klcl_context *ctx);

@@ -199,15 +199,10 @@ klcl_status klcl_program_build(klcl_context *ctx)
 
     /* A CPU device runs a work-group's items one after another: one work-item per row streams the row
      * contiguously in 8-wide vectors (measured 4-6x faster than 256 on PoCL, BENCHMARKS.md). GPUs want
-     * wide groups for coalesced loads. KLCL_WORK_GROUP sets the size exactly (clamped below). */
+     * wide groups for coalesced loads. KLCL_WORK_GROUP, else a tuning-table entry, replaces it (clamped below). */
     cl_device_type type = 0;
     clGetDeviceInfo(ctx->device, CL_DEVICE_TYPE, sizeof type, &type, NULL);
-    size_t wg = (type & CL_DEVICE_TYPE_CPU) ? WG_CPU : WG_MAX;
-    const char *override = getenv("KLCL_WORK_GROUP");
-    if (override && *override) {
-        unsigned long w = strtoul(override, NULL, 10);
-        if (w >= 1 && w <= WG_MAX) wg = (size_t)w;
-    }
+    size_t wg = klcl_work_group_request(ctx, (type & CL_DEVICE_TYPE_CPU) ? WG_CPU : WG_MAX); /* tune.c */
     if (wg > dev_wg) wg = dev_wg;
     if (local_mem / LOCAL_BYTES_PER_ITEM < wg) wg = (size_t)(local_mem / LOCAL_BYTES_PER_ITEM);
     wg = floor_pow2(wg < WG_MIN ? WG_MIN : wg);

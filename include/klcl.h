@@ -611,6 +611,126 @@ KLCL_API klcl_status klcl_reference_sparse_row(const klcl_loss_desc *desc, klcl_
                                                const float *logprobs, double *loss, double *grad,
                                                double *teacher_entropy, double *student_entropy);
 
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* Tuning: the work-group size of the row kernels, per device                                             */
+/* ---------------------------------------------------------------------------------------------------- */
+
+/* The row kernels run one work-group per row; its size is chosen when a context builds its kernels, in
+ * this order (the first that applies):
+ *   1. the environment variable KLCL_WORK_GROUP (1 to 4096);
+ *   2. this device's entry in the tuning table (klcl_tune writes it);
+ *   3. the built-in default: 1 on CPU devices, 256 elsewhere;
+ * and then clamped to what the device and the built kernels allow (a power of two, at most
+ * CL_DEVICE_MAX_WORK_GROUP_SIZE and the kernels' CL_KERNEL_WORK_GROUP_SIZE, within local memory).
+ *
+ * The tuning table is a text file: $KLCL_TUNE_FILE when set, else tuning.tsv in the folder of the binary
+ * cache (klcl_context_prepare). Its rows are keyed by device name, vendor, driver version, platform
+ * version and klcl version, so a new driver or library version falls back to the default until tuned
+ * again. A table that is missing, unreadable, damaged or truncated is a miss (the default applies), never
+ * an error. Only the work-group size is tuned: the kernels read 8-wide vectors (fixed), and there is no
+ * other parameter yet; the format names its columns so that more can be added. */
+
+typedef enum klcl_work_group_source {
+    KLCL_WORK_GROUP_DEFAULT = 0, /* the built-in default (also: the CPU reference, which has none) */
+    KLCL_WORK_GROUP_TABLE = 1,   /* this device's entry in the tuning table */
+    KLCL_WORK_GROUP_ENV = 2,     /* KLCL_WORK_GROUP */
+    KLCL_WORK_GROUP_FORCED = 3   /* a candidate klcl_tune is timing (its own contexts only) */
+} klcl_work_group_source;
+
+/* "default", "table", "env", "forced"; NULL for an unknown value. */
+KLCL_API const char *klcl_work_group_source_name(klcl_work_group_source source);
+
+/* The work-group size the context's row kernels use, after clamping, and where the request came from.
+ * Builds the kernels first when they are not built yet (as klcl_context_prepare does; a build failure is
+ * returned). On the CPU reference: *size 0 and KLCL_WORK_GROUP_DEFAULT. `source` may be NULL. */
+KLCL_API klcl_status klcl_context_work_group(klcl_context *ctx, size_t *size, klcl_work_group_source *source);
+
+/* The tuning table's path ($KLCL_TUNE_FILE, else tuning.tsv in the cache folder) into out[cap].
+ * KLCL_ERR_UNSUPPORTED when no folder can be named (none of KLCL_CACHE_DIR, XDG_CACHE_HOME, HOME is set),
+ * KLCL_ERR_INVALID_VALUE when cap is too small. Thread-safe. */
+KLCL_API klcl_status klcl_tune_table_path(char *out, size_t cap);
+
+/* This context's device entry in the table: *work_group is the stored size, or 0 when the table has no
+ * usable entry for it (any failure to read is a miss). KLCL_ERR_UNSUPPORTED on the CPU reference. */
+KLCL_API klcl_status klcl_tune_table_get(klcl_context *ctx, size_t *work_group);
+
+/* Stores `work_group` (a power of two from 1 to 4096) as this context's device entry, replacing an older
+ * one and keeping the other devices' rows. The file is written to a temporary name and renamed, so a
+ * reader sees the old table or the new one; a damaged old table is replaced. Two writers at once may
+ * lose one of their rows, never damage the file. Contexts created afterwards use the entry; this one
+ * keeps its size. Errors name the file (klcl_last_error). */
+KLCL_API klcl_status klcl_tune_table_set(klcl_context *ctx, size_t work_group);
+
+/* What klcl_tune measures. Initialise with KLCL_TUNE_OPTIONS_INIT; zero fields take the defaults. */
+typedef struct klcl_tune_options {
+    const size_t *vocabs;   /* vocabularies to time (each gives the cases kl and kl+grad); NULL: 32768 and
+                               131072. At most KLCL_TUNE_MAX_CASES / 2 */
+    size_t vocab_count;
+    size_t rows;            /* rows per call; 0: as many as fit in max_tensor_bytes */
+    size_t max_tensor_bytes; /* 0: 32 MiB per logits tensor */
+    double sample_seconds;  /* one timed sample repeats the call until about this long (at the default
+                               size); 0: 0.1 */
+    int reps;               /* timed samples per candidate and case, the median kept; 0: 5; at most 101 */
+    size_t max_work_group;  /* largest candidate; 0: what the device and the kernels allow */
+    int dry_run;            /* 1: measure and report, leave the table alone */
+    const size_t *sizes;    /* only these candidates (powers of two, at most max_work_group); NULL: every
+                               power of two up to the limit. `klcl tune` passes the sizes that passed the
+                               check in a child process */
+    size_t size_count;
+} klcl_tune_options;
+
+#define KLCL_TUNE_OPTIONS_INIT {NULL, 0, 0, 0, 0.0, 0, 0, 0, NULL, 0}
+#define KLCL_TUNE_MAX_CANDIDATES 13 /* 1, 2, 4, ..., 4096 */
+#define KLCL_TUNE_MAX_CASES 8
+
+typedef struct klcl_tune_case {
+    char op[16];           /* "kl" (forward) or "kl+grad" */
+    size_t rows, vocab;
+    size_t calls;          /* calls per timed sample */
+    double seconds[KLCL_TUNE_MAX_CANDIDATES]; /* median seconds per call, per candidate */
+    int samples[KLCL_TUNE_MAX_CANDIDATES];    /* samples taken: 1 for a candidate dropped after the first
+                                                 for being over 3x slower than the best, else reps */
+} klcl_tune_case;
+
+typedef struct klcl_tune_report {
+    char device[256];
+    size_t candidate_count;
+    size_t candidates[KLCL_TUNE_MAX_CANDIDATES]; /* the work-group sizes timed, ascending */
+    size_t rejected_count;
+    size_t rejected[KLCL_TUNE_MAX_CANDIDATES];   /* sizes not timed: some loss failed or differed from the
+                                                    CPU reference beyond LOSSES.md's tolerances */
+    double score[KLCL_TUNE_MAX_CANDIDATES];      /* geometric mean over the cases of seconds per call */
+    size_t case_count;
+    klcl_tune_case cases[KLCL_TUNE_MAX_CASES];
+    size_t best_work_group;    /* the candidate with the lowest score */
+    size_t default_work_group; /* what the built-in default gives on this device (after clamping) */
+    double best_score, default_score;
+    char table_path[1024];
+    int written;               /* 1 when the winner was stored in the table */
+    char error[512];           /* on failure: what went wrong, naming the option or the OpenCL call */
+} klcl_tune_report;
+
+/* Checks every power-of-two work-group size from 1 to the device's limit (or tune->max_work_group, or the
+ * listed tune->sizes) on all losses with gradient against the CPU reference on a small batch: a size that
+ * fails or differs is rejected, never stored. A size that crashes the driver ends the process before
+ * anything is stored: `klcl tune` therefore checks each size in a child process first. Then it times the
+ * rest on the row kernels, for kl forward and kl with gradient at each vocabulary, picks the size with the
+ * lowest geometric mean of the median times, and stores it in the tuning table (unless dry_run).
+ * `ctx_opts` picks the device as klcl_context_create does (NULL: the default); an adopted queue is used
+ * for the timing. Candidates are interleaved sample by sample, so a machine that slows down mid-run
+ * slows all of them. Takes seconds to minutes (about candidates x cases x (reps + 1) x sample_seconds,
+ * plus one kernel build per candidate). `tune` may be NULL (defaults). `out` is required and receives
+ * every measurement; on failure out->error says why. KLCL_ERR_UNSUPPORTED on the CPU reference;
+ * KLCL_ERR_INVALID_VALUE for an option out of range (named in out->error). Thread-safe: it creates and
+ * destroys contexts of its own. */
+KLCL_API klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_options *tune,
+                               klcl_tune_report *out);
+
+/* ---------------------------------------------------------------------------------------------------- */
+/* End of the tuning section                                                                              */
+/* ---------------------------------------------------------------------------------------------------- */
+
 #ifdef __cplusplus
 }
 #endif

@@ -483,19 +483,19 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     }
     R.lss = log(L.ss);
     R.lss1 = log(L.ss1);
-    if (invalid) {
-        if (lid == 0) {
-            for (int i = 0; i < RS_COUNT; i++) stats[i] = NAN;
-            rflags[RF_FLAGS] = FLAG_INVALID | (teacher_ok ? FLAG_TEACHER_OK : 0);
-            rflags[RF_ARGMAX_T] = -1;
-            rflags[RF_ARGMAX_S] = -1;
-            row_loss[rl_off + row] = NAN;
-        }
-        return;
+    /* An invalid row writes NaN and does no more work, but every work-item still runs to the end: no
+     * return between barriers (PoCL 3.1 hangs or miscompiles work-groups of 2 when one is taken, even
+     * though every work-item takes it alike). */
+    if (invalid && lid == 0) {
+        for (int i = 0; i < RS_COUNT; i++) stats[i] = NAN;
+        rflags[RF_FLAGS] = FLAG_INVALID | (teacher_ok ? FLAG_TEACHER_OK : 0);
+        rflags[RF_ARGMAX_T] = -1;
+        rflags[RF_ARGMAX_S] = -1;
+        row_loss[rl_off + row] = NAN;
     }
 
     float g_ref = 0.0f;
-    if (IS_CENTERED(loss)) {
+    if (IS_CENTERED(loss) && !invalid) {
         const float xt = softcap1(LOAD_T1(asi, t, t_cols), cap), xs = softcap1(LOAD_S1(asi, s, s_cols), cap);
         g_ref = centered_g1(loss, xt, xs, (xt - R.mt) * inv_tau - R.lst, (xs - R.ms) * inv_tau - R.lss, P);
     }
@@ -509,7 +509,8 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         float8 l8 = (float8)(0.0f), aux8 = (float8)(0.0f);
         acc_t l_acc = 0, aux_acc = 0;
         uint n = 0;
-        for (uint kk = lid; kk < nvec; kk += KLCL_WG) {
+        const uint nvec2 = invalid ? 0 : nvec, vocab2 = invalid ? 0 : vocab;
+        for (uint kk = lid; kk < nvec2; kk += KLCL_WG) {
             pass2_8(loss, teacher_ok, LOAD_T8(kk, t), LOAD_S8(kk, s), R, g_ref, P, &l8, &aux8);
             if (++n == ACC_BLOCK) {
                 l_acc += hsum8(l8);
@@ -519,7 +520,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
             }
         }
         float l1 = hsum8(l8), aux1 = hsum8(aux8);
-        for (uint v = nvec * 8 + lid; v < vocab; v += KLCL_WG)
+        for (uint v = nvec * 8 + lid; v < vocab2; v += KLCL_WG)
             pass2_1(loss, teacher_ok, LOAD_T1(v, t, t_cols), LOAD_S1(v, s, s_cols), R, g_ref, P, &l1, &aux1);
         l4[lid] = (float4)((float)(l_acc + l1), (float)(aux_acc + aux1), 0.0f, 0.0f);
         barrier(CLK_LOCAL_MEM_FENCE);
@@ -531,7 +532,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         aux = l4[0].y;
     }
 
-    if (lid == 0) {
+    if (lid == 0 && !invalid) {
         /* The one-pass values from the sums (row_lanes); log p - log q terms divided by tau once. */
         const float h_t = teacher_ok ? mass_t * R.lst - L.bt * c_t * inv_tau : NAN;
         const float h_s = R.lss - L.bs / L.ss * inv_tau;

@@ -1,5 +1,6 @@
 /* klcl: the command-line tool. `klcl devices` lists where losses can run, `klcl eval` computes them over
- * teacher and student logits in files (eval.c), `klcl bench` runs klcl-bench. This file holds the command
+ * teacher and student logits in files (eval.c), `klcl tune` picks the work-group size per device
+ * (tune_cmd.c), `klcl bench` runs klcl-bench. This file holds the command
  * dispatch, the two small commands, and the strict number parsing every option uses. */
 #define _POSIX_C_SOURCE 200809L /* readlink, access, execv */
 
@@ -23,12 +24,13 @@ static const char *const main_usage =
     "  eval      losses and metrics between teacher and student logits in .npy or .safetensors files,\n"
     "            streamed through the device; with no files, a built-in sample (try: klcl eval)\n"
     "  devices   the OpenCL platforms and devices, with the id --device takes, and the CPU reference\n"
+    "  tune      time the kernels at each work-group size and store the fastest for the device\n"
     "  bench     run klcl-bench (kernel throughput against the device's limits) with ARGS\n"
     "\n"
     "  klcl eval --help       every eval option and the JSON schema\n"
     "  klcl --version         versions of the tool and of the library it runs on\n"
     "\n"
-    "environment: KLCL_DEVICE (default device), KLCL_KERNEL_DIR, KLCL_WORK_GROUP; see README.md\n"
+    "environment: KLCL_DEVICE (default device), KLCL_KERNEL_DIR, KLCL_WORK_GROUP, KLCL_TUNE_FILE; see README.md\n"
     "exit status: 0 success, 1 out of memory or an output failing part-way, 2 bad usage or input (an\n"
     "output that cannot be created included),\n"
     "3 device or OpenCL failure, 130 interrupted (143 terminated)\n";
@@ -287,6 +289,7 @@ int main(int argc, char **argv)
             if (!strcmp(argv[2], "eval")) return cmd_eval(2, help_argv);
             if (!strcmp(argv[2], "devices")) return cmd_devices(2, help_argv);
             if (!strcmp(argv[2], "bench")) return cmd_bench(2, help_argv);
+            if (!strcmp(argv[2], "tune")) return cmd_tune(2, help_argv);
         }
         fputs(main_usage, stdout);
         return EXIT_OK;
@@ -299,6 +302,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "eval")) return cmd_eval(argc - 1, argv + 1);
     if (!strcmp(cmd, "devices")) return cmd_devices(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench")) return cmd_bench(argc - 1, argv + 1);
-    fprintf(stderr, "klcl: unknown command '%s' (commands: eval, devices, bench; see klcl --help)\n", cmd);
+    if (!strcmp(cmd, "tune")) return cmd_tune(argc - 1, argv + 1);
+    fprintf(stderr, "klcl: unknown command '%s' (commands: eval, devices, tune, bench; see klcl --help)\n", cmd);
     return EXIT_USAGE;
 }

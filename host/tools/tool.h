@@ -20,6 +20,7 @@ enum {
 
 /* Subcommands: argv[0] is the subcommand's name. */
 int cmd_eval(int argc, char **argv);
+int cmd_tune(int argc, char **argv); /* tune_cmd.c */
 
 /* Strict number parsing for options: the whole string must be a number inside the range, else a message
  * naming the option is printed (prefixed by `cmd`) and -1 returned. */

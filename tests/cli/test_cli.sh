@@ -308,6 +308,50 @@ done
 [ "$(top "$j" verify_ok)" = true ] && ok || bad "sample: --verify not ok"
 grep -q '"rows_skipped": 64' "$j" && ok || bad "sample: padding rows not skipped"
 
+echo "== klcl tune"
+# Its own table in the work folder: nothing outside the test is read or written.
+export KLCL_TUNE_FILE="$WORK/tuning.tsv"
+expect 0 "" tune --help
+grep -q -- "--max-work-group" "expect$n_expect.out" && ok || bad "tune --help does not list --max-work-group"
+expect 0 "" help tune
+expect 2 "unknown argument '--bogus'" tune --bogus
+expect 2 "--rows needs a value" tune --rows
+expect 2 "--reps" tune --reps 0
+expect 2 "--reps 500" tune --reps 500
+expect 2 "--vocab" tune --vocab 0
+expect 2 "--vocab" tune --vocab 1024,x
+expect 2 "--vocab.*at most 4" tune --vocab 8,8,8,8,8
+expect 2 "--sample-seconds" tune --sample-seconds -1
+expect 2 "--max-work-group 5000" tune --max-work-group 5000
+expect 2 "--device cpu" tune --device cpu
+[ ! -e "$KLCL_TUNE_FILE" ] && ok || bad "a refused tune command wrote the table"
+if [ "$have_device" = 1 ]; then
+    expect 3 "no-such-device" tune --device no-such-device --vocab 64 --rows 2 --reps 1
+    TINY=(--vocab 1000 --rows 8 --reps 1 --sample-seconds 0.002 --max-work-group 4)
+    expect 0 "" tune "${TINY[@]}" --dry-run
+    [ ! -e "$KLCL_TUNE_FILE" ] && ok || bad "tune --dry-run wrote the table"
+    expect 0 "" tune "${TINY[@]}" --json
+    j="expect$n_expect.out"
+    json_ok "$j" && ok || bad "tune --json is not valid JSON"
+    [ "$(top "$j" written)" = true ] && [ -s "$KLCL_TUNE_FILE" ] && ok || bad "tune did not write the table"
+    best=$(top "$j" best_work_group)
+    # Sizes the child checks rejected are never stored.
+    for w in $(grep -o '"work_group": [0-9]*, "why"' "$j" | grep -o '[0-9]*'); do
+        [ "$w" != "$best" ] && ok || bad "tune stored the rejected size $w"
+    done
+    grep -q '"candidates": \[{"work_group": 1,' "$j" && ok || bad "tune did not time work-group size 1"
+    expect 0 "" tune --show --json
+    json_ok "expect$n_expect.out" && ok || bad "tune --show --json is not valid JSON"
+    [ "$(top "expect$n_expect.out" source)" = '"table"' ] && [ "$(top "expect$n_expect.out" work_group)" = "$best" ] &&
+        ok || bad "after tune, a new context does not use the table's $best: $(cat "expect$n_expect.out")"
+    KLCL_WORK_GROUP=2 expect 0 "" tune --show --json
+    [ "$(top "expect$n_expect.out" source)" = '"env"' ] && [ "$(top "expect$n_expect.out" work_group)" = 2 ] &&
+        ok || bad "KLCL_WORK_GROUP does not take precedence over the table"
+    expect 0 "" tune --show
+    grep -q "^work group  $best (table)" "expect$n_expect.out" && ok || bad "tune --show text lacks the size"
+fi
+unset KLCL_TUNE_FILE
+
 echo "== klcl bench"
 # A copy of klcl alone in a folder, with nothing on PATH: klcl-bench cannot be found.
 mkdir -p alone empty-path

@@ -1,0 +1,378 @@
+/* The tuning table: the work-group size measured best for a device, on disk, and the precedence that
+ * picks a context's work-group size (klcl_tune's forced candidate > KLCL_WORK_GROUP > table > default).
+ *
+ * File: $KLCL_TUNE_FILE, else tuning.tsv in the binary cache's folder. Text, tab-separated:
+ *
+ *     # klcl tuning table, format 1 (...)
+ *     device  vendor  driver  platform  klcl  work_group  best_ms  default_ms  date
+ *     <one row per device key>
+ *
+ * The second line names the columns; a reader finds its columns by name and ignores the others, so later
+ * parameters (a vector width, a split factor) become new columns without a new format. The key columns
+ * are the device name, vendor, driver version, platform version and klcl version: any of them changing
+ * means the measurement no longer applies. Written whole to a temporary file and renamed. A file that is
+ * not exactly this shape (another first line, a missing key column, a row with the wrong number of cells,
+ * no final newline: a truncated write) is a miss as a whole; a row whose work_group is not a power of two
+ * in [1, KLCL_WORK_GROUP_LIMIT] is a miss for its device. A miss means the default, never an error. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define TABLE_MAGIC "# klcl tuning table, format 1"
+#define TABLE_FIRST_LINE \
+    TABLE_MAGIC " (tab-separated; the next line names the columns; one row per device; written by klcl tune)"
+enum { TABLE_MAX_BYTES = 1 << 20, MAX_COLS = 32, FIELD_BYTES = 256 };
+
+static const char *const key_columns[] = {"device", "vendor", "driver", "platform", "klcl"};
+enum { KEY_COLUMNS = sizeof key_columns / sizeof key_columns[0] };
+
+typedef struct tune_key {
+    char field[KEY_COLUMNS][FIELD_BYTES];
+} tune_key;
+
+/* A parsed table: the file's text split in place into cells. */
+typedef struct table {
+    char *text;
+    size_t ncols, nrows;
+    const char *col[MAX_COLS];
+    const char **cells; /* nrows x ncols */
+} table;
+
+/* Tabs and line breaks would break the format: a device string holding one is stored with spaces. */
+static void flatten(char *s)
+{
+    for (; *s; s++)
+        if (*s == '\t' || *s == '\n' || *s == '\r') *s = ' ';
+}
+
+static void key_of(const klcl_context *ctx, tune_key *k)
+{
+    klcl_device_string(ctx->device, CL_DEVICE_NAME, k->field[0], FIELD_BYTES);
+    klcl_device_string(ctx->device, CL_DEVICE_VENDOR, k->field[1], FIELD_BYTES);
+    klcl_device_string(ctx->device, CL_DRIVER_VERSION, k->field[2], FIELD_BYTES);
+    klcl_platform_string(ctx->platform, CL_PLATFORM_VERSION, k->field[3], FIELD_BYTES);
+    snprintf(k->field[4], FIELD_BYTES, "%s", klcl_version_string());
+    for (int i = 0; i < KEY_COLUMNS; i++) flatten(k->field[i]);
+}
+
+klcl_status klcl_tune_table_path(char *out, size_t cap)
+{
+    if (!out) return KLCL_ERR_NULL_POINTER;
+    const char *file = getenv("KLCL_TUNE_FILE");
+    int n;
+    if (file && *file) {
+        n = snprintf(out, cap, "%s", file);
+    } else {
+        char dir[3072];
+        if (!klcl_cache_dir(dir, sizeof dir, 0)) {
+            if (cap) out[0] = '\0';
+            return KLCL_ERR_UNSUPPORTED;
+        }
+        n = snprintf(out, cap, "%s/tuning.tsv", dir);
+    }
+    if (n < 0 || (size_t)n >= cap) {
+        if (cap) out[0] = '\0';
+        return KLCL_ERR_INVALID_VALUE;
+    }
+    return KLCL_OK;
+}
+
+static void table_free(table *t)
+{
+    free(t->text);
+    free(t->cells);
+    memset(t, 0, sizeof *t);
+}
+
+static int column(const table *t, const char *name)
+{
+    for (size_t c = 0; c < t->ncols; c++)
+        if (strcmp(t->col[c], name) == 0) return (int)c;
+    return -1;
+}
+
+/* Splits the line at *at (ending in '\n') into cells at tabs; returns the count, or -1 past max. */
+static int split_line(char **at, const char **cells, size_t max)
+{
+    char *p = *at;
+    size_t n = 0;
+    for (;;) {
+        if (n == max) return -1;
+        cells[n++] = p;
+        p += strcspn(p, "\t\n");
+        char sep = *p;
+        *p++ = '\0';
+        if (sep == '\n') break;
+    }
+    *at = p;
+    return (int)n;
+}
+
+/* Reads and checks the whole table; 0 on any miss (t left empty). */
+static int table_read(const char *path, table *t)
+{
+    memset(t, 0, sizeof *t);
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    size_t cap = 4096, len = 0, got;
+    char *text = malloc(cap + 1);
+    while (text && (got = fread(text + len, 1, cap - len, f)) > 0) {
+        len += got;
+        if (len == cap) {
+            char *bigger = cap >= TABLE_MAX_BYTES ? NULL : realloc(text, 2 * cap + 1);
+            if (!bigger) {
+                free(text);
+                text = NULL;
+                break;
+            }
+            text = bigger;
+            cap *= 2;
+        }
+    }
+    int read_error = ferror(f);
+    fclose(f);
+    if (!text || read_error) goto miss;
+    text[len] = '\0';
+    t->text = text;
+    /* A whole file ends with a newline and holds no NUL; anything else was cut short or is not ours. */
+    if (len == 0 || text[len - 1] != '\n' || strlen(text) != len) goto miss;
+    size_t lines = 0;
+    for (size_t i = 0; i < len; i++) lines += text[i] == '\n';
+    char *at = text;
+    char *first_end = strchr(at, '\n');
+    *first_end = '\0';
+    size_t magic = strlen(TABLE_MAGIC);
+    if (strncmp(at, TABLE_MAGIC, magic) != 0 || (at[magic] != '\0' && at[magic] != ' ')) goto miss;
+    at = first_end + 1;
+    if (lines < 2) goto miss;
+    int n = split_line(&at, t->col, MAX_COLS);
+    if (n < 1) goto miss;
+    t->ncols = (size_t)n;
+    for (size_t c = 0; c < t->ncols; c++) {
+        if (!t->col[c][0]) goto miss;
+        for (size_t d = 0; d < c; d++)
+            if (strcmp(t->col[c], t->col[d]) == 0) goto miss;
+    }
+    for (int i = 0; i < KEY_COLUMNS; i++)
+        if (column(t, key_columns[i]) < 0) goto miss;
+    if (column(t, "work_group") < 0) goto miss;
+    t->nrows = lines - 2;
+    t->cells = calloc(t->nrows ? t->nrows * t->ncols : 1, sizeof *t->cells);
+    if (!t->cells) goto miss;
+    for (size_t r = 0; r < t->nrows; r++)
+        if (split_line(&at, t->cells + r * t->ncols, t->ncols) != (int)t->ncols) goto miss;
+    return 1;
+miss:
+    if (!t->text) free(text);
+    table_free(t);
+    return 0;
+}
+
+/* The row of key k, or -1. */
+static long find_row(const table *t, const tune_key *k)
+{
+    int kc[KEY_COLUMNS];
+    for (int i = 0; i < KEY_COLUMNS; i++) kc[i] = column(t, key_columns[i]);
+    for (size_t r = 0; r < t->nrows; r++) {
+        int same = 1;
+        for (int i = 0; i < KEY_COLUMNS && same; i++) same = strcmp(t->cells[r * t->ncols + kc[i]], k->field[i]) == 0;
+        if (same) return (long)r;
+    }
+    return -1;
+}
+
+/* A work-group size as the table and KLCL_WORK_GROUP hold it: decimal digits only, a power of two in
+ * [1, KLCL_WORK_GROUP_LIMIT]; 0 otherwise. */
+static size_t parse_work_group(const char *s, int need_pow2)
+{
+    if (!*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 5) return 0;
+    unsigned long w = strtoul(s, NULL, 10);
+    if (w < 1 || w > KLCL_WORK_GROUP_LIMIT || (need_pow2 && (w & (w - 1)))) return 0;
+    return (size_t)w;
+}
+
+/* This device's table entry, or 0. */
+static size_t table_lookup(const klcl_context *ctx)
+{
+    char path[4096];
+    if (klcl_tune_table_path(path, sizeof path) != KLCL_OK) return 0;
+    table t;
+    if (!table_read(path, &t)) return 0;
+    tune_key k;
+    key_of(ctx, &k);
+    long r = find_row(&t, &k);
+    size_t w = r < 0 ? 0 : parse_work_group(t.cells[(size_t)r * t.ncols + (size_t)column(&t, "work_group")], 1);
+    table_free(&t);
+    return w;
+}
+
+size_t klcl_work_group_request(klcl_context *ctx, size_t builtin)
+{
+    ctx->wg_default = builtin;
+    if (ctx->wg_forced) {
+        ctx->wg_source = KLCL_WORK_GROUP_FORCED;
+        return ctx->wg_forced;
+    }
+    /* Any size the clamps can make sense of: not only powers of two (they round down). */
+    const char *env = getenv("KLCL_WORK_GROUP");
+    size_t w = env ? parse_work_group(env, 0) : 0;
+    if (w) {
+        ctx->wg_source = KLCL_WORK_GROUP_ENV;
+        return w;
+    }
+    if ((w = table_lookup(ctx)) != 0) {
+        ctx->wg_source = KLCL_WORK_GROUP_TABLE;
+        return w;
+    }
+    ctx->wg_source = KLCL_WORK_GROUP_DEFAULT;
+    return builtin;
+}
+
+const char *klcl_work_group_source_name(klcl_work_group_source source)
+{
+    switch (source) {
+    case KLCL_WORK_GROUP_DEFAULT: return "default";
+    case KLCL_WORK_GROUP_TABLE: return "table";
+    case KLCL_WORK_GROUP_ENV: return "env";
+    case KLCL_WORK_GROUP_FORCED: return "forced";
+    }
+    return NULL;
+}
+
+klcl_status klcl_context_work_group(klcl_context *ctx, size_t *size, klcl_work_group_source *source)
+{
+    if (!ctx) return KLCL_ERR_NULL_POINTER;
+    ctx->error[0] = '\0';
+    if (!size) return klcl_fail(ctx, KLCL_ERR_NULL_POINTER, "klcl_context_work_group: size is NULL");
+    *size = 0;
+    if (source) *source = KLCL_WORK_GROUP_DEFAULT;
+    if (ctx->is_reference) return KLCL_OK;
+    klcl_status st = klcl_program_build(ctx);
+    if (st != KLCL_OK) return st;
+    *size = ctx->wg;
+    if (source) *source = ctx->wg_source;
+    return KLCL_OK;
+}
+
+klcl_status klcl_tune_table_get(klcl_context *ctx, size_t *work_group)
+{
+    if (!ctx) return KLCL_ERR_NULL_POINTER;
+    ctx->error[0] = '\0';
+    if (!work_group) return klcl_fail(ctx, KLCL_ERR_NULL_POINTER, "klcl_tune_table_get: work_group is NULL");
+    *work_group = 0;
+    if (ctx->is_reference)
+        return klcl_fail(ctx, KLCL_ERR_UNSUPPORTED, "the CPU reference has no work-group size to look up");
+    *work_group = table_lookup(ctx);
+    return KLCL_OK;
+}
+
+/* Writes t (with ncols columns named col) to path through a temporary file in the same folder. */
+static klcl_status table_write(klcl_context *ctx, const char *path, const char *const *col, size_t ncols,
+                               const char *const *cells, size_t nrows)
+{
+    char tmp[4200];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.XXXXXX", path) >= sizeof tmp)
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "tuning table %s: path too long", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "tuning table %s: %s", tmp, strerror(errno));
+    FILE *f = fdopen(fd, "wb");
+    if (!f) {
+        close(fd);
+        remove(tmp);
+        return klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "tuning table %s: fdopen failed", tmp);
+    }
+    int ok = fprintf(f, "%s\n", TABLE_FIRST_LINE) > 0;
+    for (size_t c = 0; c < ncols; c++) ok = ok && fprintf(f, "%s%s", col[c], c + 1 < ncols ? "\t" : "\n") >= 0;
+    for (size_t r = 0; r < nrows; r++)
+        for (size_t c = 0; c < ncols; c++)
+            ok = ok && fprintf(f, "%s%s", cells[r * ncols + c], c + 1 < ncols ? "\t" : "\n") >= 0;
+    int saved = errno;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        if (ok) saved = errno;
+        remove(tmp);
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "tuning table %s: cannot write: %s", path, strerror(saved));
+    }
+    return KLCL_OK;
+}
+
+klcl_status klcl_tune_table_store(klcl_context *ctx, const char *const *names, const char *const *values, size_t n)
+{
+    char path[4096];
+    if (ctx->is_reference)
+        return klcl_fail(ctx, KLCL_ERR_UNSUPPORTED, "the CPU reference has no work-group size to store");
+    klcl_status st = klcl_tune_table_path(path, sizeof path);
+    if (st != KLCL_OK)
+        return klcl_fail(ctx, st, "tuning table: no folder (set KLCL_TUNE_FILE, KLCL_CACHE_DIR or HOME)");
+    const char *file = getenv("KLCL_TUNE_FILE");
+    char dir[3072];
+    if (!(file && *file) && !klcl_cache_dir(dir, sizeof dir, 1))
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "tuning table %s: cannot create its folder", path);
+
+    table old;
+    if (!table_read(path, &old)) memset(&old, 0, sizeof old); /* missing or damaged: start afresh */
+    tune_key k;
+    key_of(ctx, &k);
+
+    /* Columns: the keys, the old file's other columns (kept for rows written by newer versions), then the
+     * new values' columns. */
+    const char *col[MAX_COLS];
+    size_t ncols = 0;
+    for (int i = 0; i < KEY_COLUMNS; i++) col[ncols++] = key_columns[i];
+    for (size_t c = 0; c < old.ncols && ncols < MAX_COLS; c++) {
+        int seen = 0;
+        for (size_t d = 0; d < ncols && !seen; d++) seen = strcmp(col[d], old.col[c]) == 0;
+        if (!seen) col[ncols++] = old.col[c];
+    }
+    for (size_t v = 0; v < n; v++) {
+        int seen = 0;
+        for (size_t d = 0; d < ncols && !seen; d++) seen = strcmp(col[d], names[v]) == 0;
+        if (!seen && ncols < MAX_COLS) col[ncols++] = names[v];
+    }
+
+    long mine = old.ncols ? find_row(&old, &k) : -1;
+    size_t nrows = old.nrows + (mine < 0);
+    const char **cells = calloc(nrows * ncols, sizeof *cells);
+    char(*flat)[FIELD_BYTES] = calloc(n ? n : 1, sizeof *flat);
+    if (!cells || !flat) {
+        st = klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "tuning table: out of host memory");
+        goto done;
+    }
+    for (size_t r = 0; r < old.nrows; r++)
+        for (size_t c = 0; c < ncols; c++) {
+            int oc = column(&old, col[c]);
+            cells[r * ncols + c] = oc < 0 ? "" : old.cells[r * old.ncols + (size_t)oc];
+        }
+    size_t row = mine < 0 ? old.nrows : (size_t)mine;
+    for (size_t c = 0; c < ncols; c++) cells[row * ncols + c] = "";
+    for (int i = 0; i < KEY_COLUMNS; i++) cells[row * ncols + (size_t)i] = k.field[i];
+    for (size_t v = 0; v < n; v++) {
+        snprintf(flat[v], FIELD_BYTES, "%s", values[v]);
+        flatten(flat[v]);
+        for (size_t c = 0; c < ncols; c++)
+            if (strcmp(col[c], names[v]) == 0) cells[row * ncols + c] = flat[v];
+    }
+    st = table_write(ctx, path, col, ncols, cells, nrows);
+done:
+    free(cells);
+    free(flat);
+    table_free(&old);
+    return st;
+}
+
+klcl_status klcl_tune_table_set(klcl_context *ctx, size_t work_group)
+{
+    if (!ctx) return KLCL_ERR_NULL_POINTER;
+    ctx->error[0] = '\0';
+    if (work_group < 1 || work_group > KLCL_WORK_GROUP_LIMIT || (work_group & (work_group - 1)))
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "work_group %zu: must be a power of two from 1 to %d",
+                         work_group, KLCL_WORK_GROUP_LIMIT);
+    char text[32];
+    snprintf(text, sizeof text, "%zu", work_group);
+    const char *names[] = {"work_group"}, *values[] = {text};
+    return klcl_tune_table_store(ctx, names, values, 1);
+}

@@ -1,0 +1,461 @@
+/* The tuning table and the tuner: entries written and read back, damaged tables are misses (the default
+ * applies), the precedence KLCL_WORK_GROUP > table > default as klcl_context_work_group reports it, bad
+ * arguments refused with their name, and a small real tuning run whose entry a new context then uses.
+ * Every test works on its own table in a temporary folder (KLCL_TUNE_FILE). */
+#include "test_util.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char dir[64], table[128];
+static size_t default_wg; /* what this device gets with no variable and no table */
+
+/* The device the suites use (tu_device_context's choice), for klcl_tune's options. */
+static const char *device_spec(void)
+{
+    const char *d = getenv("KLCL_DEVICE");
+    return !d || !*d || strcmp(d, "cpu") == 0 ? "opencl" : d;
+}
+
+/* A new context's work-group size and source. */
+static size_t fresh_wg(klcl_work_group_source *source)
+{
+    klcl_context *ctx = tu_device_context(0);
+    size_t wg = 0;
+    assert_int_equal(klcl_context_work_group(ctx, &wg, source), KLCL_OK);
+    klcl_context_destroy(ctx);
+    return wg;
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof dir, "/tmp/klcl-tune-test-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    snprintf(table, sizeof table, "%s/tuning.tsv", dir);
+    setenv("KLCL_TUNE_FILE", table, 1);
+    unsetenv("KLCL_WORK_GROUP");
+    klcl_work_group_source source;
+    default_wg = fresh_wg(&source);
+    assert_int_equal(source, KLCL_WORK_GROUP_DEFAULT);
+    assert_true(default_wg >= 1);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    remove(table);
+    rmdir(dir);
+    unsetenv("KLCL_TUNE_FILE");
+    unsetenv("KLCL_WORK_GROUP");
+    return 0;
+}
+
+/* Each test starts without a table and without KLCL_WORK_GROUP. */
+static int clean(void **state)
+{
+    (void)state;
+    remove(table);
+    rmdir(table); /* the unreadable-table test puts a folder there */
+    setenv("KLCL_TUNE_FILE", table, 1);
+    unsetenv("KLCL_WORK_GROUP");
+    return 0;
+}
+
+/* A size the table can hold that differs from the default, so that using the table is observable. */
+static size_t other_wg(void)
+{
+    return default_wg == 4 ? 2 : 4;
+}
+
+static void write_text(const char *path, const char *text, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(text, 1, len, f), len);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* This device's key, read through OpenCL rather than through the library, tab-joined. */
+static void device_key(char *out, size_t cap)
+{
+    klcl_context *ctx = tu_device_context(0);
+    cl_device_id dev;
+    cl_platform_id plat;
+    assert_int_equal(clGetCommandQueueInfo(klcl_context_cl_queue(ctx), CL_QUEUE_DEVICE, sizeof dev, &dev, NULL), 0);
+    assert_int_equal(clGetDeviceInfo(dev, CL_DEVICE_PLATFORM, sizeof plat, &plat, NULL), 0);
+    char name[256] = "", vendor[256] = "", driver[256] = "", platform[256] = "";
+    clGetDeviceInfo(dev, CL_DEVICE_NAME, sizeof name - 1, name, NULL);
+    clGetDeviceInfo(dev, CL_DEVICE_VENDOR, sizeof vendor - 1, vendor, NULL);
+    clGetDeviceInfo(dev, CL_DRIVER_VERSION, sizeof driver - 1, driver, NULL);
+    clGetPlatformInfo(plat, CL_PLATFORM_VERSION, sizeof platform - 1, platform, NULL);
+    snprintf(out, cap, "%s\t%s\t%s\t%s\t%s", name, vendor, driver, platform, klcl_version_string());
+    klcl_context_destroy(ctx);
+}
+
+#define HEADER "# klcl tuning table, format 1\ndevice\tvendor\tdriver\tplatform\tklcl\twork_group\n"
+
+/* A table holding one row for this device with the given work_group cell. */
+static void write_entry(const char *work_group)
+{
+    char key[1400], text[1600];
+    device_key(key, sizeof key);
+    int n = snprintf(text, sizeof text, HEADER "%s\t%s\n", key, work_group);
+    write_text(table, text, (size_t)n);
+}
+
+static size_t table_get(void)
+{
+    klcl_context *ctx = tu_device_context(0);
+    size_t wg = 99;
+    assert_int_equal(klcl_tune_table_get(ctx, &wg), KLCL_OK);
+    klcl_context_destroy(ctx);
+    return wg;
+}
+
+static char *read_all(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    static char buf[65536];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return buf;
+}
+
+static int count_lines(const char *s)
+{
+    int n = 0;
+    for (; *s; s++) n += *s == '\n';
+    return n;
+}
+
+static void test_round_trip(void **state)
+{
+    (void)state;
+    assert_int_equal(table_get(), 0); /* no file: a miss */
+    klcl_context *ctx = tu_device_context(0);
+    assert_int_equal(klcl_tune_table_set(ctx, 16), KLCL_OK);
+    assert_int_equal(table_get(), 16);
+    /* Replacing keeps one row per device. */
+    assert_int_equal(klcl_tune_table_set(ctx, other_wg()), KLCL_OK);
+    assert_int_equal(table_get(), other_wg());
+    const char *text = read_all(table);
+    assert_int_equal(count_lines(text), 3);
+    assert_int_equal(strncmp(text, "# klcl tuning table, format 1", 29), 0);
+    klcl_context_destroy(ctx);
+    /* The file is keyed as documented: a row written by hand from the OpenCL strings is found. */
+    write_entry("8");
+    assert_int_equal(table_get(), 8);
+}
+
+static void test_other_rows_and_columns_kept(void **state)
+{
+    (void)state;
+    /* Another device's row, and a column this version does not know (a later parameter). */
+    const char *text = "# klcl tuning table, format 1\n"
+                       "device\tvendor\tdriver\tplatform\tklcl\twork_group\tsplit\n"
+                       "Some GPU\tSomeone\t1.0\tOpenCL 3.0\t0.1.0\t128\t4\n";
+    write_text(table, text, strlen(text));
+    klcl_context *ctx = tu_device_context(0);
+    assert_int_equal(klcl_tune_table_set(ctx, 2), KLCL_OK);
+    klcl_context_destroy(ctx);
+    assert_int_equal(table_get(), 2);
+    const char *now = read_all(table);
+    assert_int_equal(count_lines(now), 4);
+    assert_non_null(strstr(now, "\tsplit"));
+    assert_non_null(strstr(now, "Some GPU\tSomeone\t1.0\tOpenCL 3.0\t0.1.0\t128\t4\n"));
+}
+
+/* Every damaged form must be a miss: the default size, source default, and no entry reported. */
+static void expect_miss(const char *what)
+{
+    klcl_work_group_source source = KLCL_WORK_GROUP_TABLE;
+    size_t wg = fresh_wg(&source);
+    if (source != KLCL_WORK_GROUP_DEFAULT || wg != default_wg)
+        fail_msg("%s: got %zu from %s, expected the default %zu", what, wg, klcl_work_group_source_name(source),
+                 default_wg);
+    if (table_get() != 0) fail_msg("%s: klcl_tune_table_get found an entry", what);
+}
+
+static void test_damaged_tables_are_misses(void **state)
+{
+    (void)state;
+    char key[1400], text[1600];
+    device_key(key, sizeof key);
+    /* The intact table first, so that each damage below is what turns a hit into a miss. */
+    int n = snprintf(text, sizeof text, HEADER "%s\t8\n", key);
+    write_text(table, text, (size_t)n);
+    assert_int_equal(table_get(), 8);
+
+    write_text(table, text, (size_t)n - 1);
+    expect_miss("no final newline");
+    write_text(table, text, (size_t)n - 3);
+    expect_miss("cut inside the last row");
+    write_text(table, text, strlen(HEADER) - 5);
+    expect_miss("cut inside the header");
+    write_text(table, "", 0);
+    expect_miss("empty file");
+    n = snprintf(text, sizeof text, "# klcl tuning table, format 2\n%s\t8\n", key);
+    write_text(table, text, (size_t)n);
+    expect_miss("another format");
+    n = snprintf(text, sizeof text, "device\tvendor\tdriver\tplatform\tklcl\twork_group\n%s\t8\n", key);
+    write_text(table, text, (size_t)n);
+    expect_miss("no first line");
+    n = snprintf(text, sizeof text, "# klcl tuning table, format 1\ndevice\tvendor\tdriver\tplatform\twork_group\n"
+                                    "%s\t8\n", key);
+    write_text(table, text, (size_t)n);
+    expect_miss("a key column missing");
+    n = snprintf(text, sizeof text, HEADER "%s\t8\textra\n", key);
+    write_text(table, text, (size_t)n);
+    expect_miss("a row with a cell too many");
+    n = snprintf(text, sizeof text, HEADER "%s\t8\nshort\trow\n", key);
+    write_text(table, text, (size_t)n);
+    expect_miss("another row with too few cells");
+    n = snprintf(text, sizeof text, HEADER "%s\t8\n", key);
+    text[strlen(HEADER) + 2] = '\0'; /* a NUL inside the device name */
+    write_text(table, text, (size_t)n);
+    expect_miss("a NUL byte");
+    const char *bad_values[] = {"12", "0", "8192", "abc", "-8", "8 ", "", "+8", "0x8"};
+    for (size_t i = 0; i < sizeof bad_values / sizeof bad_values[0]; i++) {
+        char what[64];
+        write_entry(bad_values[i]);
+        snprintf(what, sizeof what, "work_group '%s'", bad_values[i]);
+        expect_miss(what);
+    }
+    /* Another klcl version's row: not this key. */
+    n = snprintf(text, sizeof text, HEADER "%s.1\t8\n", key);
+    write_text(table, text, (size_t)n);
+    expect_miss("another klcl version");
+    /* Unreadable: a folder where the file should be; and, unless root (who reads anything), no permission. */
+    remove(table);
+    assert_int_equal(mkdir(table, 0700), 0);
+    expect_miss("a folder in place of the table");
+    assert_int_equal(rmdir(table), 0);
+    if (geteuid() != 0) {
+        write_entry("8");
+        assert_int_equal(chmod(table, 0), 0);
+        expect_miss("no read permission");
+    }
+    setenv("KLCL_TUNE_FILE", "/nonexistent-klcl-folder/tuning.tsv", 1);
+    expect_miss("a table in a folder that does not exist");
+}
+
+static void test_precedence(void **state)
+{
+    (void)state;
+    klcl_work_group_source source;
+    const size_t in_table = other_wg(), in_env = in_table == 2 ? 8 : 2;
+    write_entry(in_table == 2 ? "2" : "4");
+    assert_int_equal(fresh_wg(&source), in_table);
+    assert_int_equal(source, KLCL_WORK_GROUP_TABLE);
+    char env[16];
+    snprintf(env, sizeof env, "%zu", in_env);
+    setenv("KLCL_WORK_GROUP", env, 1);
+    assert_int_equal(fresh_wg(&source), in_env);
+    assert_int_equal(source, KLCL_WORK_GROUP_ENV);
+    /* A value the variable cannot mean is ignored, as before: the table applies. */
+    setenv("KLCL_WORK_GROUP", "lots", 1);
+    assert_int_equal(fresh_wg(&source), in_table);
+    assert_int_equal(source, KLCL_WORK_GROUP_TABLE);
+    unsetenv("KLCL_WORK_GROUP");
+    remove(table);
+    assert_int_equal(fresh_wg(&source), default_wg);
+    assert_int_equal(source, KLCL_WORK_GROUP_DEFAULT);
+    /* A context keeps the size it was built with when the table changes later. */
+    klcl_context *ctx = tu_device_context(0);
+    size_t wg = 0;
+    assert_int_equal(klcl_context_work_group(ctx, &wg, NULL), KLCL_OK);
+    assert_int_equal(klcl_tune_table_set(ctx, in_table), KLCL_OK);
+    assert_int_equal(klcl_context_work_group(ctx, &wg, &source), KLCL_OK);
+    assert_int_equal(wg, default_wg);
+    assert_int_equal(source, KLCL_WORK_GROUP_DEFAULT);
+    klcl_context_destroy(ctx);
+    assert_int_equal(fresh_wg(&source), in_table);
+}
+
+static void test_bad_arguments(void **state)
+{
+    (void)state;
+    klcl_context *ctx = tu_device_context(0);
+    size_t wg;
+    assert_int_equal(klcl_context_work_group(NULL, &wg, NULL), KLCL_ERR_NULL_POINTER);
+    assert_int_equal(klcl_context_work_group(ctx, NULL, NULL), KLCL_ERR_NULL_POINTER);
+    assert_non_null(strstr(klcl_last_error(ctx), "size"));
+    assert_int_equal(klcl_tune_table_get(ctx, NULL), KLCL_ERR_NULL_POINTER);
+    assert_non_null(strstr(klcl_last_error(ctx), "work_group"));
+    const size_t bad[] = {0, 3, 8192};
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(klcl_tune_table_set(ctx, bad[i]), KLCL_ERR_INVALID_VALUE);
+        assert_non_null(strstr(klcl_last_error(ctx), "work_group"));
+    }
+    assert_int_equal(access(table, F_OK), -1); /* nothing written */
+    /* A table that cannot be written: the status and the path, and nothing left behind. */
+    setenv("KLCL_TUNE_FILE", "/nonexistent-klcl-folder/tuning.tsv", 1);
+    assert_int_not_equal(klcl_tune_table_set(ctx, 4), KLCL_OK);
+    assert_non_null(strstr(klcl_last_error(ctx), "/nonexistent-klcl-folder/tuning.tsv"));
+    klcl_context_destroy(ctx);
+
+    klcl_context_options ro = KLCL_CONTEXT_OPTIONS_INIT;
+    ro.device = "cpu";
+    assert_int_equal(klcl_context_create(&ro, &ctx), KLCL_OK);
+    assert_int_equal(klcl_context_work_group(ctx, &wg, NULL), KLCL_OK);
+    assert_int_equal(wg, 0);
+    assert_int_equal(klcl_tune_table_set(ctx, 4), KLCL_ERR_UNSUPPORTED);
+    assert_int_equal(klcl_tune_table_get(ctx, &wg), KLCL_ERR_UNSUPPORTED);
+    klcl_context_destroy(ctx);
+
+    assert_string_equal(klcl_work_group_source_name(KLCL_WORK_GROUP_TABLE), "table");
+    assert_string_equal(klcl_work_group_source_name(KLCL_WORK_GROUP_ENV), "env");
+    assert_string_equal(klcl_work_group_source_name(KLCL_WORK_GROUP_DEFAULT), "default");
+    assert_null(klcl_work_group_source_name((klcl_work_group_source)42));
+
+    char path[8];
+    setenv("KLCL_TUNE_FILE", "/tmp/a/rather/long/path.tsv", 1);
+    assert_int_equal(klcl_tune_table_path(path, sizeof path), KLCL_ERR_INVALID_VALUE);
+    assert_int_equal(klcl_tune_table_path(NULL, 8), KLCL_ERR_NULL_POINTER);
+}
+
+/* klcl_tune refuses bad options before touching any device, naming the option. */
+static void expect_refused(const klcl_tune_options *t, klcl_status want, const char *name)
+{
+    klcl_tune_report r;
+    klcl_status st = klcl_tune(NULL, t, &r);
+    if (st != want) fail_msg("%s: status %d, expected %d (%s)", name, st, want, r.error);
+    if (!strstr(r.error, name)) fail_msg("the message does not name %s: %s", name, r.error);
+}
+
+static void test_tune_bad_options(void **state)
+{
+    (void)state;
+    assert_int_equal(klcl_tune(NULL, NULL, NULL), KLCL_ERR_NULL_POINTER);
+    klcl_tune_options t = KLCL_TUNE_OPTIONS_INIT;
+    t.reps = -1;
+    expect_refused(&t, KLCL_ERR_INVALID_VALUE, "reps");
+    t.reps = 102;
+    expect_refused(&t, KLCL_ERR_INVALID_VALUE, "reps");
+    t = (klcl_tune_options)KLCL_TUNE_OPTIONS_INIT;
+    t.sample_seconds = NAN;
+    expect_refused(&t, KLCL_ERR_NONFINITE_ARG, "sample_seconds");
+    t.sample_seconds = -1.0;
+    expect_refused(&t, KLCL_ERR_INVALID_VALUE, "sample_seconds");
+    t = (klcl_tune_options)KLCL_TUNE_OPTIONS_INIT;
+    t.vocab_count = 1;
+    expect_refused(&t, KLCL_ERR_NULL_POINTER, "vocabs");
+    size_t v[5] = {1024, 0, 1024, 1024, 1024};
+    t.vocabs = v;
+    t.vocab_count = 5;
+    expect_refused(&t, KLCL_ERR_INVALID_VALUE, "vocab_count");
+    t.vocab_count = 2;
+    expect_refused(&t, KLCL_ERR_INVALID_SHAPE, "vocabs[1]");
+    t = (klcl_tune_options)KLCL_TUNE_OPTIONS_INIT;
+    t.size_count = 2;
+    expect_refused(&t, KLCL_ERR_NULL_POINTER, "sizes");
+    const size_t odd[] = {4, 3};
+    t.sizes = odd;
+    expect_refused(&t, KLCL_ERR_INVALID_VALUE, "sizes[1]");
+    t = (klcl_tune_options)KLCL_TUNE_OPTIONS_INIT;
+    t.max_work_group = 8192;
+    expect_refused(&t, KLCL_ERR_INVALID_VALUE, "max_work_group");
+    klcl_context_options cpu = KLCL_CONTEXT_OPTIONS_INIT;
+    cpu.device = "cpu";
+    klcl_tune_report r;
+    assert_int_equal(klcl_tune(&cpu, NULL, &r), KLCL_ERR_UNSUPPORTED);
+    assert_non_null(strstr(r.error, "CPU reference"));
+    assert_int_equal(access(table, F_OK), -1);
+}
+
+/* A real run on small shapes: every listed candidate checked and timed, the fastest stored, and a new
+ * context uses it. Size 2 is listed on purpose: PoCL 3.1 used to hang or crash there in the two-pass
+ * losses (a return between barriers, since removed from the kernels). */
+static void test_tiny_tune_run(void **state)
+{
+    (void)state;
+    size_t vocabs[] = {1000, 4096};
+    const size_t sizes[] = {16, 1, 8, 2, 4}; /* any order */
+    klcl_tune_options t = KLCL_TUNE_OPTIONS_INIT;
+    t.vocabs = vocabs;
+    t.vocab_count = 2;
+    t.rows = 16;
+    t.reps = 3;
+    t.sample_seconds = 0.002;
+    t.sizes = sizes;
+    t.size_count = 5;
+    klcl_context_options co = KLCL_CONTEXT_OPTIONS_INIT;
+    co.device = device_spec();
+    klcl_tune_report *r = calloc(1, sizeof *r);
+    assert_non_null(r);
+
+    t.dry_run = 1;
+    klcl_status st = klcl_tune(&co, &t, r);
+    if (st != KLCL_OK) fail_msg("dry run: %s", r->error);
+    assert_false(r->written);
+    assert_int_equal(access(table, F_OK), -1);
+
+    t.dry_run = 0;
+    st = klcl_tune(&co, &t, r);
+    if (st != KLCL_OK) fail_msg("klcl_tune: %s", r->error);
+    assert_true(r->written);
+    assert_string_equal(r->table_path, table);
+    assert_true(r->candidate_count >= 1 && r->candidate_count <= 5);
+    assert_int_equal(r->rejected_count, 0);
+    const size_t in_order[] = {1, 2, 4, 8, 16};
+    int best_found = 0, default_found = 0;
+    for (size_t c = 0; c < r->candidate_count; c++) {
+        assert_int_equal(r->candidates[c], in_order[c]);
+        assert_true(isfinite(r->score[c]) && r->score[c] > 0.0);
+        assert_true(r->best_score <= r->score[c]);
+        best_found += r->candidates[c] == r->best_work_group;
+        default_found += r->candidates[c] == r->default_work_group;
+    }
+    assert_int_equal(best_found, 1);
+    assert_int_equal(default_found, 1);
+    assert_int_equal(r->case_count, 4);
+    for (size_t k = 0; k < r->case_count; k++) {
+        assert_int_equal(r->cases[k].rows, 16);
+        assert_int_equal(r->cases[k].vocab, vocabs[k / 2]);
+        assert_string_equal(r->cases[k].op, k % 2 ? "kl+grad" : "kl");
+        assert_true(r->cases[k].calls >= 1);
+        for (size_t c = 0; c < r->candidate_count; c++) {
+            assert_true(r->cases[k].seconds[c] > 0.0);
+            assert_true(r->cases[k].samples[c] == 1 || r->cases[k].samples[c] == 3);
+        }
+    }
+    /* The score is the geometric mean of the cases, recomputed here from the report. */
+    for (size_t c = 0; c < r->candidate_count; c++) {
+        double logs = 0.0;
+        for (size_t k = 0; k < r->case_count; k++) logs += log(r->cases[k].seconds[c]);
+        assert_true(fabs(exp(logs / 4.0) - r->score[c]) <= 1e-9 * r->score[c]);
+    }
+
+    klcl_work_group_source source;
+    size_t wg = fresh_wg(&source);
+    assert_int_equal(source, KLCL_WORK_GROUP_TABLE);
+    assert_int_equal(wg, r->best_work_group);
+    assert_int_equal(table_get(), r->best_work_group);
+    free(r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_round_trip, clean),
+        cmocka_unit_test_setup(test_other_rows_and_columns_kept, clean),
+        cmocka_unit_test_setup(test_damaged_tables_are_misses, clean),
+        cmocka_unit_test_setup(test_precedence, clean),
+        cmocka_unit_test_setup(test_bad_arguments, clean),
+        cmocka_unit_test_setup(test_tune_bad_options, clean),
+        cmocka_unit_test_setup(test_tiny_tune_run, clean),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
