@@ -86,6 +86,9 @@ expect 0 "" --help
 grep -q "eval" "expect$n_expect.out" && ok || bad "--help does not mention eval"
 expect 0 "" eval --help
 grep -q -- "--chunk-rows" "expect$n_expect.out" && ok || bad "eval --help does not list --chunk-rows"
+for opt in --vocab-policy --teacher-logprobs --grad-dtype teacher_vocab student_vocab; do
+    grep -q -- "$opt" "expect$n_expect.out" && ok || bad "eval --help does not mention $opt"
+done
 expect 0 "" help eval
 expect 2 "unknown command" frobnicate
 expect 2 "usage"
