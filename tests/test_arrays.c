@@ -780,6 +780,55 @@ static void test_writer_streaming(void **state)
     assert_false(exists(at("ovf.npy")));
 }
 
+/* 2-byte outputs: f16 as '<f2' and bf16 as '<u2', read back by the same readers (bf16 through the U16
+ * path the tool's --bf16 takes), little-endian on disk whatever the host. */
+static void test_writer_half(void **state)
+{
+    /* 1.5, -2, 0, +inf in fp16 and in bf16 */
+    const uint16_t f16[4] = {0x3E00, 0xC000, 0x0000, 0x7C00}, bf16[4] = {0x3FC0, 0xC000, 0x0000, 0x7F80};
+    const float want[4] = {1.5f, -2.0f, 0.0f, INFINITY};
+    size_t shape[2] = {2, 2};
+    char err[256];
+    float row[4];
+    uint8_t head[128];
+    kt_writer w;
+    kt_array a;
+    (void)state;
+    assert_int_equal(kt_writer_begin_as(&w, at("h16.npy"), KT_F16, 2, shape, err, sizeof err), 0);
+    assert_int_equal(kt_writer_append(&w, want, 1, err, sizeof err), -1); /* fp32 into a 2-byte array */
+    assert_int_equal(kt_writer_append_u16(&w, f16, 4, err, sizeof err), 0);
+    assert_int_equal(kt_writer_append_u16(&w, f16, 1, err, sizeof err), -1);
+    assert_int_equal(kt_writer_commit(&w, err, sizeof err), 0);
+    open_ok(at("h16.npy"), &a);
+    assert_int_equal(a.dtype, KT_F16);
+    assert_int_equal(a.rows, 2);
+    assert_int_equal(a.cols, 2);
+    kt_rows_f32(&a, 0, 2, row);
+    assert_memory_equal(row, want, sizeof row);
+    assert_memory_equal(a.data, "\x00\x3e\x00\xc0", 4); /* little-endian */
+    kt_close(&a);
+
+    assert_int_equal(kt_writer_begin_as(&w, at("hbf.npy"), KT_BF16, 2, shape, err, sizeof err), 0);
+    assert_int_equal(kt_writer_append_u16(&w, bf16, 4, err, sizeof err), 0);
+    assert_int_equal(kt_writer_commit(&w, err, sizeof err), 0);
+    FILE *f = fopen(at("hbf.npy"), "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(head, 1, sizeof head, f), sizeof head);
+    fclose(f);
+    assert_non_null(strstr((const char *)head + 10, "'descr': '<u2'"));
+    open_ok(at("hbf.npy"), &a);
+    assert_int_equal(a.dtype, KT_U16);
+    kt_rows_f32(&a, 0, 2, row);
+    assert_memory_equal(row, want, sizeof row);
+    kt_close(&a);
+
+    assert_int_equal(kt_writer_begin(&w, at("f4.npy"), 2, shape, err, sizeof err), 0);
+    assert_int_equal(kt_writer_append_u16(&w, f16, 4, err, sizeof err), -1); /* 2-byte into fp32 */
+    kt_writer_abort(&w);
+    assert_int_equal(kt_writer_begin_as(&w, at("i4.npy"), KT_I32, 2, shape, err, sizeof err), -1);
+    assert_int_equal(count_files_with(".tmp."), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -803,6 +852,7 @@ int main(void)
         cmocka_unit_test(test_paths),
         cmocka_unit_test(test_write_round_trip),
         cmocka_unit_test(test_writer_streaming),
+        cmocka_unit_test(test_writer_half),
     };
     return cmocka_run_group_tests(tests, make_dir, remove_dir);
 }

@@ -1195,12 +1195,12 @@ int kt_labels_i32(const kt_array *a, size_t row0, size_t n, int32_t *dst, char *
 /* ---------------------------------------------------------------------------------------------------- */
 /* Writing */
 
-/* A version 1.0 header for little-endian float32 in C order, padded with spaces so that the data start
+/* A version 1.0 header for little-endian `descr` in C order, padded with spaces so that the data start
  * on a multiple of 64 bytes, as numpy writes it. Returns the total length. */
-static size_t npy_write_header(char *hdr, size_t cap, size_t ndim, const size_t *shape)
+static size_t npy_write_header(char *hdr, size_t cap, const char *descr, size_t ndim, const size_t *shape)
 {
     size_t i, len, total, pad;
-    len = (size_t)snprintf(hdr + 10, cap - 10, "{'descr': '<f4', 'fortran_order': False, 'shape': (");
+    len = (size_t)snprintf(hdr + 10, cap - 10, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
     for (i = 0; i < ndim; i++)
         len += (size_t)snprintf(hdr + 10 + len, cap - 10 - len, "%s%zu", i ? ", " : "", shape[i]);
     len += (size_t)snprintf(hdr + 10 + len, cap - 10 - len, "%s), }", ndim == 1 ? "," : "");
@@ -1224,11 +1224,26 @@ static void writer_free(kt_writer *w)
 
 int kt_writer_begin(kt_writer *w, const char *path, size_t ndim, const size_t *shape, char *err, size_t err_len)
 {
+    return kt_writer_begin_as(w, path, KT_F32, ndim, shape, err, err_len);
+}
+
+int kt_writer_begin_as(kt_writer *w, const char *path, kt_dtype dtype, size_t ndim, const size_t *shape, char *err,
+                       size_t err_len)
+{
     char hdr[512]; /* 8 dims of 20 digits: under 300 bytes */
-    size_t i, count = 1, bytes, hlen;
+    size_t i, count = 1, bytes, hlen, elem_size;
+    const char *descr;
     FILE *f = NULL;
 
     memset(w, 0, sizeof *w);
+    switch (dtype) {
+    case KT_F32: descr = "<f4", elem_size = 4; break;
+    case KT_F16: descr = "<f2", elem_size = 2; break;
+    case KT_BF16: descr = "<u2", elem_size = 2; break; /* NumPy has no bfloat16: its bits as uint16 */
+    default:
+        set_err(err, err_len, "%s: the writer takes f32, f16 or bf16 elements", path ? path : "(null)");
+        goto fail;
+    }
     if (!path || ndim < 1 || ndim > KT_MAX_DIMS || !shape) {
         set_err(err, err_len, "%s: cannot write an array of %zu dimensions", path ? path : "(null)", ndim);
         goto fail;
@@ -1237,7 +1252,7 @@ int kt_writer_begin(kt_writer *w, const char *path, size_t ndim, const size_t *s
         if (mul_size(count, shape[i], &count) != 0)
             break;
     }
-    if (i < ndim || mul_size(count, sizeof(float), &bytes) != 0) {
+    if (i < ndim || mul_size(count, elem_size, &bytes) != 0) {
         set_err(err, err_len, "%s: shape overflows size_t", path);
         goto fail;
     }
@@ -1257,12 +1272,13 @@ int kt_writer_begin(kt_writer *w, const char *path, size_t ndim, const size_t *s
         goto fail;
     }
     w->file = f;
-    hlen = npy_write_header(hdr, sizeof hdr, ndim, shape);
+    hlen = npy_write_header(hdr, sizeof hdr, descr, ndim, shape);
     if (fwrite(hdr, 1, hlen, f) != hlen) {
         set_err(err, err_len, "%s: write failed: %s", w->tmp_path, strerror(errno));
         goto fail;
     }
     w->expected = count;
+    w->elem_size = elem_size;
     return 0;
 fail:
     kt_writer_abort(w);
@@ -1273,6 +1289,11 @@ int kt_writer_append(kt_writer *w, const float *data, size_t n, char *err, size_
 {
     if (!w->file) {
         set_err(err, err_len, "writer is not open");
+        return -1;
+    }
+    if (w->elem_size != 4) {
+        set_err(err, err_len, "%s: float32 elements appended to an array of %zu-byte elements", w->final_path,
+                w->elem_size);
         return -1;
     }
     if (n > w->expected - w->written) {
@@ -1306,6 +1327,37 @@ int kt_writer_append(kt_writer *w, const float *data, size_t n, char *err, size_
         }
     }
 #endif
+    w->written += n;
+    return 0;
+}
+
+int kt_writer_append_u16(kt_writer *w, const uint16_t *data, size_t n, char *err, size_t err_len)
+{
+    uint8_t le[4096];
+    size_t i, j;
+    if (!w->file) {
+        set_err(err, err_len, "writer is not open");
+        return -1;
+    }
+    if (w->elem_size != 2) {
+        set_err(err, err_len, "%s: 2-byte elements appended to an array of %zu-byte elements", w->final_path,
+                w->elem_size);
+        return -1;
+    }
+    if (n > w->expected - w->written) {
+        set_err(err, err_len, "%s: appending %zu elements would exceed the %zu the shape announced (%zu written)",
+                w->final_path, n, w->expected, w->written);
+        return -1;
+    }
+    for (i = 0; i < n; i += sizeof le / 2) {
+        size_t m = n - i < sizeof le / 2 ? n - i : sizeof le / 2;
+        for (j = 0; j < m; j++)
+            le[2 * j] = (uint8_t)data[i + j], le[2 * j + 1] = (uint8_t)(data[i + j] >> 8);
+        if (fwrite(le, 2, m, w->file) != m) {
+            set_err(err, err_len, "%s: write failed: %s", w->tmp_path, strerror(errno));
+            return -1;
+        }
+    }
     w->written += n;
     return 0;
 }

@@ -62,10 +62,18 @@ typedef struct kt_writer {
     char *final_path;
     size_t expected; /* elements announced in the header */
     size_t written;
+    size_t elem_size; /* bytes per element: 4 (f32) or 2 (f16, bf16) */
 } kt_writer;
 
+/* kt_writer_begin writes float32 ('<f4'); kt_writer_begin_as also KT_F16 ('<f2') and KT_BF16, stored as
+ * '<u2' (NumPy has no bfloat16; the readers take '<u2' as bf16 when told so, and NumPy users view the
+ * uint16 bits as bf16). kt_writer_append takes fp32 values for an f32 array, kt_writer_append_u16 the bits
+ * of 2-byte elements (host order; written little-endian) for the others. */
 int kt_writer_begin(kt_writer *w, const char *path, size_t ndim, const size_t *shape, char *err, size_t err_len);
+int kt_writer_begin_as(kt_writer *w, const char *path, kt_dtype dtype, size_t ndim, const size_t *shape, char *err,
+                       size_t err_len);
 int kt_writer_append(kt_writer *w, const float *data, size_t n, char *err, size_t err_len);
+int kt_writer_append_u16(kt_writer *w, const uint16_t *data, size_t n, char *err, size_t err_len);
 int kt_writer_commit(kt_writer *w, char *err, size_t err_len); /* fails if fewer elements than announced */
 void kt_writer_abort(kt_writer *w);
 

@@ -2,9 +2,10 @@
  * files (or the built-in sample), streamed through the device in chunks of rows.
  *
  * Why chunks: the inputs are memory-mapped and may be larger than RAM and than device memory. Each chunk
- * is widened to fp32 on the host where needed, uploaded once, and every requested loss runs over it with
- * reduction none; the tool then reduces the per-row values itself, in double and in row order, so the
- * result does not depend on the chunk size. */
+ * is uploaded once as it is stored (fp16 and bf16 stay 2 bytes: the kernels widen them exactly, so the host
+ * moves and holds half the bytes), and every requested loss runs over it with reduction none; the tool then
+ * reduces the per-row values itself, in double and in row order, so the result does not depend on the
+ * chunk size. Only a big-endian host widens to fp32 on the host (the files are little-endian). */
 #define _POSIX_C_SOURCE 200809L /* sigaction, strndup, isatty */
 
 #include "arrays.h"
@@ -26,7 +27,7 @@
 enum {
     MAX_LOSSES = KLCL_LOSS_COUNT,
     VERIFY_ROWS = 16,
-    CHUNK_BUDGET_BYTES = 256 << 20 /* teacher + student + gradient of one chunk, as fp32 */
+    CHUNK_BUDGET_BYTES = 256 << 20 /* teacher + student (as uploaded) + fp32 gradient of one chunk */
 };
 
 /* In parts: ISO C only promises string literals of 4095 characters. */
@@ -41,11 +42,18 @@ static const char *const usage_text[] = {
     "  --teacher FILE        teacher logits: .npy (fp32, fp16; bf16 with --bf16) or .safetensors (F32, F16,\n"
     "                        BF16); FILE:NAME picks a tensor of a .safetensors file (else it must hold one).\n"
     "                        Shape [N, V] or [B, T, V] (N = B*T rows). Optional for --loss ce alone.\n"
-    "  --student FILE        student logits, same rows and width as the teacher\n"
+    "  --student FILE        student logits, same rows as the teacher; fp32, fp16 or bf16 independently of\n"
+    "                        the teacher's type (half precision is uploaded as it is and widened exactly on\n"
+    "                        the device)\n"
     "  --labels FILE         int32 or int64 labels, N values (shape [N] or [B, T]); rows labelled\n"
     "                        --ignore-index are skipped by every loss\n"
     "  --bf16                read 2-byte .npy arrays without a float type ('<u2', '|V2') as bfloat16\n"
-    "  --vocab-policy truncate  accepted for equal widths; mismatched vocabularies are not supported yet\n"
+    "  --vocab-policy P      teacher and student of different widths V_t != V_s (an error without it):\n"
+    "                        truncate uses the first min(V_t, V_s) columns of both, renormalised; pad gives\n"
+    "                        the narrower side's missing columns probability 0. Labels must lie in [0, V_s),\n"
+    "                        and in [0, min(V_t, V_s)) under truncate. Outputs have the student's width\n"
+    "  --teacher-logprobs    the teacher file holds log-probabilities (log-softmax output): at tau 1 without\n"
+    "                        softcap they are used as log p with no second normalisation\n"
     "\n"
     "losses (defaults from docs/LOSSES.md)\n"
     "  --loss NAME[,NAME]    kl rkl soft_ce ce jsd skl srkl tvd kd; repeatable, computed in one pass over\n"
@@ -64,8 +72,10 @@ static const char *const usage_text[] = {
     "running\n"
     "  --device SPEC         P:D, cpu (the double-precision reference), opencl, or a device name substring\n"
     "                        (default: KLCL_DEVICE, else the first GPU, else the first device; klcl devices)\n"
-    "  --chunk-rows N        rows per chunk (default: a chunk's teacher, student and gradient in ~256 MiB)\n"
-    "  --verify              compare up to 16 rows spread over the input with the CPU reference\n"
+    "  --chunk-rows N        rows per chunk (default: a chunk's teacher and student as stored and its fp32\n"
+    "                        gradient in ~256 MiB)\n"
+    "  --verify              compare up to 16 rows spread over the input with the CPU reference, run on\n"
+    "                        the same rows as stored (dtypes, widths, --vocab-policy, --teacher-logprobs)\n"
     "                        (tolerance 1e-5 * max(1, |reference|)); when one is out of tolerance: exit 3\n"
     "                        and no output file\n"
     "\n"
@@ -73,8 +83,10 @@ static const char *const usage_text[] = {
     "  --json                print the summary as one JSON object instead of text\n"
     "  --per-row FILE.npy    float32 per-row values after scale (skipped rows 0): shape [N], or [N, losses]\n"
     "                        in --loss order\n",
-    "  --grad FILE.npy       float32 gradient of the reduced loss with respect to the student logits, [N, V];\n"
+    "  --grad FILE.npy       gradient of the reduced loss with respect to the student logits, [N, V_s];\n"
     "                        exactly one --loss. Reduction none gives each row's own gradient\n"
+    "  --grad-dtype T        f32 (default, '<f4'), f16 ('<f2') or bf16 (stored as '<u2', the bfloat16 bits;\n"
+    "                        read back with --bf16): computed in fp32 and rounded once, to nearest even\n"
     "  --quiet               no progress bar and no text summary (--json still prints)\n"
     "\n"
     "Output files are written under a temporary name and renamed at the end: a failed or interrupted run\n"
@@ -82,15 +94,17 @@ static const char *const usage_text[] = {
     "few listed), their values are NaN, and the reduced value follows IEEE arithmetic (printed \"nan\").\n"
     "\n"
     "JSON: top-level klcl_version, device, device_spec, reference, sample, teacher, student, labels,\n"
-    "teacher_dtype, student_dtype, labels_dtype, teacher_shape, student_shape, labels_shape, rows, vocab,\n"
-    "chunk_rows, chunks, seconds, setup_seconds,\n"
+    "teacher_dtype, student_dtype, labels_dtype, teacher_shape, student_shape, labels_shape, rows, vocab (the\n"
+    "student's width), teacher_vocab, student_vocab, chunk_rows, chunks, seconds, setup_seconds,\n"
     "rows_per_second, gb_per_second, reduction, options{temperature, softcap, scale, beta, lambda, alpha,\n"
-    "label_smoothing, z_loss, ignore_index}, losses[], metrics{LOSS: {value, value_is, reduction, rows_used,\n"
-    "rows_skipped, nonfinite_rows, first_nonfinite[], finite_rows, percentiles{p0, p5, p50, p95, p100},\n"
-    "histogram{lo, hi, counts[10]}, verify{rows, max_rel_err, ok} or null}}, metrics_from, teacher_entropy,\n"
-    "student_entropy, top1_agreement, accuracy, verify_ok, per_row_file, grad_file. JSON has no NaN or\n"
-    "infinity: such numbers are written as null (value_is then says \"nan\", \"inf\" or \"-inf\"), and so are\n"
-    "metrics that are not defined (accuracy without labels, entropies when no row qualifies).\n"
+    "label_smoothing, z_loss, ignore_index, vocab_policy, teacher_logprobs}, losses[], metrics{LOSS: {value,\n"
+    "value_is, reduction, rows_used, rows_skipped, nonfinite_rows, first_nonfinite[], finite_rows,\n"
+    "percentiles{p0, p5, p50, p95, p100}, histogram{lo, hi, counts[10]}, verify{rows, max_rel_err, ok} or\n"
+    "null}}, metrics_from, teacher_entropy, student_entropy, top1_agreement, accuracy, verify_ok,\n"
+    "per_row_file, grad_file, grad_dtype. teacher_vocab is null without a teacher, vocab_policy without\n"
+    "--vocab-policy, grad_dtype without --grad. JSON has no NaN or infinity: such numbers are written as\n"
+    "null (value_is then says \"nan\", \"inf\" or \"-inf\"), and so are metrics that are not defined (accuracy\n"
+    "without labels, entropies when no row qualifies).\n"
     "\n"
     "exit status: 0 success, 1 out of memory or an output failing part-way, 2 bad usage or input (an\n"
     "output that cannot be created included),\n"
@@ -101,13 +115,16 @@ static const char *const usage_text[] = {
 /* State                                                                                                    */
 
 typedef struct eval_opts {
-    const char *teacher, *student, *labels, *device, *per_row, *grad, *vocab_policy;
+    const char *teacher, *student, *labels, *device, *per_row, *grad;
+    const char *vocab_policy; /* as given, or NULL; desc.vocab_policy holds its value */
+    const char *grad_dtype_name; /* as given, or NULL */
+    klcl_dtype grad_dtype;
     klcl_loss losses[MAX_LOSSES];
     size_t loss_count;
     klcl_loss_desc desc; /* the shared parameters; loss and reduction are set per call */
     klcl_reduction reduction;
     size_t chunk_rows; /* 0: automatic */
-    int bf16, verify, json, quiet, help;
+    int bf16, teacher_logprobs, verify, json, quiet, help;
 } eval_opts;
 
 /* What one loss has accumulated over the chunks. */
@@ -128,17 +145,28 @@ typedef struct eval_state {
     kt_array teacher, student, labels_file, labels; /* labels: a 1-D view of labels_file */
     int have_teacher, have_labels;
     sample *smp;
-    size_t rows, vocab;
+    size_t rows, vocab, teacher_vocab; /* vocab: the student's width V_s; teacher_vocab: V_t */
+    size_t label_limit;                /* labels lie in [0, label_limit): the columns the loss uses */
     const char *teacher_dtype, *student_dtype, *labels_dtype;
     char teacher_shape[160], student_shape[160], labels_shape[160];
     size_t teacher_elem, student_elem; /* bytes per stored logit */
+    /* What the library gets: the stored type, or fp32 widened on the host (the sample, a big-endian host). */
+    klcl_dtype teacher_cl, student_cl;
+    int teacher_widen, student_widen;
 
     klcl_context *ctx;
+    klcl_context *ref_ctx; /* --verify: the CPU reference */
     int on_device;
     cl_mem mem_teacher, mem_student, mem_labels;
     size_t chunk;
-    float *teacher_buf, *student_buf, *grad_buf, *row_loss, *per_row_buf;
+    void *teacher_buf, *student_buf; /* chunk copies when the map cannot be handed over as it is */
+    float *grad_buf, *row_loss, *per_row_buf;
+    uint16_t *grad_half; /* --grad-dtype f16 or bf16: the chunk's gradient rounded for the file */
     int32_t *label_buf;
+    void *verify_teacher, *verify_student; /* the sampled rows of a chunk, as the library got them */
+    int32_t *verify_labels;
+    float *verify_row_loss;
+    size_t verify_index[VERIFY_ROWS];
 
     size_t skipped_total;
     float grad_factor;
@@ -186,9 +214,9 @@ static int exit_for_status(klcl_status st)
 /* Options                                                                                                  */
 
 typedef enum opt_id {
-    O_TEACHER, O_STUDENT, O_LABELS, O_BF16, O_VOCAB_POLICY, O_LOSS, O_TEMPERATURE, O_SOFTCAP, O_SCALE, O_BETA,
-    O_LAMBDA, O_ALPHA, O_LABEL_SMOOTHING, O_Z_LOSS, O_REDUCTION, O_IGNORE_INDEX, O_DEVICE, O_CHUNK_ROWS,
-    O_VERIFY, O_JSON, O_PER_ROW, O_GRAD, O_QUIET, O_HELP
+    O_TEACHER, O_STUDENT, O_LABELS, O_BF16, O_VOCAB_POLICY, O_TEACHER_LOGPROBS, O_LOSS, O_TEMPERATURE, O_SOFTCAP,
+    O_SCALE, O_BETA, O_LAMBDA, O_ALPHA, O_LABEL_SMOOTHING, O_Z_LOSS, O_REDUCTION, O_IGNORE_INDEX, O_DEVICE,
+    O_CHUNK_ROWS, O_VERIFY, O_JSON, O_PER_ROW, O_GRAD, O_GRAD_DTYPE, O_QUIET, O_HELP
 } opt_id;
 
 static const struct {
@@ -201,6 +229,7 @@ static const struct {
     {"--labels", O_LABELS, 1},
     {"--bf16", O_BF16, 0},
     {"--vocab-policy", O_VOCAB_POLICY, 1},
+    {"--teacher-logprobs", O_TEACHER_LOGPROBS, 0},
     {"--loss", O_LOSS, 1},
     {"--temperature", O_TEMPERATURE, 1},
     {"--tau", O_TEMPERATURE, 1},
@@ -219,6 +248,7 @@ static const struct {
     {"--json", O_JSON, 0},
     {"--per-row", O_PER_ROW, 1},
     {"--grad", O_GRAD, 1},
+    {"--grad-dtype", O_GRAD_DTYPE, 1},
     {"--quiet", O_QUIET, 0},
     {"--help", O_HELP, 0},
     {"-h", O_HELP, 0},
@@ -294,7 +324,16 @@ static int parse_options(int argc, char **argv, eval_opts *o)
         case O_STUDENT: o->student = val; break;
         case O_LABELS: o->labels = val; break;
         case O_BF16: o->bf16 = 1; break;
-        case O_VOCAB_POLICY: o->vocab_policy = val; break;
+        case O_VOCAB_POLICY:
+            o->vocab_policy = val;
+            if (!strcmp(val, "truncate"))
+                o->desc.vocab_policy = KLCL_VOCAB_TRUNCATE;
+            else if (!strcmp(val, "pad"))
+                o->desc.vocab_policy = KLCL_VOCAB_PAD;
+            else
+                rc = fail(EXIT_USAGE, "--vocab-policy '%s': expected truncate or pad", val);
+            break;
+        case O_TEACHER_LOGPROBS: o->teacher_logprobs = 1; break;
         case O_LOSS: rc = add_losses(o, val); break;
         case O_TEMPERATURE:
             rc = float_option(opt, val, 0.0, FLT_MAX, 1, &o->desc.tau);
@@ -320,14 +359,24 @@ static int parse_options(int argc, char **argv, eval_opts *o)
         case O_JSON: o->json = 1; break;
         case O_PER_ROW: o->per_row = val; break;
         case O_GRAD: o->grad = val; break;
+        case O_GRAD_DTYPE:
+            o->grad_dtype_name = val;
+            if (!strcmp(val, "f32"))
+                o->grad_dtype = KLCL_DTYPE_F32;
+            else if (!strcmp(val, "f16"))
+                o->grad_dtype = KLCL_DTYPE_F16;
+            else if (!strcmp(val, "bf16"))
+                o->grad_dtype = KLCL_DTYPE_BF16;
+            else
+                rc = fail(EXIT_USAGE, "--grad-dtype '%s': expected f32, f16 or bf16", val);
+            break;
         case O_QUIET: o->quiet = 1; break;
         case O_HELP: o->help = 1; break;
         }
         if (rc) return rc;
     }
-    if (o->vocab_policy && strcmp(o->vocab_policy, "truncate") != 0)
-        return fail(EXIT_USAGE, "--vocab-policy %s: vocabulary mismatch is not supported yet; only 'truncate' is "
-                                "accepted, for inputs of equal width", o->vocab_policy);
+    if (o->grad_dtype_name && !o->grad)
+        return fail(EXIT_USAGE, "--grad-dtype %s needs --grad FILE.npy", o->grad_dtype_name);
     return 0;
 }
 
@@ -388,6 +437,15 @@ static int check_logits(const char *opt, const char *path, const kt_array *a, in
     return 0;
 }
 
+/* The type the library gets for a logits file: as stored, the files being little-endian, except on a
+ * big-endian host, where rows are widened to fp32 on the host. */
+static void upload_type(const kt_array *a, klcl_dtype *dtype, int *widen)
+{
+    const uint16_t one = 1;
+    *widen = *(const uint8_t *)&one != 1;
+    *dtype = *widen || a->dtype == KT_F32 ? KLCL_DTYPE_F32 : a->dtype == KT_F16 ? KLCL_DTYPE_F16 : KLCL_DTYPE_BF16;
+}
+
 static int open_inputs(eval_state *s)
 {
     eval_opts *o = &s->o;
@@ -407,6 +465,11 @@ static int open_inputs(eval_state *s)
         snprintf(s->student_shape, sizeof s->student_shape, "[%d, %d]", SAMPLE_ROWS, SAMPLE_VOCAB);
         snprintf(s->labels_shape, sizeof s->labels_shape, "[%d]", SAMPLE_ROWS);
         s->teacher_elem = s->student_elem = sizeof(float);
+        s->teacher_vocab = s->label_limit = SAMPLE_VOCAB;
+        s->teacher_cl = s->student_cl = KLCL_DTYPE_F32;
+        s->teacher_widen = s->student_widen = 1; /* generated into fp32 buffers */
+        if (o->teacher_logprobs)
+            return fail(EXIT_USAGE, "--teacher-logprobs needs --teacher (the built-in sample's teacher holds logits)");
         return 0;
     }
     if (!o->student) return fail(EXIT_USAGE, "--student is missing (--teacher was given)");
@@ -415,6 +478,8 @@ static int open_inputs(eval_state *s)
     s->rows = s->student.rows;
     s->vocab = s->student.cols;
     s->student_elem = s->student.elem_size;
+    s->teacher_vocab = s->label_limit = s->vocab;
+    upload_type(&s->student, &s->student_cl, &s->student_widen);
     shape_text(&s->student, s->student_shape, sizeof s->student_shape);
     if (o->teacher) {
         if ((rc = open_array("--teacher", o->teacher, &s->teacher))) return rc;
@@ -426,10 +491,19 @@ static int open_inputs(eval_state *s)
             return fail(EXIT_USAGE, "--teacher %s has %zu rows (shape %s) but --student %s has %zu (shape %s)",
                         o->teacher, s->teacher.rows, shape_text(&s->teacher, shape_a, sizeof shape_a), o->student,
                         s->rows, shape_text(&s->student, shape_b, sizeof shape_b));
-        if (s->teacher.cols != s->vocab)
-            return fail(EXIT_USAGE, "--teacher %s has vocabulary %zu but --student %s has %zu: vocabulary mismatch "
-                                    "is not supported yet (--vocab-policy truncate needs equal widths)",
-                        o->teacher, s->teacher.cols, o->student, s->vocab);
+        s->teacher_vocab = s->teacher.cols;
+        upload_type(&s->teacher, &s->teacher_cl, &s->teacher_widen);
+        /* Matching heads of different widths silently would change the loss; the user says how. */
+        if (s->teacher_vocab != s->vocab && !o->vocab_policy)
+            return fail(EXIT_USAGE, "--teacher %s has vocabulary %zu but --student %s has %zu: choose "
+                                    "--vocab-policy truncate (both use the first %zu columns) or --vocab-policy pad "
+                                    "(the narrower side's missing columns get probability 0)",
+                        o->teacher, s->teacher_vocab, o->student, s->vocab,
+                        s->teacher_vocab < s->vocab ? s->teacher_vocab : s->vocab);
+        if (o->desc.vocab_policy == KLCL_VOCAB_TRUNCATE && s->teacher_vocab < s->vocab)
+            s->label_limit = s->teacher_vocab;
+    } else if (o->teacher_logprobs) {
+        return fail(EXIT_USAGE, "--teacher-logprobs needs --teacher");
     }
     if (o->labels) {
         if ((rc = open_array("--labels", o->labels, &s->labels_file))) return rc;
@@ -518,6 +592,12 @@ static int read_labels(eval_state *s, size_t row0, size_t n, int32_t *dst)
     return 0;
 }
 
+/* Why the label range is what it is, when the student's width is not the whole story. */
+static const char *label_limit_note(const eval_state *s)
+{
+    return s->label_limit < s->vocab ? " (--vocab-policy truncate uses the teacher's narrower width)" : "";
+}
+
 /* One pass over the labels before any logits are read: a label out of range fails the run at once rather
  * than after hours of work, and the count of skipped rows gives the gradient's denominator for mean. */
 static int scan_labels(eval_state *s)
@@ -531,10 +611,10 @@ static int scan_labels(eval_state *s)
             int32_t y = s->label_buf[i];
             if (y == ignore) {
                 s->skipped_total++;
-            } else if (y < 0 || (size_t)y >= s->vocab) {
+            } else if (y < 0 || (size_t)y >= s->label_limit) {
                 return fail(EXIT_USAGE, "--labels %s: row %zu has label %d, outside [0, %zu) and not --ignore-index "
-                                        "(%d)", s->o.labels ? s->o.labels : "(sample)", row0 + i, (int)y, s->vocab,
-                            (int)ignore);
+                                        "(%d)%s", s->o.labels ? s->o.labels : "(sample)", row0 + i, (int)y,
+                            s->label_limit, (int)ignore, label_limit_note(s));
             }
         }
     }
@@ -567,16 +647,30 @@ static int open_device(eval_state *s)
         return exit_for_status(st);
     }
     s->on_device = !klcl_context_is_reference(s->ctx);
+    if (s->o.verify) {
+        /* The reference as a context of its own: it takes the same batches (dtypes, widths, policy, log-prob
+         * teachers) as the device, so --verify covers all of them. */
+        klcl_context_options ro = KLCL_CONTEXT_OPTIONS_INIT;
+        ro.device = "cpu";
+        st = klcl_context_create(&ro, &s->ref_ctx);
+        if (st != KLCL_OK)
+            return fail(exit_for_status(st), "--verify: cannot open the CPU reference: %s", klcl_status_string(st));
+    }
     s->setup_seconds = now_seconds() - t0;
     return 0;
 }
 
-/* Rows per chunk: --chunk-rows, else what keeps a chunk's teacher, student and gradient (fp32) near
- * CHUNK_BUDGET_BYTES; never more than the device can allocate in one buffer. */
+/* Rows per chunk: --chunk-rows, else what keeps a chunk's teacher and student (as uploaded: 2 bytes a
+ * logit for fp16 and bf16) and its fp32 gradient near CHUNK_BUDGET_BYTES; never more than the device can
+ * allocate in one buffer. */
 static int choose_chunk(eval_state *s)
 {
-    const size_t row_bytes = s->vocab * sizeof(float);
-    size_t chunk = s->o.chunk_rows ? s->o.chunk_rows : CHUNK_BUDGET_BYTES / (3 * row_bytes);
+    const size_t teacher_row = s->have_teacher ? s->teacher_vocab * klcl_dtype_size(s->teacher_cl) : 0;
+    const size_t student_row = s->vocab * klcl_dtype_size(s->student_cl), grad_row = s->vocab * sizeof(float);
+    /* The widest buffer a chunk needs on the device, per row (a host gradient gets device scratch too). */
+    size_t row_bytes = teacher_row > student_row ? teacher_row : student_row;
+    if (s->o.grad && grad_row > row_bytes) row_bytes = grad_row;
+    size_t chunk = s->o.chunk_rows ? s->o.chunk_rows : CHUNK_BUDGET_BYTES / (teacher_row + student_row + grad_row);
     if (chunk < 1) chunk = 1;
     if (chunk > s->rows) chunk = s->rows;
     if (s->on_device) {
@@ -588,8 +682,8 @@ static int choose_chunk(eval_state *s)
         if (err != CL_SUCCESS) return fail(EXIT_DEVICE, "clGetDeviceInfo(CL_DEVICE_MAX_MEM_ALLOC_SIZE): %s",
                                            klcl_status_string(err));
         if (max_alloc < row_bytes)
-            return fail(EXIT_DEVICE, "one row of %zu logits (%zu bytes) is larger than the device's largest buffer "
-                                     "(%llu bytes)", s->vocab, row_bytes, (unsigned long long)max_alloc);
+            return fail(EXIT_DEVICE, "one row of logits (%zu bytes) is larger than the device's largest buffer "
+                                     "(%llu bytes)", row_bytes, (unsigned long long)max_alloc);
         size_t fit = (size_t)(max_alloc / row_bytes);
         if (chunk > fit) {
             if (s->o.chunk_rows)
@@ -623,22 +717,29 @@ static void prefetch_rows(const kt_array *a, size_t row0, size_t n)
     posix_madvise((void *)start, end - start, POSIX_MADV_WILLNEED);
 }
 
-/* Whether rows of `a` can be handed to the library straight from the map (fp32, float-aligned). */
-static int direct_f32(const kt_array *a)
+/* Whether rows of `a` can be handed to the library straight from the map: not widened on the host, and
+ * either uploaded by the tool (any address will do) or read on the host at an address aligned for the type. */
+static int direct(const eval_state *s, const kt_array *a, int widen)
 {
-    const uint16_t one = 1;
-    int little_endian = *(const uint8_t *)&one == 1; /* the file is little-endian; so must the host be */
-    return little_endian && a->dtype == KT_F32 && (uintptr_t)a->data % _Alignof(float) == 0;
+    return !widen && (s->on_device || (uintptr_t)a->data % a->elem_size == 0);
 }
 
 static int allocate(eval_state *s)
 {
-    const size_t chunk = s->chunk, V = s->vocab, L = s->o.loss_count;
+    const size_t chunk = s->chunk, V = s->vocab, VT = s->teacher_vocab, L = s->o.loss_count;
+    const size_t t_elem = klcl_dtype_size(s->teacher_cl), s_elem = klcl_dtype_size(s->student_cl);
     int failed = 0;
-    if (s->have_teacher && (s->smp || !direct_f32(&s->teacher)))
-        s->teacher_buf = alloc_or_null(chunk * V, sizeof(float), &failed);
-    if (s->smp || !direct_f32(&s->student)) s->student_buf = alloc_or_null(chunk * V, sizeof(float), &failed);
+    if (s->have_teacher && (s->smp || !direct(s, &s->teacher, s->teacher_widen)))
+        s->teacher_buf = alloc_or_null(chunk * VT, t_elem, &failed);
+    if (s->smp || !direct(s, &s->student, s->student_widen)) s->student_buf = alloc_or_null(chunk * V, s_elem, &failed);
     if (s->o.grad) s->grad_buf = alloc_or_null(chunk * V, sizeof(float), &failed);
+    if (s->o.grad && s->o.grad_dtype != KLCL_DTYPE_F32) s->grad_half = alloc_or_null(chunk * V, sizeof(uint16_t), &failed);
+    if (s->o.verify) {
+        if (s->have_teacher) s->verify_teacher = alloc_or_null(VERIFY_ROWS * VT, t_elem, &failed);
+        s->verify_student = alloc_or_null(VERIFY_ROWS * V, s_elem, &failed);
+        if (s->have_labels) s->verify_labels = alloc_or_null(VERIFY_ROWS, sizeof(int32_t), &failed);
+        s->verify_row_loss = alloc_or_null(VERIFY_ROWS, sizeof(float), &failed);
+    }
     if (s->have_labels) s->label_buf = alloc_or_null(chunk, sizeof(int32_t), &failed);
     s->row_loss = alloc_or_null(chunk * L, sizeof(float), &failed);
     if (s->o.per_row) s->per_row_buf = alloc_or_null(chunk * L, sizeof(float), &failed);
@@ -650,10 +751,10 @@ static int allocate(eval_state *s)
     cl_context clctx = klcl_context_cl_context(s->ctx);
     cl_int err = CL_SUCCESS;
     const char *what = "student";
-    s->mem_student = clCreateBuffer(clctx, CL_MEM_READ_ONLY, chunk * V * sizeof(float), NULL, &err);
+    s->mem_student = clCreateBuffer(clctx, CL_MEM_READ_ONLY, chunk * V * s_elem, NULL, &err);
     if (err == CL_SUCCESS && s->have_teacher) {
         what = "teacher";
-        s->mem_teacher = clCreateBuffer(clctx, CL_MEM_READ_ONLY, chunk * V * sizeof(float), NULL, &err);
+        s->mem_teacher = clCreateBuffer(clctx, CL_MEM_READ_ONLY, chunk * VT * t_elem, NULL, &err);
     }
     if (err == CL_SUCCESS && s->have_labels) {
         what = "labels";
@@ -676,7 +777,8 @@ static int begin_outputs(eval_state *s)
     }
     if (s->o.grad) {
         size_t shape[2] = {s->rows, s->vocab};
-        if (kt_writer_begin(&s->grad_writer, s->o.grad, 2, shape, err, sizeof err))
+        kt_dtype type = s->o.grad_dtype == KLCL_DTYPE_F16 ? KT_F16 : s->o.grad_dtype == KLCL_DTYPE_BF16 ? KT_BF16 : KT_F32;
+        if (kt_writer_begin_as(&s->grad_writer, s->o.grad, type, 2, shape, err, sizeof err))
             return fail(EXIT_USAGE, "--grad: %s", err);
         s->grad_state = 1;
     }
@@ -712,6 +814,12 @@ static void discard_outputs(eval_state *s)
 /* ---------------------------------------------------------------------------------------------------- */
 /* Streaming                                                                                                */
 
+/* Bytes of logits one row reads, as stored. */
+static size_t row_input_bytes(const eval_state *s)
+{
+    return (s->have_teacher ? s->teacher_vocab * s->teacher_elem : 0) + s->vocab * s->student_elem;
+}
+
 static void progress_draw(const eval_state *s, size_t done, double t0, int final)
 {
     static double last;
@@ -725,7 +833,7 @@ static void progress_draw(const eval_state *s, size_t done, double t0, int final
     enum { WIDTH = 24 };
     double elapsed = t - t0 > 1e-9 ? t - t0 : 1e-9, frac = (double)done / (double)s->rows;
     double rate = (double)done / elapsed;
-    double gbs = rate * (double)s->vocab * (double)(s->teacher_elem + s->student_elem) / 1e9;
+    double gbs = rate * (double)row_input_bytes(s) / 1e9;
     double eta = rate > 0.0 ? (double)(s->rows - done) / rate : 0.0;
     char bar[WIDTH + 1];
     size_t fill = (size_t)(frac * WIDTH);
@@ -736,12 +844,16 @@ static void progress_draw(const eval_state *s, size_t done, double t0, int final
     fflush(stderr);
 }
 
-/* Rows [row0, row0 + n) of a logits array as fp32: straight from the map when they are fp32 already,
- * else widened into buf. */
-static const float *logit_rows(const kt_array *a, size_t row0, size_t n, float *buf)
+/* Rows [row0, row0 + n) of a logits array as the library gets them: straight from the map (buf NULL), or
+ * copied into buf as stored (an unaligned map read on the host), or widened to fp32 into buf. */
+static const void *logit_rows(const kt_array *a, int widen, size_t row0, size_t n, void *buf)
 {
-    if (!buf) return (const float *)(const void *)a->data + row0 * a->cols;
-    kt_rows_f32(a, row0, n, buf);
+    const uint8_t *src = a->data + row0 * a->cols * a->elem_size;
+    if (!buf) return src;
+    if (widen)
+        kt_rows_f32(a, row0, n, buf);
+    else
+        memcpy(buf, src, n * a->cols * a->elem_size);
     return buf;
 }
 
@@ -764,9 +876,9 @@ static int compute_failed(eval_state *s, klcl_status st, klcl_loss loss, size_t 
     if (st == KLCL_ERR_LABEL_OUT_OF_RANGE && s->label_buf) {
         for (size_t i = 0; i < n; i++) {
             int32_t y = s->label_buf[i];
-            if (y != s->o.desc.ignore_index && (y < 0 || (size_t)y >= s->vocab))
-                return fail(EXIT_USAGE, "--labels: row %zu has label %d, outside [0, %zu) and not --ignore-index (%d)",
-                            row0 + i, (int)y, s->vocab, (int)s->o.desc.ignore_index);
+            if (y != s->o.desc.ignore_index && (y < 0 || (size_t)y >= s->label_limit))
+                return fail(EXIT_USAGE, "--labels: row %zu has label %d, outside [0, %zu) and not --ignore-index (%d)%s",
+                            row0 + i, (int)y, s->label_limit, (int)s->o.desc.ignore_index, label_limit_note(s));
         }
     }
     return fail(exit_for_status(st), "%s on rows %zu..%zu: %s: %s", klcl_loss_name(loss), row0, row0 + n - 1,
@@ -793,31 +905,59 @@ static void accumulate(eval_state *s, size_t l, const float *values, size_t row0
     }
 }
 
-/* --verify: the sampled rows of this chunk against klcl_reference_row (double precision). */
-static int verify_chunk(eval_state *s, const float *teacher, const float *student, size_t row0, size_t n)
+/* The parts of a batch every call on a chunk shares, whichever context runs it. */
+static klcl_batch batch_base(const eval_state *s, size_t n)
 {
+    klcl_batch b = KLCL_BATCH_INIT;
+    b.rows = n;
+    b.vocab = s->vocab;
+    b.teacher_vocab = s->teacher_vocab;
+    b.teacher_logprobs = s->o.teacher_logprobs;
+    return b;
+}
+
+/* --verify: the sampled rows of this chunk, as the device got them, through the CPU reference context
+ * (double precision, same dtypes, widths, policy and log-prob setting), against the device's values. */
+static int verify_chunk(eval_state *s, const void *teacher, const void *student, size_t row0, size_t n)
+{
+    const size_t t_row = s->teacher_vocab * klcl_dtype_size(s->teacher_cl);
+    const size_t s_row = s->vocab * klcl_dtype_size(s->student_cl);
+    size_t m = 0;
     for (size_t k = 0; k < s->verify_count; k++) {
         size_t row = s->verify_rows[k];
         if (row < row0 || row >= row0 + n) continue;
         size_t i = row - row0;
-        int32_t label = s->label_buf ? s->label_buf[i] : 0;
-        if (s->label_buf && label == s->o.desc.ignore_index) continue; /* skipped: nothing to compare */
-        for (size_t l = 0; l < s->o.loss_count; l++) {
-            klcl_loss_desc d = s->o.desc;
-            d.loss = s->o.losses[l];
-            d.reduction = KLCL_REDUCTION_NONE;
-            double ref;
-            klcl_status st = klcl_reference_row(&d, s->vocab, teacher ? teacher + i * s->vocab : NULL,
-                                                student + i * s->vocab, label, &ref, NULL, NULL, NULL);
-            if (st != KLCL_OK)
-                return fail(exit_for_status(st), "--verify: the reference failed on row %zu: %s", row,
-                            klcl_status_string(st));
-            double dev = s->row_loss[l * s->chunk + i], err;
+        if (s->label_buf && s->label_buf[i] == s->o.desc.ignore_index) continue; /* skipped: nothing to compare */
+        if (teacher) memcpy((char *)s->verify_teacher + m * t_row, (const char *)teacher + i * t_row, t_row);
+        memcpy((char *)s->verify_student + m * s_row, (const char *)student + i * s_row, s_row);
+        if (s->label_buf) s->verify_labels[m] = s->label_buf[i];
+        s->verify_index[m++] = i;
+    }
+    if (m == 0) return 0;
+    klcl_batch b = batch_base(s, m);
+    if (teacher) {
+        b.teacher = klcl_host_tensor(s->verify_teacher, 0);
+        b.teacher.dtype = s->teacher_cl;
+    }
+    b.student = klcl_host_tensor(s->verify_student, 0);
+    b.student.dtype = s->student_cl;
+    if (s->label_buf) b.labels = klcl_host_tensor(s->verify_labels, 0);
+    b.row_loss = klcl_host_tensor(s->verify_row_loss, 0);
+    for (size_t l = 0; l < s->o.loss_count; l++) {
+        klcl_loss_desc d = s->o.desc;
+        d.loss = s->o.losses[l];
+        d.reduction = KLCL_REDUCTION_NONE;
+        klcl_status st = klcl_compute(s->ref_ctx, &d, &b, NULL);
+        if (st != KLCL_OK)
+            return fail(exit_for_status(st), "--verify: the reference failed on rows %zu..%zu: %s: %s", row0,
+                        row0 + n - 1, klcl_status_string(st), klcl_last_error(s->ref_ctx));
+        loss_report *r = &s->acc[l].rep;
+        for (size_t j = 0; j < m; j++) {
+            double ref = s->verify_row_loss[j], dev = s->row_loss[l * s->chunk + s->verify_index[j]], err;
             if (!isfinite(ref) || !isfinite(dev)) /* NaN matches NaN, an infinity the same infinity */
                 err = (isnan(ref) && isnan(dev)) || ref == dev ? 0.0 : INFINITY;
             else
                 err = fabs(dev - ref) / (fabs(ref) > 1.0 ? fabs(ref) : 1.0);
-            loss_report *r = &s->acc[l].rep;
             r->verify_rows++;
             if (err > r->verify_max_err) r->verify_max_err = err;
         }
@@ -836,14 +976,14 @@ static int stream(eval_state *s)
         if (interrupted)
             return fail(EXIT_SIGNAL_BASE + (int)interrupted, "%s after %zu rows; no output written",
                         interrupted == SIGINT ? "interrupted" : "terminated", row0);
-        const float *teacher = NULL, *student;
+        const void *teacher = NULL, *student;
         if (s->smp) {
             sample_rows(s->smp, row0, n, s->teacher_buf, s->student_buf);
             teacher = s->teacher_buf;
             student = s->student_buf;
         } else {
-            if (s->have_teacher) teacher = logit_rows(&s->teacher, row0, n, s->teacher_buf);
-            student = logit_rows(&s->student, row0, n, s->student_buf);
+            if (s->have_teacher) teacher = logit_rows(&s->teacher, s->teacher_widen, row0, n, s->teacher_buf);
+            student = logit_rows(&s->student, s->student_widen, row0, n, s->student_buf);
         }
         if (row0 + n < s->rows) {
             size_t next = s->rows - (row0 + n) < s->chunk ? s->rows - (row0 + n) : s->chunk;
@@ -853,15 +993,14 @@ static int stream(eval_state *s)
         int rc = s->have_labels ? read_labels(s, row0, n, s->label_buf) : 0;
         if (rc) return rc;
 
-        klcl_batch b = KLCL_BATCH_INIT;
-        b.rows = n;
-        b.vocab = V;
+        klcl_batch b = batch_base(s, n);
         if (s->on_device) {
-            /* Uploaded once; every loss below reads the same buffers. */
-            cl_int e = clEnqueueWriteBuffer(q, s->mem_student, CL_TRUE, 0, n * V * sizeof(float), student, 0, NULL,
-                                            NULL);
+            /* Uploaded once, as stored; every loss below reads the same buffers. */
+            cl_int e = clEnqueueWriteBuffer(q, s->mem_student, CL_TRUE, 0, n * V * klcl_dtype_size(s->student_cl),
+                                            student, 0, NULL, NULL);
             if (e == CL_SUCCESS && teacher)
-                e = clEnqueueWriteBuffer(q, s->mem_teacher, CL_TRUE, 0, n * V * sizeof(float), teacher, 0, NULL, NULL);
+                e = clEnqueueWriteBuffer(q, s->mem_teacher, CL_TRUE, 0,
+                                         n * s->teacher_vocab * klcl_dtype_size(s->teacher_cl), teacher, 0, NULL, NULL);
             if (e == CL_SUCCESS && s->have_labels)
                 e = clEnqueueWriteBuffer(q, s->mem_labels, CL_TRUE, 0, n * sizeof(int32_t), s->label_buf, 0, NULL,
                                          NULL);
@@ -876,6 +1015,8 @@ static int stream(eval_state *s)
             if (teacher) b.teacher = klcl_host_tensor(teacher, 0);
             if (s->have_labels) b.labels = klcl_host_tensor(s->label_buf, 0);
         }
+        b.student.dtype = s->student_cl;
+        if (teacher) b.teacher.dtype = s->teacher_cl;
 
         for (size_t l = 0; l < L; l++) {
             klcl_loss_desc d = s->o.desc;
@@ -901,8 +1042,16 @@ static int stream(eval_state *s)
             /* Each row's own gradient, times the global 1/denominator (the same float for every chunk). */
             if (s->grad_factor != 1.0f)
                 for (size_t i = 0; i < n * V; i++) s->grad_buf[i] *= s->grad_factor;
-            if (kt_writer_append(&s->grad_writer, s->grad_buf, n * V, err, sizeof err))
-                return fail(EXIT_IO, "--grad: %s", err);
+            int werr;
+            if (s->grad_half) {
+                /* Rounded once, after the denominator: the library's own half gradient would be rounded
+                 * before it, and then again here. */
+                klcl_convert(s->grad_buf, KLCL_DTYPE_F32, s->grad_half, s->o.grad_dtype, n * V);
+                werr = kt_writer_append_u16(&s->grad_writer, s->grad_half, n * V, err, sizeof err);
+            } else {
+                werr = kt_writer_append(&s->grad_writer, s->grad_buf, n * V, err, sizeof err);
+            }
+            if (werr) return fail(EXIT_IO, "--grad: %s", err);
         }
         if (s->per_row_buf) {
             for (size_t i = 0; i < n; i++)
@@ -939,11 +1088,15 @@ static void finish_report(eval_state *s, eval_report *rep, loss_report *losses)
     rep->labels_shape = s->labels_shape;
     rep->rows = s->rows;
     rep->vocab = s->vocab;
+    rep->teacher_vocab = s->have_teacher ? s->teacher_vocab : 0;
+    rep->vocab_policy = s->o.vocab_policy;
+    rep->teacher_logprobs = s->o.teacher_logprobs;
+    rep->grad_dtype = s->o.grad ? klcl_dtype_name(s->o.grad_dtype) : NULL;
     rep->chunk_rows = s->chunk;
     rep->chunks = (s->rows + s->chunk - 1) / s->chunk;
     rep->seconds = s->seconds;
     rep->setup_seconds = s->setup_seconds;
-    rep->input_bytes = (double)s->rows * (double)s->vocab * (double)(s->teacher_elem + s->student_elem);
+    rep->input_bytes = (double)s->rows * (double)row_input_bytes(s);
     rep->desc = s->o.desc;
     rep->reduction = s->o.reduction;
     rep->loss_count = s->o.loss_count;
@@ -1036,12 +1189,18 @@ static void state_free(eval_state *s)
     if (s->mem_student) clReleaseMemObject(s->mem_student);
     if (s->mem_labels) clReleaseMemObject(s->mem_labels);
     klcl_context_destroy(s->ctx);
+    klcl_context_destroy(s->ref_ctx);
     free(s->teacher_buf);
     free(s->student_buf);
     free(s->grad_buf);
     free(s->row_loss);
     free(s->per_row_buf);
     free(s->label_buf);
+    free(s->grad_half);
+    free(s->verify_teacher);
+    free(s->verify_student);
+    free(s->verify_labels);
+    free(s->verify_row_loss);
     for (size_t l = 0; l < MAX_LOSSES; l++) free(s->acc[l].finite_values);
     sample_destroy(s->smp);
     kt_close(&s->teacher);

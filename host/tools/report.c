@@ -75,6 +75,7 @@ static void text_options(FILE *f, const eval_report *r)
         fprintf(f, ", label smoothing %g", (double)d->label_smoothing);
     if (has_loss(r, KLCL_LOSS_CE) && d->z_loss > 0.0f) fprintf(f, ", z-loss %g", (double)d->z_loss);
     if (r->labels || r->sample) fprintf(f, ", ignore index %d", (int)d->ignore_index);
+    if (r->teacher_logprobs) fprintf(f, ", teacher log-probabilities");
     fprintf(f, "\n");
 }
 
@@ -126,8 +127,11 @@ void report_text(FILE *f, const eval_report *r)
     if (r->labels_dtype)
         fprintf(f, "  labels    %s %s%s%s\n", r->labels_dtype, r->labels_shape, r->labels ? "  " : "",
                 r->labels ? r->labels : "");
-    fprintf(f, "  rows      %zu x vocabulary %zu, in %zu chunk%s of up to %zu rows\n", r->rows, r->vocab,
-            r->chunks, r->chunks == 1 ? "" : "s", r->chunk_rows);
+    fprintf(f, "  rows      %zu x vocabulary %zu", r->rows, r->vocab);
+    if (r->teacher_vocab && r->teacher_vocab != r->vocab)
+        fprintf(f, " (student; teacher %zu, --vocab-policy %s)", r->teacher_vocab,
+                r->vocab_policy ? r->vocab_policy : "?");
+    fprintf(f, ", in %zu chunk%s of up to %zu rows\n", r->chunks, r->chunks == 1 ? "" : "s", r->chunk_rows);
     text_options(f, r);
     double secs = r->seconds > 0.0 ? r->seconds : 1e-9;
     fprintf(f, "  time      %.3f s (+ %.3f s device setup): %.0f rows/s, %.3f GB/s of logits%s\n", r->seconds,
@@ -190,9 +194,13 @@ void report_text(FILE *f, const eval_report *r)
     if (r->per_row_path)
         fprintf(f, "wrote per-row values, float32 [%zu%s] (%s), to %s\n", r->rows, r->loss_count > 1 ? ", losses" : "",
                 r->loss_count > 1 ? "columns in --loss order" : "after scale; skipped rows 0", r->per_row_path);
-    if (r->grad_path)
-        fprintf(f, "wrote the gradient of %s with respect to the student logits, float32 [%zu, %zu], to %s\n",
-                klcl_loss_name(r->loss[0].loss), r->rows, r->vocab, r->grad_path);
+    if (r->grad_path) {
+        const char *type = !r->grad_dtype || !strcmp(r->grad_dtype, "f32") ? "float32"
+                           : !strcmp(r->grad_dtype, "f16")                 ? "float16"
+                                                                           : "bfloat16 (as uint16 bits)";
+        fprintf(f, "wrote the gradient of %s with respect to the student logits, %s [%zu, %zu], to %s\n",
+                klcl_loss_name(r->loss[0].loss), type, r->rows, r->vocab, r->grad_path);
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
@@ -307,8 +315,13 @@ void report_json(FILE *f, const eval_report *r)
     key_string(f, "labels_dtype", r->labels_dtype);
     fprintf(f, ",\n  \"teacher_shape\": %s,\n  \"student_shape\": %s,\n  \"labels_shape\": %s",
             r->teacher_dtype ? r->teacher_shape : "null", r->student_shape, r->labels_dtype ? r->labels_shape : "null");
-    fprintf(f, ",\n  \"rows\": %zu,\n  \"vocab\": %zu,\n  \"chunk_rows\": %zu,\n  \"chunks\": %zu,\n", r->rows, r->vocab,
-            r->chunk_rows, r->chunks);
+    fprintf(f, ",\n  \"rows\": %zu,\n  \"vocab\": %zu,\n  \"teacher_vocab\": ", r->rows, r->vocab);
+    if (r->teacher_vocab)
+        fprintf(f, "%zu", r->teacher_vocab);
+    else
+        fputs("null", f);
+    fprintf(f, ",\n  \"student_vocab\": %zu,\n  \"chunk_rows\": %zu,\n  \"chunks\": %zu,\n", r->vocab, r->chunk_rows,
+            r->chunks);
     fprintf(f, "  \"seconds\": ");
     json_number(f, r->seconds);
     key_number(f, "setup_seconds", r->setup_seconds);
@@ -327,7 +340,9 @@ void report_json(FILE *f, const eval_report *r)
         json_float(f, opts[i].value);
         fprintf(f, ", ");
     }
-    fprintf(f, "\"ignore_index\": %d},\n", (int)d->ignore_index);
+    fprintf(f, "\"ignore_index\": %d, \"vocab_policy\": ", (int)d->ignore_index);
+    json_string(f, r->vocab_policy);
+    fprintf(f, ", \"teacher_logprobs\": %s},\n", r->teacher_logprobs ? "true" : "false");
     fprintf(f, "  \"losses\": [");
     for (size_t l = 0; l < r->loss_count; l++) {
         fprintf(f, "%s", l ? ", " : "");
@@ -354,5 +369,6 @@ void report_json(FILE *f, const eval_report *r)
     }
     key_string(f, "per_row_file", r->per_row_path);
     key_string(f, "grad_file", r->grad_path);
+    key_string(f, "grad_dtype", r->grad_dtype);
     fprintf(f, "\n}\n");
 }

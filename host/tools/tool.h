@@ -74,7 +74,11 @@ typedef struct eval_report {
     int sample;
     const char *teacher_dtype, *student_dtype, *labels_dtype;
     const char *teacher_shape, *student_shape, *labels_shape; /* "[4096, 32000]" */
-    size_t rows, vocab, chunk_rows, chunks;
+    size_t rows, vocab, chunk_rows, chunks; /* vocab: the student's width */
+    size_t teacher_vocab;    /* the teacher's width; 0 without a teacher */
+    const char *vocab_policy; /* --vocab-policy as given, or NULL */
+    int teacher_logprobs;    /* --teacher-logprobs given */
+    const char *grad_dtype;  /* "f32", "f16", "bf16" with --grad; NULL without */
     double seconds, setup_seconds;
     double input_bytes;      /* bytes of logits read, as stored */
     klcl_loss_desc desc;     /* the options (loss field unused) */

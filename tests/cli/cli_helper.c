@@ -6,6 +6,12 @@
  *   cli_helper scaled A.npy B.npy K    A == (float)(B * (float)(1/K)) bit for bit: the global denominator
  *   cli_helper column A.npy J B.npy    column J of A ([N, L]) equals B ([N]) bit for bit
  *   cli_helper near X Y                |x - y| <= 1e-5 max(1, |y|) for two numbers
+ *   cli_helper leading A.npy B.npy     A ([N, Va]) is B ([N, Vb], Vb < Va) bit for bit in its first Vb
+ *                                      columns, and exactly 0 in the others
+ *   cli_helper affine A.npy B.npy S C  per-element A == S * B + C within 1e-5 max(1, |S * B + C|)
+ *   cli_helper rounded A.npy B.npy     A (float16 '<f2' or bfloat16 bits '<u2') is float32 B rounded to that
+ *                                      type: within half a unit in the last place of A's type, and A's
+ *                                      type is the one asked for
  *
  * NaN matches NaN and equal infinities match. Exit 0 when the check holds, 1 with a message otherwise. The
  * files klcl reads are written here byte by byte (little-endian), so the data do not depend on any library
@@ -230,11 +236,60 @@ static int make_inputs(const char *dir)
     write_labels(dir, "yint32.npy", "<i4", labels, N);
     st_tensor st16[] = {{"a", "F16", student, W_F16, 2, {N, V, 0}}, {"b", "F16", student, W_F16, 2, {N, V, 0}}};
     write_safetensors(dir, "two.safetensors", st16, 2);
+
+    /* Heads of different widths: W = V - K columns, and the same rows padded back to V by hand. */
+    enum { K = 8, W = V - K };
+    static float narrow_t[N * W], narrow_s[N * W], pad_t[N * V], pad_s[N * V];
+    for (int i = 0; i < N; i++)
+        for (int v = 0; v < V; v++) {
+            if (v < W) {
+                narrow_t[i * W + v] = teacher[i * V + v];
+                narrow_s[i * W + v] = student[i * V + v];
+            }
+            pad_t[i * V + v] = v < W ? teacher[i * V + v] : -INFINITY;
+            pad_s[i * V + v] = v < W ? student[i * V + v] : -INFINITY;
+        }
+    write_npy(dir, "tw.npy", "<f4", "(36, 992)", narrow_t, (size_t)N * W, W_F32);
+    write_npy(dir, "sw.npy", "<f4", "(36, 992)", narrow_s, (size_t)N * W, W_F32);
+    write_npy(dir, "tw16.npy", "<f2", "(36, 992)", narrow_t, (size_t)N * W, W_F16);
+    write_npy(dir, "swbf.npy", "<u2", "(36, 992)", narrow_s, (size_t)N * W, W_BF16);
+    write_npy(dir, "tpad.npy", "<f4", "(36, 1000)", pad_t, (size_t)N * V, W_F32);
+    write_npy(dir, "spad.npy", "<f4", "(36, 1000)", pad_s, (size_t)N * V, W_F32);
+    int64_t narrow_labels[N];
+    for (int i = 0; i < N; i++) narrow_labels[i] = labels[i] < 0 ? labels[i] : labels[i] % W;
+    write_labels(dir, "yw.npy", "<i8", narrow_labels, N);
+    narrow_labels[10] = W + 3; /* a column of the student only: fine under pad, out of range under truncate */
+    write_labels(dir, "yw_bad.npy", "<i8", narrow_labels, N);
+
+    /* Teacher log-probabilities (log-softmax in double), and the same shifted by log(1/2): a teacher whose
+     * probabilities sum to 1/2, which only a reader that takes them as they are can tell from logits. */
+    static float logp[N * V], logp_half[N * V];
+    for (int i = 0; i < N; i++) {
+        double m = -INFINITY, sum = 0.0;
+        for (int v = 0; v < V; v++) m = teacher[i * V + v] > m ? teacher[i * V + v] : m;
+        for (int v = 0; v < V; v++) sum += exp(teacher[i * V + v] - m);
+        for (int v = 0; v < V; v++) {
+            double lp = teacher[i * V + v] - m - log(sum);
+            logp[i * V + v] = (float)lp;
+            logp_half[i * V + v] = (float)(lp + log(0.5));
+        }
+    }
+    write_npy(dir, "tlogp.npy", "<f4", "(36, 1000)", logp, (size_t)N * V, W_F32);
+    write_npy(dir, "tlogp_half.npy", "<f4", "(36, 1000)", logp_half, (size_t)N * V, W_F32);
     return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* Reading what klcl writes: float32 .npy, version 1.0, C order                                             */
+/* Reading what klcl writes: float32, float16 or bfloat16 ('<u2') .npy, version 1.0, C order             */
+
+static float half_to_float(uint16_t h) /* written out here, independent of the library's conversions */
+{
+    int e = h >> 10 & 0x1f, m = h & 0x3ff;
+    float v = e == 0 ? ldexpf((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexpf((float)(m | 0x400), e - 25);
+    return h & 0x8000 ? -v : v;
+}
+
+static const char *read_descr = "<f4"; /* the type the next read_npy expects */
 
 static float *read_npy(const char *path, size_t *rows, size_t *cols)
 {
@@ -247,7 +302,9 @@ static float *read_npy(const char *path, size_t *rows, size_t *cols)
     if (hlen >= sizeof header || fread(header, 1, hlen, f) != hlen) goto bad;
     header[hlen] = '\0';
     const char *shape = strstr(header, "'shape': (");
-    if (!strstr(header, "'<f4'") || !strstr(header, "'fortran_order': False") || !shape) goto bad;
+    char want[16];
+    snprintf(want, sizeof want, "'%s'", read_descr);
+    if (!strstr(header, want) || !strstr(header, "'fortran_order': False") || !shape) goto bad;
     size_t dims[2] = {0, 1};
     int nd = 0;
     for (const char *p = shape + strlen("'shape': ("); *p != ')';) {
@@ -262,11 +319,27 @@ static float *read_npy(const char *path, size_t *rows, size_t *cols)
     *cols = dims[1];
     size_t count = *rows * *cols;
     x = malloc(count ? count * sizeof *x : 1);
-    if (!x || fread(x, sizeof *x, count, f) != count || fgetc(f) != EOF) goto bad;
+    if (!x) goto bad;
+    if (!strcmp(read_descr, "<f4")) {
+        if (fread(x, sizeof *x, count, f) != count) goto bad;
+    } else {
+        for (size_t i = 0; i < count; i++) {
+            int lo = fgetc(f), hi = fgetc(f);
+            if (lo == EOF || hi == EOF) goto bad;
+            uint16_t h = (uint16_t)(lo | hi << 8);
+            if (read_descr[1] == 'f') {
+                x[i] = half_to_float(h);
+            } else {
+                uint32_t b = (uint32_t)h << 16;
+                memcpy(&x[i], &b, 4);
+            }
+        }
+    }
+    if (fgetc(f) != EOF) goto bad;
     fclose(f);
     return x;
 bad:
-    fprintf(stderr, "cli_helper: %s: not a float32 .npy of the expected form\n", path);
+    fprintf(stderr, "cli_helper: %s: not a %s .npy of the expected form\n", path, read_descr);
     if (f) fclose(f);
     free(x);
     exit(1);
@@ -336,6 +409,81 @@ static int column(const char *pa, const char *j_text, const char *pb)
     return rc;
 }
 
+static int leading(const char *pa, const char *pb)
+{
+    size_t ra, ca, rb, cb;
+    float *a = read_npy(pa, &ra, &ca), *b = read_npy(pb, &rb, &cb);
+    int rc = ra != rb || cb >= ca;
+    if (rc) fprintf(stderr, "cli_helper: %s is %zu x %zu, %s is %zu x %zu\n", pa, ra, ca, pb, rb, cb);
+    for (size_t i = 0; !rc && i < ra; i++)
+        for (size_t v = 0; !rc && v < ca; v++) {
+            float want = v < cb ? b[i * cb + v] : 0.0f;
+            if (memcmp(&a[i * ca + v], &want, sizeof want) != 0 && !(v < cb && same(a[i * ca + v], want))) {
+                fprintf(stderr, "cli_helper: row %zu column %zu: %.9g, expected %.9g\n", i, v, (double)a[i * ca + v],
+                        (double)want);
+                rc = 1;
+            }
+        }
+    free(a);
+    free(b);
+    return rc;
+}
+
+static int affine(const char *pa, const char *pb, const char *s_text, const char *c_text)
+{
+    size_t ra, ca, rb, cb;
+    float *a = read_npy(pa, &ra, &ca), *b = read_npy(pb, &rb, &cb);
+    double scale = strtod(s_text, NULL), shift = strtod(c_text, NULL);
+    int rc = ra != rb || ca != cb;
+    for (size_t i = 0; !rc && i < ra * ca; i++) {
+        double want = scale * b[i] + shift;
+        if (!same(a[i], want) && !(fabs(a[i] - want) <= 1e-5 * (fabs(want) > 1.0 ? fabs(want) : 1.0))) {
+            fprintf(stderr, "cli_helper: element %zu: %.9g, expected %g * %.9g + %g = %.9g\n", i, (double)a[i], scale,
+                    (double)b[i], shift, want);
+            rc = 1;
+        }
+    }
+    free(a);
+    free(b);
+    return rc;
+}
+
+static int rounded(const char *pa, const char *pb)
+{
+    size_t ra, ca, rb, cb, nonzero = 0;
+    FILE *f = fopen(pa, "rb");
+    char head[256] = "";
+    if (f) {
+        size_t got = fread(head, 1, sizeof head - 1, f);
+        head[got] = '\0';
+        fclose(f);
+    }
+    int bf16 = strstr(head + 10, "'<u2'") != NULL; /* the dict starts after the magic and its NUL byte */
+    read_descr = bf16 ? "<u2" : "<f2";
+    float *a = read_npy(pa, &ra, &ca);
+    read_descr = "<f4";
+    float *b = read_npy(pb, &rb, &cb);
+    int rc = ra != rb || ca != cb;
+    /* Half a unit in the last place: 2^-11 relative for fp16 (2^-25 absolute among its subnormals), 2^-8
+     * relative for bf16. */
+    for (size_t i = 0; !rc && i < ra * ca; i++) {
+        double tol = bf16 ? ldexp(fabs(b[i]), -8) : ldexp(fabs(b[i]), -11) + ldexp(1.0, -25);
+        if (!same(a[i], b[i]) && !(fabs((double)a[i] - b[i]) <= tol)) {
+            fprintf(stderr, "cli_helper: element %zu: %.9g is not %.9g rounded to %s\n", i, (double)a[i], (double)b[i],
+                    bf16 ? "bf16" : "f16");
+            rc = 1;
+        }
+        nonzero += a[i] != 0.0f;
+    }
+    if (!rc && nonzero == 0) {
+        fprintf(stderr, "cli_helper: %s holds only zeros\n", pa);
+        rc = 1;
+    }
+    free(a);
+    free(b);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "inputs")) return make_inputs(argv[2]);
@@ -343,6 +491,9 @@ int main(int argc, char **argv)
     if (argc == 4 && !strcmp(argv[1], "close-grad")) return compare(argv[2], argv[3], 1);
     if (argc == 5 && !strcmp(argv[1], "scaled")) return scaled(argv[2], argv[3], argv[4]);
     if (argc == 5 && !strcmp(argv[1], "column")) return column(argv[2], argv[3], argv[4]);
+    if (argc == 6 && !strcmp(argv[1], "affine")) return affine(argv[2], argv[3], argv[4], argv[5]);
+    if (argc == 4 && !strcmp(argv[1], "rounded")) return rounded(argv[2], argv[3]);
+    if (argc == 4 && !strcmp(argv[1], "leading")) return leading(argv[2], argv[3]);
     if (argc == 4 && !strcmp(argv[1], "near")) {
         char *e1, *e2;
         double x = strtod(argv[2], &e1), y = strtod(argv[3], &e2);
@@ -355,6 +506,6 @@ int main(int argc, char **argv)
         return !ok;
     }
     fprintf(stderr, "usage: cli_helper inputs DIR | close A B | close-grad A B | scaled A B K | column A J B | "
-                    "near X Y\n");
+                    "near X Y | affine A B S C | rounded A B | leading A B\n");
     return 2;
 }

@@ -86,6 +86,9 @@ expect 0 "" --help
 grep -q "eval" "expect$n_expect.out" && ok || bad "--help does not mention eval"
 expect 0 "" eval --help
 grep -q -- "--chunk-rows" "expect$n_expect.out" && ok || bad "eval --help does not list --chunk-rows"
+for opt in --vocab-policy --teacher-logprobs --grad-dtype teacher_vocab student_vocab; do
+    grep -q -- "$opt" "expect$n_expect.out" && ok || bad "eval --help does not mention $opt"
+done
 expect 0 "" help eval
 expect 2 "unknown command" frobnicate
 expect 2 "usage"
@@ -162,6 +165,127 @@ same_as_base --teacher pair.safetensors:teacher --student pair.safetensors:stude
 same_as_base --teacher t.npy --student student16.safetensors --labels y.npy      # the only tensor
 [ "$(top variant2.out student_dtype)" = '"f16"' ] && ok || bad "fp16 input not reported as f16"
 
+echo "== fp16 and bf16 are uploaded as they are and widened on the device: the same bits as fp32"
+# The values are exact in all three types, and the library widens exactly: per-row values and gradients
+# must equal the fp32 run's bit for bit, in any mix of types, and --verify (the reference on the same
+# half-precision rows) must pass.
+run half-base eval "${IN[@]}" --loss jsd --per-row half-base.rows.npy --grad half-base.grad.npy
+[ "$rc" -eq 0 ] && ok || bad "fp32 run for the half-precision comparison exited $rc"
+for pair in "t16.npy s16.npy" "tbf.npy sbf.npy" "t16.npy sbf.npy" "t.npy s16.npy" "tbf.npy s.npy"; do
+    read -r tf sf <<<"$pair"
+    name="half-${tf%.npy}-${sf%.npy}"
+    run "$name" eval --teacher "$tf" --student "$sf" --labels y.npy --bf16 --loss jsd --verify --json --chunk-rows 7 \
+        --per-row "$name.rows.npy" --grad "$name.grad.npy"
+    if [ "$rc" -ne 0 ]; then
+        bad "teacher $tf, student $sf exited $rc: $(cat "$name.err")"
+        continue
+    fi
+    cmp -s half-base.rows.npy "$name.rows.npy" && ok || bad "teacher $tf, student $sf: per-row values differ from fp32"
+    cmp -s half-base.grad.npy "$name.grad.npy" && ok || bad "teacher $tf, student $sf: gradient differs from fp32"
+    [ "$(top "$name.out" verify_ok)" = true ] && ok || bad "teacher $tf, student $sf: --verify not ok"
+done
+[ "$(top half-t16-sbf.out teacher_dtype)" = '"f16"' ] && [ "$(top half-t16-sbf.out student_dtype)" = '"bf16"' ] && ok ||
+    bad "a mixed f16/bf16 run does not report both dtypes"
+
+echo "== --grad-dtype: the f32 gradient rounded once"
+for loss in kl ce; do
+    run "gd-$loss-f32" eval "${IN[@]}" --loss "$loss" --reduction mean --grad "gd-$loss-f32.npy" --grad-dtype f32
+    run "gd-$loss-default" eval "${IN[@]}" --loss "$loss" --reduction mean --grad "gd-$loss-default.npy"
+    cmp -s "gd-$loss-f32.npy" "gd-$loss-default.npy" && ok || bad "$loss: --grad-dtype f32 is not the default output"
+    for dt in f16 bf16; do
+        run "gd-$loss-$dt" eval "${IN[@]}" --loss "$loss" --reduction mean --grad "gd-$loss-$dt.npy" --grad-dtype "$dt" \
+            --json
+        [ "$rc" -eq 0 ] && ok || bad "--grad-dtype $dt ($loss) exited $rc: $(cat "gd-$loss-$dt.err")"
+        [ "$(top "gd-$loss-$dt.out" grad_dtype)" = "\"$dt\"" ] && ok || bad "--grad-dtype $dt not reported in JSON"
+        "$HELPER" rounded "gd-$loss-$dt.npy" "gd-$loss-f32.npy" && ok ||
+            bad "$loss: the $dt gradient is not the f32 gradient rounded to $dt"
+    done
+done
+# A bf16 gradient file reads back as an input (with --bf16), as the readers take bf16.
+expect 0 "" eval --teacher gd-kl-bf16.npy --student gd-kl-bf16.npy --bf16 --loss kl --json
+grep -q '"student_dtype": "bf16"' "expect$n_expect.out" && ok || bad "a bf16 gradient file does not read back as bf16"
+
+echo "== heads of different widths (teacher or student 8 columns narrower)"
+# pad with the teacher narrower equals an equal-width run whose teacher has those columns at -inf; truncate
+# equals a run on the first 992 columns of both. Labels (yw.npy) lie in [0, 992).
+ML=kl,rkl,jsd,tvd,ce
+run mm-pad eval --teacher tw.npy --student s.npy --labels yw.npy --vocab-policy pad --loss "$ML" --verify --json \
+    --per-row mm-pad.rows.npy
+run mm-pad-ref eval --teacher tpad.npy --student s.npy --labels yw.npy --loss "$ML" --per-row mm-pad-ref.rows.npy
+"$HELPER" close mm-pad.rows.npy mm-pad-ref.rows.npy >/dev/null && ok || bad "pad (teacher narrower) != -inf padded run"
+[ "$(top mm-pad.out verify_ok)" = true ] && ok || bad "pad (teacher narrower): --verify not ok"
+[ "$(top mm-pad.out teacher_vocab)" = 992 ] && [ "$(top mm-pad.out student_vocab)" = 1000 ] &&
+    [ "$(top mm-pad.out vocab)" = 1000 ] && ok || bad "pad: teacher_vocab/student_vocab/vocab not 992/1000/1000"
+grep -q '"vocab_policy": "pad"' mm-pad.out && ok || bad "pad: vocab_policy not in the JSON options"
+for loss in kl jsd; do
+    run "mm-pad-$loss" eval --teacher tw.npy --student s.npy --labels yw.npy --vocab-policy pad --loss "$loss" \
+        --grad "mm-pad-$loss.grad.npy"
+    run "mm-pad-ref-$loss" eval --teacher tpad.npy --student s.npy --labels yw.npy --loss "$loss" \
+        --grad "mm-pad-ref-$loss.grad.npy"
+    "$HELPER" close-grad "mm-pad-$loss.grad.npy" "mm-pad-ref-$loss.grad.npy" >/dev/null && ok ||
+        bad "pad (teacher narrower): $loss gradient != -inf padded run's"
+done
+# The student narrower under pad: teacher mass on the missing columns makes kl +inf; rkl and the rest stay
+# finite. Compared with a student padded by hand with -inf.
+run mm-spad eval --teacher t.npy --student sw.npy --labels yw.npy --vocab-policy pad --loss "$ML" --verify --json \
+    --per-row mm-spad.rows.npy
+run mm-spad-ref eval --teacher t.npy --student spad.npy --labels yw.npy --loss "$ML" --per-row mm-spad-ref.rows.npy
+"$HELPER" close mm-spad.rows.npy mm-spad-ref.rows.npy >/dev/null && ok || bad "pad (student narrower) != -inf padded run"
+[ "$(top mm-spad.out verify_ok)" = true ] && ok || bad "pad (student narrower): --verify not ok"
+grep -q '"value_is": "inf"' mm-spad.out && ok || bad "pad (student narrower): kl is not +inf"
+for side in teacher student; do
+    if [ "$side" = teacher ]; then targs=(--teacher tw.npy --student s.npy); else targs=(--teacher t.npy --student sw.npy); fi
+    run "mm-trunc-$side" eval "${targs[@]}" --labels yw.npy --vocab-policy truncate --loss "$ML" --verify --json \
+        --per-row "mm-trunc-$side.rows.npy"
+    [ "$rc" -eq 0 ] && ok || bad "truncate ($side narrower) exited $rc: $(cat "mm-trunc-$side.err")"
+    [ "$(top "mm-trunc-$side.out" verify_ok)" = true ] && ok || bad "truncate ($side narrower): --verify not ok"
+done
+run mm-trunc-ref eval --teacher tw.npy --student sw.npy --labels yw.npy --loss "$ML" --per-row mm-trunc-ref.rows.npy
+cmp -s mm-trunc-teacher.rows.npy mm-trunc-ref.rows.npy && ok || bad "truncate (teacher narrower) != run on 992 columns"
+cmp -s mm-trunc-student.rows.npy mm-trunc-ref.rows.npy && ok || bad "truncate (student narrower) != run on 992 columns"
+# The gradient keeps the student's shape: the first 992 columns are the narrow run's, the rest 0.
+run mm-trunc-g eval --teacher tw.npy --student s.npy --labels yw.npy --vocab-policy truncate --loss kl \
+    --grad mm-trunc-g.npy
+run mm-trunc-g-ref eval --teacher tw.npy --student sw.npy --labels yw.npy --loss kl --grad mm-trunc-g-ref.npy
+"$HELPER" leading mm-trunc-g.npy mm-trunc-g-ref.npy && ok || bad "truncate: gradient is not the narrow one, then zeros"
+# Half precision and a mismatch at once, with --verify.
+run mm-half eval --teacher tw16.npy --student s16.npy --labels yw.npy --vocab-policy pad --loss "$ML" --verify --json \
+    --per-row mm-half.rows.npy
+cmp -s mm-half.rows.npy mm-pad.rows.npy && ok || bad "pad with fp16 inputs differs from the fp32 run"
+[ "$(top mm-half.out verify_ok)" = true ] && ok || bad "pad with fp16 inputs: --verify not ok"
+run mm-half2 eval --teacher t16.npy --student swbf.npy --bf16 --labels yw.npy --vocab-policy truncate --loss "$ML" \
+    --verify --json --per-row mm-half2.rows.npy
+cmp -s mm-half2.rows.npy mm-trunc-ref.rows.npy && ok || bad "truncate with f16/bf16 inputs differs from the fp32 run"
+[ "$(top mm-half2.out verify_ok)" = true ] && ok || bad "truncate with f16/bf16 inputs: --verify not ok"
+# Labels index the columns the loss uses: 995 is a student column, outside truncate's 992.
+expect 2 "yw_bad.npy: row 10 has label 995, outside \[0, 992\)" \
+    eval --teacher tw.npy --student s.npy --labels yw_bad.npy --vocab-policy truncate --loss kl
+expect 0 "" eval --teacher tw.npy --student s.npy --labels yw_bad.npy --vocab-policy pad --loss kl
+expect 0 "" eval --teacher tw.npy --student s.npy --vocab-policy truncate --loss kl
+grep -qE "vocabulary 1000 \(student; teacher 992, --vocab-policy truncate\)" "expect$n_expect.out" && ok ||
+    bad "text summary does not show both widths"
+expect 0 "" eval "${IN[@]}" --vocab-policy pad --json # equal widths: accepted, nothing to match
+[ "$(top "expect$n_expect.out" teacher_vocab)" = 1000 ] && ok || bad "equal widths: teacher_vocab not 1000"
+
+echo "== --teacher-logprobs"
+# Log-softmax of t.npy as the teacher: the same distribution, so the same values as the logits give.
+run lp eval --teacher tlogp.npy --student s.npy --labels y.npy --teacher-logprobs --loss kl,soft_ce,jsd,tvd --verify \
+    --json --per-row lp.rows.npy
+run lp-ref eval "${IN[@]}" --loss kl,soft_ce,jsd,tvd --per-row lp-ref.rows.npy
+"$HELPER" close lp.rows.npy lp-ref.rows.npy >/dev/null && ok || bad "--teacher-logprobs: values differ from the logits'"
+[ "$(top lp.out verify_ok)" = true ] && ok || bad "--teacher-logprobs: --verify not ok"
+grep -q '"teacher_logprobs": true' lp.out && ok || bad "--teacher-logprobs not in the JSON options"
+# Log-probabilities of mass 1/2 are taken as they are (no renormalisation): kl = 1/2 kl(logits) + 1/2 log(1/2).
+# Read as logits instead, they would give kl(logits) itself: the check tells the two apart.
+run lph eval --teacher tlogp_half.npy --student s.npy --teacher-logprobs --loss kl --verify --json --per-row lph.rows.npy
+run lph-ref eval --teacher t.npy --student s.npy --loss kl --per-row lph-ref.rows.npy
+"$HELPER" affine lph.rows.npy lph-ref.rows.npy 0.5 -0.34657359027997264 && ok ||
+    bad "--teacher-logprobs: log-probabilities were renormalised"
+[ "$(top lph.out verify_ok)" = true ] && ok || bad "--teacher-logprobs (mass 1/2): --verify not ok"
+run lph-logits eval --teacher tlogp_half.npy --student s.npy --loss kl --per-row lph-logits.rows.npy
+"$HELPER" close lph-logits.rows.npy lph-ref.rows.npy >/dev/null && ok ||
+    bad "without --teacher-logprobs the shifted log-probabilities are not read as logits"
+
 echo "== several losses in one pass equal separate runs"
 run multi eval "${IN[@]}" --loss kl,rkl --loss ce --per-row multi.npy
 [ "$rc" -eq 0 ] && ok || bad "multi-loss run exited $rc"
@@ -214,9 +338,12 @@ expect 2 "shape.npy" eval --teacher t.npy --student shape.npy
 expect 2 "f64.npy.*dtype" eval --teacher f64.npy --student s.npy
 expect 2 "fortran.npy.*Fortran" eval --teacher fortran.npy --student s.npy
 expect 2 "rows35.npy" eval --teacher t.npy --student rows35.npy
-expect 2 "vocabulary mismatch is not supported yet" eval --teacher t.npy --student v999.npy
-expect 2 "vocabulary mismatch is not supported yet" eval --teacher t.npy --student v999.npy --vocab-policy truncate
-expect 2 "vocab-policy" eval --teacher t.npy --student s.npy --vocab-policy pad
+expect 2 "t\.npy has vocabulary 1000 but --student v999\.npy has 999: choose --vocab-policy" \
+    eval --teacher t.npy --student v999.npy
+expect 2 "--vocab-policy 'zero'" eval --teacher t.npy --student s.npy --vocab-policy zero
+expect 2 "--teacher-logprobs needs --teacher" eval --student s.npy --labels y.npy --loss ce --teacher-logprobs
+expect 2 "--grad-dtype 'f64'" eval "${IN[@]}" --grad g.npy --grad-dtype f64
+expect 2 "--grad-dtype f16 needs --grad" eval "${IN[@]}" --grad-dtype f16
 expect 2 "flat.npy" eval --teacher flat.npy --student flat.npy
 expect 2 "y35.npy" eval --teacher t.npy --student s.npy --labels y35.npy
 expect 2 "ybad.npy.*row 35" eval --teacher t.npy --student s.npy --labels ybad.npy
