@@ -170,6 +170,14 @@ void klcl_tally_finish(const klcl_tally *t, klcl_reduction reduction, size_t row
 /* Validates a batch against desc for either backend (message on ctx). */
 klcl_status klcl_check_batch(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b);
 
+/* The reference's conventions, shared by the dense and sparse references (reference.c):
+ * klcl_xlogratio = exp(lw) (log_num - log_den) with 0 log 0 = 0 and +inf for a weight against probability
+ * 0, judged on logs; klcl_log_mix = log(wa e^la + (1 - wa) e^lb) by logsumexp. klcl_difference (verify
+ * mode, reference_batch.c) = |a - b| with NaN against NaN and equal infinities counting as agreement. */
+double klcl_xlogratio(double lw, double log_num, double log_den);
+double klcl_log_mix(double la, double lb, double wa);
+double klcl_difference(double a, double b);
+
 /* klcl_reference_row, and teacher rows that may be log-probabilities (klcl_batch.teacher_logprobs). */
 klcl_status klcl_reference_row_ex(const klcl_loss_desc *desc, size_t vocab, const float *teacher,
                                   const float *student, int32_t label, int teacher_logprobs, double *loss,

@@ -9,7 +9,7 @@
 /* exp(lw) * (log_num - log_den) with the conventions of LOSSES.md: a weight of exactly 0 (lw = -inf)
  * contributes 0 (0 log 0 = 0); any positive weight against probability 0 gives +inf. Judged on the log
  * of the weight: exp(lw) may underflow while the probability is still positive. */
-static double xlogratio(double lw, double log_num, double log_den)
+double klcl_xlogratio(double lw, double log_num, double log_den)
 {
     if (lw == -INFINITY) return 0.0;
     if (log_den == -INFINITY) return INFINITY;
@@ -17,7 +17,7 @@ static double xlogratio(double lw, double log_num, double log_den)
 }
 
 /* log(wa*e^la + (1-wa)*e^lb) without forming the sum of probabilities. */
-static double log_mix(double la, double lb, double wa)
+double klcl_log_mix(double la, double lb, double wa)
 {
     double x = wa > 0.0 ? la + log(wa) : -INFINITY;
     double y = wa < 1.0 ? lb + log1p(-wa) : -INFINITY;
@@ -102,12 +102,12 @@ klcl_status klcl_reference_row_ex(const klcl_loss_desc *desc, size_t vocab, cons
     }
     if (teacher_entropy && teacher && !isnan(lse_t)) {
         double h = 0.0;
-        for (size_t v = 0; v < vocab; v++) h -= xlogratio(lp[v], lp[v], 0.0);
+        for (size_t v = 0; v < vocab; v++) h -= klcl_xlogratio(lp[v], lp[v], 0.0);
         *teacher_entropy = h;
     }
     if (student_entropy) {
         double h = 0.0;
-        for (size_t v = 0; v < vocab; v++) h -= xlogratio(lq[v], lq[v], 0.0);
+        for (size_t v = 0; v < vocab; v++) h -= klcl_xlogratio(lq[v], lq[v], 0.0);
         *student_entropy = h;
     }
 
@@ -116,23 +116,23 @@ klcl_status klcl_reference_row_ex(const klcl_loss_desc *desc, size_t vocab, cons
     for (size_t v = 0; v < vocab; v++) {
         double p = uses_teacher ? exp(lp[v]) : 0.0, q = exp(lq[v]), lm;
         switch (kind) {
-        case KLCL_LOSS_KL: case KLCL_LOSS_KD: l += xlogratio(lp[v], lp[v], lq[v]); break;
-        case KLCL_LOSS_RKL: l += xlogratio(lq[v], lq[v], lp[v]); break;
-        case KLCL_LOSS_SOFT_CE: l += xlogratio(lp[v], 0.0, lq[v]); break;
+        case KLCL_LOSS_KL: case KLCL_LOSS_KD: l += klcl_xlogratio(lp[v], lp[v], lq[v]); break;
+        case KLCL_LOSS_RKL: l += klcl_xlogratio(lq[v], lq[v], lp[v]); break;
+        case KLCL_LOSS_SOFT_CE: l += klcl_xlogratio(lp[v], 0.0, lq[v]); break;
         case KLCL_LOSS_CE: aux += lq[v]; break;
         case KLCL_LOSS_JSD:
-            lm = log_mix(lp[v], lq[v], beta);
-            l += beta * xlogratio(lp[v], lp[v], lm) + (1.0 - beta) * xlogratio(lq[v], lq[v], lm);
-            aux += xlogratio(lq[v], lq[v], lm); /* KL(q||m) */
+            lm = klcl_log_mix(lp[v], lq[v], beta);
+            l += beta * klcl_xlogratio(lp[v], lp[v], lm) + (1.0 - beta) * klcl_xlogratio(lq[v], lq[v], lm);
+            aux += klcl_xlogratio(lq[v], lq[v], lm); /* KL(q||m) */
             break;
         case KLCL_LOSS_SKL:
-            lm = log_mix(lp[v], lq[v], lam);
-            l += xlogratio(lp[v], lp[v], lm);
+            lm = klcl_log_mix(lp[v], lq[v], lam);
+            l += klcl_xlogratio(lp[v], lp[v], lm);
             if (p > 0.0 && q > 0.0) aux += exp(lp[v] + lq[v] - lm); /* sum p q / m */
             break;
         case KLCL_LOSS_SRKL:
-            lm = log_mix(lp[v], lq[v], 1.0 - lam);
-            l += xlogratio(lq[v], lq[v], lm);
+            lm = klcl_log_mix(lp[v], lq[v], 1.0 - lam);
+            l += klcl_xlogratio(lq[v], lq[v], lm);
             if (q > 0.0) aux += exp(2.0 * lq[v] - lm); /* sum q^2 / m */
             break;
         case KLCL_LOSS_TVD:
@@ -167,15 +167,15 @@ klcl_status klcl_reference_row_ex(const klcl_loss_desc *desc, size_t vocab, cons
                 break;
             case KLCL_LOSS_CE: dz = q - (1.0 - eps) * onehot - eps / V + 2.0 * zl * lse_s * q; break;
             case KLCL_LOSS_JSD:
-                lm = log_mix(lp[v], lq[v], beta);
+                lm = klcl_log_mix(lp[v], lq[v], beta);
                 dz = q == 0.0 ? 0.0 : (1.0 - beta) * q * (lq[v] - lm - aux);
                 break;
             case KLCL_LOSS_SKL:
-                lm = log_mix(lp[v], lq[v], lam);
+                lm = klcl_log_mix(lp[v], lq[v], lam);
                 dz = -(1.0 - lam) * ((p > 0.0 && q > 0.0 ? exp(lp[v] + lq[v] - lm) : 0.0) - q * aux);
                 break;
             case KLCL_LOSS_SRKL:
-                lm = log_mix(lp[v], lq[v], 1.0 - lam);
+                lm = klcl_log_mix(lp[v], lq[v], 1.0 - lam);
                 dz = q == 0.0 ? 0.0 : q * (lq[v] - lm - l) - lam * (exp(2.0 * lq[v] - lm) - q * aux);
                 break;
             case KLCL_LOSS_TVD: dz = 0.5 * q * ((q > p) - (q < p)) - q * aux; break;

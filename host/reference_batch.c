@@ -121,7 +121,7 @@ klcl_status klcl_reference_compute(klcl_context *ctx, const klcl_loss_desc *desc
 }
 
 /* |a - b| with NaN against NaN and equal infinities counting as agreement. */
-static double difference(double a, double b)
+double klcl_difference(double a, double b)
 {
     if (isnan(a) && isnan(b)) return 0.0;
     if (isinf(a) && a == b) return 0.0;
@@ -167,7 +167,7 @@ klcl_status klcl_verify(klcl_context *ctx, const klcl_loss_desc *desc, const klc
             ref_row_free(&r);
             return klcl_fail(ctx, st, "verify: reference row %zu: %s", i, klcl_status_string(st));
         }
-        double e = difference(row_loss[i], loss) / fmax(1.0, fabs(loss));
+        double e = klcl_difference(row_loss[i], loss) / fmax(1.0, fabs(loss));
         if (!(e <= max_loss)) max_loss = e;
         if (!grad->host) continue;
         for (size_t v = 0; v < vs && v < r.w.width; v++) {
@@ -175,8 +175,8 @@ klcl_status klcl_verify(klcl_context *ctx, const klcl_loss_desc *desc, const klc
             klcl_convert((const char *)grad->host + (i * gs + v) * klcl_dtype_size(grad->dtype), grad->dtype,
                          &dev32, KLCL_DTYPE_F32, 1);
             double ref = r.g[v] * unscale, dev = dev32 * denom * unscale;
-            if (difference(dev, ref) == 0.0) continue; /* also NaN against NaN, whose tolerance is NaN */
-            double eg = difference(dev, ref) / (1e-6 + 1e-4 * fabs(ref) + rounding(grad->dtype, ref, denom * unscale));
+            if (klcl_difference(dev, ref) == 0.0) continue; /* also NaN against NaN, whose tolerance is NaN */
+            double eg = klcl_difference(dev, ref) / (1e-6 + 1e-4 * fabs(ref) + rounding(grad->dtype, ref, denom * unscale));
             if (!(eg <= max_grad)) max_grad = eg;
         }
     }

@@ -36,23 +36,6 @@ int klcl_sparse_check_row(const int32_t *indices, size_t k, size_t vocab, int32_
     return 0;
 }
 
-/* w (lw - log_den) with 0 log 0 = 0 and +inf for weight against probability 0, judged on logs. */
-static double xlogratio(double lw, double log_num, double log_den)
-{
-    if (lw == -INFINITY) return 0.0;
-    if (log_den == -INFINITY) return INFINITY;
-    return exp(lw) * (log_num - log_den);
-}
-
-static double log_mix(double la, double lb, double wa)
-{
-    double x = wa > 0.0 ? la + log(wa) : -INFINITY;
-    double y = wa < 1.0 ? lb + log1p(-wa) : -INFINITY;
-    double m = x > y ? x : y;
-    if (m == -INFINITY) return -INFINITY;
-    return m + log(exp(x - m) + exp(y - m));
-}
-
 static double sign(double x)
 {
     return (x > 0.0) - (x < 0.0);
@@ -139,12 +122,12 @@ klcl_status klcl_reference_sparse_row(const klcl_loss_desc *desc, klcl_sparse_po
 
     if (teacher_entropy) {
         double h = 0.0;
-        for (size_t c = 0; c < n; c++) h -= xlogratio(a[c], a[c], 0.0);
+        for (size_t c = 0; c < n; c++) h -= klcl_xlogratio(a[c], a[c], 0.0);
         *teacher_entropy = h;
     }
     if (student_entropy) {
         double h = 0.0;
-        for (size_t v = 0; v < vocab; v++) h -= xlogratio(lq[v], lq[v], 0.0);
+        for (size_t v = 0; v < vocab; v++) h -= klcl_xlogratio(lq[v], lq[v], 0.0);
         *student_entropy = h;
     }
 
@@ -153,15 +136,15 @@ klcl_status klcl_reference_sparse_row(const klcl_loss_desc *desc, klcl_sparse_po
     for (size_t c = 0; c < n; c++) {
         double lm;
         switch (kind) {
-        case KLCL_LOSS_KL: value += xlogratio(a[c], a[c], b[c]); break;
-        case KLCL_LOSS_SOFT_CE: value += xlogratio(a[c], 0.0, b[c]); break;
+        case KLCL_LOSS_KL: value += klcl_xlogratio(a[c], a[c], b[c]); break;
+        case KLCL_LOSS_SOFT_CE: value += klcl_xlogratio(a[c], 0.0, b[c]); break;
         case KLCL_LOSS_RKL:
-            value += xlogratio(b[c], b[c], a[c]);
+            value += klcl_xlogratio(b[c], b[c], a[c]);
             G[c] = b[c] - a[c];
             break;
         case KLCL_LOSS_JSD:
-            lm = log_mix(a[c], b[c], beta);
-            value += beta * xlogratio(a[c], a[c], lm) + (1.0 - beta) * xlogratio(b[c], b[c], lm);
+            lm = klcl_log_mix(a[c], b[c], beta);
+            value += beta * klcl_xlogratio(a[c], a[c], lm) + (1.0 - beta) * klcl_xlogratio(b[c], b[c], lm);
             G[c] = (1.0 - beta) * (b[c] - lm);
             break;
         case KLCL_LOSS_TVD:
@@ -291,14 +274,6 @@ klcl_status klcl_reference_sparse_compute(klcl_context *ctx, const klcl_loss_des
     return st;
 }
 
-static double difference(double a, double b)
-{
-    if (isnan(a) && isnan(b)) return 0.0;
-    if (isinf(a) && a == b) return 0.0;
-    if (isnan(a) || isnan(b)) return INFINITY;
-    return fabs(a - b);
-}
-
 klcl_status klcl_sparse_verify(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
                                const klcl_sparse_teacher *sp, const float *student, const int32_t *labels,
                                const uint8_t *mask, const int32_t *indices, const float *logprobs,
@@ -321,12 +296,12 @@ klcl_status klcl_sparse_verify(klcl_context *ctx, const klcl_loss_desc *desc, co
             free(g);
             return klcl_fail(ctx, st, "verify: reference row %zu: %s", i, klcl_status_string(st));
         }
-        double e = difference(row_loss[i], loss) / fmax(1.0, fabs(loss));
+        double e = klcl_difference(row_loss[i], loss) / fmax(1.0, fabs(loss));
         if (!(e <= max_loss)) max_loss = e;
         if (!grad) continue;
         for (size_t v = 0; v < vocab; v++) {
             double ref = g[v] * unscale, dev = grad[i * grad_stride + v] * denom * unscale;
-            const double diff = difference(dev, ref); /* 0 for NaN against NaN: no division by NaN */
+            const double diff = klcl_difference(dev, ref); /* 0 for NaN against NaN: no division by NaN */
             double eg = diff == 0.0 ? 0.0 : diff / (1e-6 + 1e-4 * fabs(ref));
             if (!(eg <= max_grad)) max_grad = eg;
         }
