@@ -50,6 +50,8 @@ typedef struct klcl_program {
     cl_kernel rows_kernel[KLCL_LOSS_COUNT];
     cl_kernel grad_kernel[KLCL_LOSS_COUNT];
     cl_kernel reduce_kernel; /* the device-side reduction of asynchronous calls */
+    /* Sparse teacher (sparse.c, kernels_cl/sparse.cl): row kernel, dense and top-k gradient kernels. */
+    cl_kernel sparse_rows_kernel, sparse_grad_dense_kernel, sparse_grad_topk_kernel;
     int built;
     klcl_status status; /* a failed build is kept, with its message */
     char error[1024];
@@ -94,9 +96,6 @@ struct klcl_context {
     int from_cache; /* the fp32 program came from the binary cache */
     size_t wg; /* work-group size of the row kernels */
     klcl_program variants[KLCL_VARIANT_COUNT];
-    /* Sparse teacher (sparse.c, kernels_cl/sparse.cl): row kernel, dense and top-k gradient kernels, from the
-     * fp32 program. */
-    cl_kernel sparse_rows_kernel, sparse_grad_dense_kernel, sparse_grad_topk_kernel;
     size_t wg_forced; /* non-zero: klcl_tune's candidate, set before the build (tune.c) */
     size_t wg_default; /* the built-in default the last build started from */
     klcl_work_group_source wg_source; /* where the request for wg came from */
@@ -177,6 +176,9 @@ klcl_status klcl_check_batch(klcl_context *ctx, const klcl_loss_desc *desc, cons
 double klcl_xlogratio(double lw, double log_num, double log_den);
 double klcl_log_mix(double la, double lb, double wa);
 double klcl_difference(double a, double b);
+/* Half an ulp of a gradient entry `ref` stored as `dtype` (0 for fp32): what a half-precision gradient may
+ * differ by on top of LOSSES.md's tolerance; stored_to_ref converts stored units to ref's. */
+double klcl_rounding_allowance(klcl_dtype dtype, double ref, double stored_to_ref);
 
 /* klcl_reference_row, and teacher rows that may be log-probabilities (klcl_batch.teacher_logprobs). */
 klcl_status klcl_reference_row_ex(const klcl_loss_desc *desc, size_t vocab, const float *teacher,
@@ -207,8 +209,8 @@ klcl_status klcl_verify(klcl_context *ctx, const klcl_loss_desc *desc, const klc
 /* Sparse teacher (sparse.c, reference_sparse.c). */
 /* Creates the sparse kernels from the built program and lowers *kernel_limit to their work-group limit;
  * releases them (NULL-safe). Called by the program layer. */
-klcl_status klcl_sparse_kernels_create(klcl_context *ctx, cl_program program, size_t *kernel_limit);
-void klcl_sparse_kernels_release(klcl_context *ctx);
+klcl_status klcl_sparse_kernels_create(klcl_context *ctx, klcl_program *v, size_t *kernel_limit);
+void klcl_sparse_kernels_release(klcl_program *v);
 int klcl_sparse_loss_supported(klcl_loss loss);
 /* Checks one row's k indices against [0, vocab) and for repeats, using work[0..k) as scratch. Returns 0
  * when valid, 1 for an index out of range, 2 for a repeat; *bad is the offending index. */

@@ -104,6 +104,7 @@ static void release_variant(klcl_program *v)
         if (v->grad_kernel[i]) clReleaseKernel(v->grad_kernel[i]);
         v->rows_kernel[i] = v->grad_kernel[i] = NULL;
     }
+    klcl_sparse_kernels_release(v);
     if (v->reduce_kernel) clReleaseKernel(v->reduce_kernel);
     v->reduce_kernel = NULL;
     if (v->program) clReleaseProgram(v->program);
@@ -113,7 +114,6 @@ static void release_variant(klcl_program *v)
 
 void klcl_program_release(klcl_context *ctx)
 {
-    klcl_sparse_kernels_release(ctx);
     for (int i = 0; i < KLCL_VARIANT_COUNT; i++) release_variant(&ctx->variants[i]);
     ctx->built = 0;
 }
@@ -142,7 +142,6 @@ static klcl_status build_once(klcl_context *ctx, const char *src, int index, siz
                  index / (KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT), index / KLCL_DTYPE_COUNT % KLCL_DTYPE_COUNT,
                  index % KLCL_DTYPE_COUNT);
     klcl_program *v = &ctx->variants[index];
-    if (index == 0) klcl_sparse_kernels_release(ctx);
     release_variant(v);
     v->program = use_cache ? klcl_cache_load(ctx, src, options) : NULL;
     *from_cache = v->program != NULL;
@@ -171,8 +170,7 @@ static klcl_status build_once(klcl_context *ctx, const char *src, int index, siz
         if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
         if (limit < *kernel_limit) *kernel_limit = limit;
     }
-    /* The sparse teacher's kernels take an fp32 student: they come from the fp32 program. */
-    return index == 0 ? klcl_sparse_kernels_create(ctx, v->program, kernel_limit) : KLCL_OK;
+    return klcl_sparse_kernels_create(ctx, v, kernel_limit);
 }
 
 /* A build that came from the cache and then failed (a binary the driver took but cannot use) is

@@ -132,7 +132,7 @@ double klcl_difference(double a, double b)
 /* Half an ulp of a gradient rounded to `dtype` (its unit roundoff relative to |ref|, and fp16's smallest
  * subnormal step in the stored units, which `stored_to_ref` converts): a half-precision gradient is
  * held to the contract's tolerance before its one rounding. */
-static double rounding(klcl_dtype dtype, double ref, double stored_to_ref)
+double klcl_rounding_allowance(klcl_dtype dtype, double ref, double stored_to_ref)
 {
     switch (dtype) {
     case KLCL_DTYPE_F16: return fabs(ref) * 0x1p-11 + 0x1p-25 * fabs(stored_to_ref);
@@ -176,7 +176,7 @@ klcl_status klcl_verify(klcl_context *ctx, const klcl_loss_desc *desc, const klc
                          &dev32, KLCL_DTYPE_F32, 1);
             double ref = r.g[v] * unscale, dev = dev32 * denom * unscale;
             if (klcl_difference(dev, ref) == 0.0) continue; /* also NaN against NaN, whose tolerance is NaN */
-            double eg = klcl_difference(dev, ref) / (1e-6 + 1e-4 * fabs(ref) + rounding(grad->dtype, ref, denom * unscale));
+            double eg = klcl_difference(dev, ref) / (1e-6 + 1e-4 * fabs(ref) + klcl_rounding_allowance(grad->dtype, ref, denom * unscale));
             if (!(eg <= max_grad)) max_grad = eg;
         }
     }

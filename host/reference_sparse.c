@@ -231,15 +231,22 @@ klcl_status klcl_reference_sparse_compute(klcl_context *ctx, const klcl_loss_des
                                           const klcl_sparse_teacher *sp, klcl_result *result)
 {
     const size_t rows = b->rows, vocab = b->vocab, k = sp->k;
-    const float *student = b->student.host;
     const int32_t *labels = b->labels.host, *indices = sp->indices.host;
     const float *logprobs = sp->logprobs.host;
     const uint8_t *mask = b->mask.host;
-    float *grad = b->grad.host, *row_loss = b->row_loss.host;
+    void *grad = b->grad.host;
+    float *row_loss = b->row_loss.host;
     const size_t ss = klcl_row_stride(&b->student, vocab), gs = klcl_row_stride(&b->grad, vocab);
     const size_t is = klcl_row_stride(&sp->indices, k), ps = klcl_row_stride(&sp->logprobs, k);
+    const size_t g_elem = klcl_dtype_size(b->grad.dtype);
     double *g = grad ? malloc(vocab * sizeof *g) : NULL;
-    if (grad && !g) return klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "reference: out of host memory");
+    float *s = malloc(vocab * sizeof *s), *g32 = grad ? malloc(vocab * sizeof *g32) : NULL;
+    if ((grad && (!g || !g32)) || !s) {
+        free(g);
+        free(s);
+        free(g32);
+        return klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "reference: out of host memory");
+    }
 
     size_t used = 0;
     for (size_t i = 0; i < rows; i++) used += !row_skipped(desc, labels, mask, i);
@@ -249,7 +256,7 @@ klcl_status klcl_reference_sparse_compute(klcl_context *ctx, const klcl_loss_des
     memset(&tally, 0, sizeof tally);
     klcl_status st = KLCL_OK;
     for (size_t i = 0; i < rows; i++) {
-        const float *s = student + i * ss;
+        klcl_widen_row(&b->student, i, ss, vocab, s); /* fp16 and bf16 widened exactly */
         int skipped = row_skipped(desc, labels, mask, i);
         double loss = 0.0, h_t = NAN, h_s = NAN;
         long am_t = -1;
@@ -263,13 +270,17 @@ klcl_status klcl_reference_sparse_compute(klcl_context *ctx, const klcl_loss_des
             am_t = teacher_argmax(indices + i * is, logprobs + i * ps, k);
         }
         if (row_loss) row_loss[i] = (float)loss;
-        if (grad)
-            for (size_t v = 0; v < vocab; v++) grad[i * gs + v] = skipped ? 0.0f : (float)(g[v] * inv_denom);
+        if (grad) { /* computed in double, rounded to fp32 and then to the gradient's type, as on the device */
+            for (size_t v = 0; v < vocab; v++) g32[v] = skipped ? 0.0f : (float)(g[v] * inv_denom);
+            klcl_convert(g32, KLCL_DTYPE_F32, (char *)grad + i * gs * g_elem, b->grad.dtype, vocab);
+        }
         long am_s = student_argmax(s, vocab);
         klcl_tally_row(&tally, i, skipped, loss, !isnan(h_t), h_t, h_s, am_t >= 0 && am_t == am_s, labels != NULL,
                        labels && am_s == labels[i]);
     }
     free(g);
+    free(s);
+    free(g32);
     if (st == KLCL_OK) klcl_tally_finish(&tally, desc->reduction, rows, result);
     return st;
 }
@@ -302,7 +313,9 @@ klcl_status klcl_sparse_verify(klcl_context *ctx, const klcl_loss_desc *desc, co
         for (size_t v = 0; v < vocab; v++) {
             double ref = g[v] * unscale, dev = grad[i * grad_stride + v] * denom * unscale;
             const double diff = klcl_difference(dev, ref); /* 0 for NaN against NaN: no division by NaN */
-            double eg = diff == 0.0 ? 0.0 : diff / (1e-6 + 1e-4 * fabs(ref));
+            double eg = diff == 0.0 ? 0.0
+                                    : diff / (1e-6 + 1e-4 * fabs(ref) +
+                                              klcl_rounding_allowance(b->grad.dtype, ref, denom * unscale));
             if (!(eg <= max_grad)) max_grad = eg;
         }
     }

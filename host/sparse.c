@@ -12,32 +12,32 @@ enum { SS_COUNT = 12, SS_H_T = 10, SS_H_S = 11 };
 enum { SP_FLAG_RANGE = 128, SP_FLAG_REPEAT = 256 };
 enum { ROWS_PER_LAUNCH = 32768, GRAD_ITEMS_PER_ROW_MAX = 4096 };
 
-klcl_status klcl_sparse_kernels_create(klcl_context *ctx, cl_program program, size_t *kernel_limit)
+klcl_status klcl_sparse_kernels_create(klcl_context *ctx, klcl_program *v, size_t *kernel_limit)
 {
     cl_int err;
     struct {
         cl_kernel *k;
         const char *name;
     } ks[] = {
-        {&ctx->sparse_rows_kernel, "klcl_sparse_rows"},
-        {&ctx->sparse_grad_dense_kernel, "klcl_sparse_grad_dense"},
-        {&ctx->sparse_grad_topk_kernel, "klcl_sparse_grad_topk"},
+        {&v->sparse_rows_kernel, "klcl_sparse_rows"},
+        {&v->sparse_grad_dense_kernel, "klcl_sparse_grad_dense"},
+        {&v->sparse_grad_topk_kernel, "klcl_sparse_grad_topk"},
     };
     for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
-        *ks[i].k = clCreateKernel(program, ks[i].name, &err);
+        *ks[i].k = clCreateKernel(v->program, ks[i].name, &err);
         if (!*ks[i].k) return klcl_fail_cl(ctx, err, "clCreateKernel (sparse kernels)");
     }
     size_t limit = 0;
-    err = clGetKernelWorkGroupInfo(ctx->sparse_rows_kernel, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof limit,
+    err = clGetKernelWorkGroupInfo(v->sparse_rows_kernel, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof limit,
                                    &limit, NULL);
     if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
     if (limit < *kernel_limit) *kernel_limit = limit;
     return KLCL_OK;
 }
 
-void klcl_sparse_kernels_release(klcl_context *ctx)
+void klcl_sparse_kernels_release(klcl_program *v)
 {
-    cl_kernel *ks[] = {&ctx->sparse_rows_kernel, &ctx->sparse_grad_dense_kernel, &ctx->sparse_grad_topk_kernel};
+    cl_kernel *ks[] = {&v->sparse_rows_kernel, &v->sparse_grad_dense_kernel, &v->sparse_grad_topk_kernel};
     for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
         if (*ks[i]) clReleaseKernel(*ks[i]);
         *ks[i] = NULL;
@@ -93,10 +93,6 @@ static klcl_status check_sparse(klcl_context *ctx, const klcl_loss_desc *desc, c
     if (b->teacher.host || b->teacher.mem)
         return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE,
                          "batch->teacher must be unset: the teacher is sparse->indices and sparse->logprobs");
-    if (b->student.dtype != KLCL_DTYPE_F32 || b->grad.dtype != KLCL_DTYPE_F32)
-        return klcl_fail(ctx, KLCL_ERR_UNSUPPORTED, "batch->%s.dtype: a sparse teacher takes fp32 student logits "
-                         "and gradient (fp16 and bf16 are not supported here yet)",
-                         b->student.dtype != KLCL_DTYPE_F32 ? "student" : "grad");
     if (b->teacher_vocab || b->teacher_logprobs)
         return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "batch->%s must be 0: the sparse teacher's width is vocab and "
                          "its values are log-probabilities already",
@@ -250,9 +246,13 @@ static klcl_status pull(klcl_context *ctx, const klcl_tensor *t, size_t elem, si
 static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
                                          const klcl_sparse_teacher *sp, klcl_result *result)
 {
-    klcl_status st = klcl_program_build(ctx);
+    const klcl_program *prog = NULL;
+    const klcl_dtype gdt = (b->grad.host || b->grad.mem) ? b->grad.dtype : KLCL_DTYPE_F32;
+    klcl_status st = klcl_program_variant(ctx, KLCL_DTYPE_F32, b->student.dtype, gdt, &prog);
     if (st != KLCL_OK) return st;
     const size_t rows = b->rows, vocab = b->vocab, k = sp->k;
+    const size_t s_elem = klcl_dtype_size(b->student.dtype), g_elem = klcl_dtype_size(gdt);
+    float *s_wide = NULL, *g_wide = NULL;
     const klcl_loss kind = klcl_effective_loss(desc);
     float *row_loss = NULL, *stats = NULL;
     cl_int *flags = NULL;
@@ -261,7 +261,7 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
 
     if ((st = klcl_scratch_reserve(ctx, SCRATCH_DUMMY, 64)) != KLCL_OK) goto done;
     bound s, y, m, ix, lp, rl, g;
-    if ((st = bind_input(ctx, &b->student, SCRATCH_STUDENT, sizeof(float), rows, vocab, 1, &s)) != KLCL_OK ||
+    if ((st = bind_input(ctx, &b->student, SCRATCH_STUDENT, s_elem, rows, vocab, 1, &s)) != KLCL_OK ||
         (st = bind_input(ctx, &b->labels, SCRATCH_LABELS, sizeof(int32_t), rows, 1, 0, &y)) != KLCL_OK ||
         (st = bind_input(ctx, &b->mask, SCRATCH_MASK, sizeof(uint8_t), rows, 1, 0, &m)) != KLCL_OK ||
         (st = bind_input(ctx, &sp->indices, SCRATCH_SPARSE_INDICES, sizeof(int32_t), rows, k, 1, &ix)) != KLCL_OK ||
@@ -280,7 +280,7 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
     for (size_t r0 = 0; r0 < rows; r0 += ROWS_PER_LAUNCH) {
         const size_t n = rows - r0 < ROWS_PER_LAUNCH ? rows - r0 : ROWS_PER_LAUNCH;
         const cl_ulong row0 = r0;
-        arg_setter a = {ctx->sparse_rows_kernel, 0, CL_SUCCESS};
+        arg_setter a = {prog->sparse_rows_kernel, 0, CL_SUCCESS};
         arg_bound(&a, &s, 1);
         arg_bound(&a, &ix, 1);
         arg_bound(&a, &lp, 1);
@@ -308,7 +308,7 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
             goto done;
         }
         const size_t global = n * ctx->wg, local = ctx->wg;
-        if ((st = launch(ctx, ctx->sparse_rows_kernel, 1, &global, &local, "sparse row kernel")) != KLCL_OK) goto done;
+        if ((st = launch(ctx, prog->sparse_rows_kernel, 1, &global, &local, "sparse row kernel")) != KLCL_OK) goto done;
     }
 
     row_loss = malloc(rows * sizeof *row_loss);
@@ -350,7 +350,7 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
 
     /* Gradient: every token as if outside K, then the k entries on top (the queue is in order). */
     if (b->grad.host || b->grad.mem) {
-        if ((st = bind_output(ctx, &b->grad, SCRATCH_GRAD, sizeof(float), rows, vocab, 1, &g)) != KLCL_OK) goto done;
+        if ((st = bind_output(ctx, &b->grad, SCRATCH_GRAD, g_elem, rows, vocab, 1, &g)) != KLCL_OK) goto done;
         const float inv_denom = (float)(1.0 / klcl_denominator(desc->reduction, rows, tally.used));
         size_t per_row = ((vocab + 7) / 8 + 63) / 64 * 64;
         if (per_row > GRAD_ITEMS_PER_ROW_MAX) per_row = GRAD_ITEMS_PER_ROW_MAX;
@@ -358,7 +358,7 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
         for (size_t r0 = 0; r0 < rows; r0 += ROWS_PER_LAUNCH) {
             const size_t n = rows - r0 < ROWS_PER_LAUNCH ? rows - r0 : ROWS_PER_LAUNCH;
             const cl_ulong row0 = r0;
-            arg_setter a = {ctx->sparse_grad_dense_kernel, 0, CL_SUCCESS};
+            arg_setter a = {prog->sparse_grad_dense_kernel, 0, CL_SUCCESS};
             arg_bound(&a, &s, 1);
             arg(&a, sizeof(cl_uint), &vocab_u);
             arg_float(&a, inv_tau);
@@ -369,7 +369,7 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
             arg(&a, sizeof(cl_mem), &rf);
             arg(&a, sizeof(cl_ulong), &row0);
             arg_bound(&a, &g, 1);
-            arg_setter t = {ctx->sparse_grad_topk_kernel, 0, CL_SUCCESS};
+            arg_setter t = {prog->sparse_grad_topk_kernel, 0, CL_SUCCESS};
             arg_bound(&t, &s, 1);
             arg_bound(&t, &ix, 1);
             arg_bound(&t, &lp, 1);
@@ -392,15 +392,14 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
                 goto done;
             }
             const size_t gd[2] = {per_row, n}, gt[2] = {k_items, n};
-            if ((st = launch(ctx, ctx->sparse_grad_dense_kernel, 2, gd, NULL, "sparse dense gradient")) != KLCL_OK ||
-                (st = launch(ctx, ctx->sparse_grad_topk_kernel, 2, gt, NULL, "sparse top-k gradient")) != KLCL_OK)
+            if ((st = launch(ctx, prog->sparse_grad_dense_kernel, 2, gd, NULL, "sparse dense gradient")) != KLCL_OK ||
+                (st = launch(ctx, prog->sparse_grad_topk_kernel, 2, gt, NULL, "sparse top-k gradient")) != KLCL_OK)
                 goto done;
         }
         if (b->grad.host) {
-            const size_t origin[3] = {0, 0, 0}, region[3] = {vocab * sizeof(float), rows, 1};
-            err = clEnqueueReadBufferRect(ctx->queue, g.mem, CL_TRUE, origin, origin, region, vocab * sizeof(float), 0,
-                                          klcl_row_stride(&b->grad, vocab) * sizeof(float), 0, b->grad.host, 0, NULL,
-                                          NULL);
+            const size_t origin[3] = {0, 0, 0}, region[3] = {vocab * g_elem, rows, 1};
+            err = clEnqueueReadBufferRect(ctx->queue, g.mem, CL_TRUE, origin, origin, region, vocab * g_elem, 0,
+                                          klcl_row_stride(&b->grad, vocab) * g_elem, 0, b->grad.host, 0, NULL, NULL);
             if (err != CL_SUCCESS) {
                 st = klcl_fail_cl(ctx, err, "clEnqueueReadBufferRect (gradient download)");
                 goto done;
@@ -421,7 +420,7 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
         const size_t gs = klcl_row_stride(&b->grad, vocab);
         const size_t is = klcl_row_stride(&sp->indices, k), ps = klcl_row_stride(&sp->logprobs, k);
         if ((b->student.mem &&
-             (st = pull(ctx, &b->student, sizeof(float), (rows - 1) * klcl_row_stride(&b->student, vocab) + vocab,
+             (st = pull(ctx, &b->student, s_elem, (rows - 1) * klcl_row_stride(&b->student, vocab) + vocab,
                         &copies[0])) != KLCL_OK) ||
             (b->labels.mem && (st = pull(ctx, &b->labels, sizeof(int32_t), rows, &copies[1])) != KLCL_OK) ||
             (b->mask.mem && (st = pull(ctx, &b->mask, sizeof(uint8_t), rows, &copies[2])) != KLCL_OK) ||
@@ -429,7 +428,7 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
              (st = pull(ctx, &sp->indices, sizeof(int32_t), (rows - 1) * is + k, &copies[3])) != KLCL_OK) ||
             (sp->logprobs.mem &&
              (st = pull(ctx, &sp->logprobs, sizeof(float), (rows - 1) * ps + k, &copies[4])) != KLCL_OK) ||
-            (b->grad.mem && (st = pull(ctx, &b->grad, sizeof(float), (rows - 1) * gs + vocab, &copies[5])) != KLCL_OK))
+            (b->grad.mem && (st = pull(ctx, &b->grad, g_elem, (rows - 1) * gs + vocab, &copies[5])) != KLCL_OK))
             goto done;
         if (copies[0]) sh = copies[0];
         if (copies[1]) yh = copies[1];
@@ -437,6 +436,24 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
         if (copies[3]) ixh = copies[3];
         if (copies[4]) lph = copies[4];
         if (copies[5]) gh = copies[5];
+        /* Half-precision student or gradient: the reference compares fp32 copies of the same values. */
+        const size_t s_count = (rows - 1) * klcl_row_stride(&b->student, vocab) + vocab;
+        if (b->student.dtype != KLCL_DTYPE_F32) {
+            if (!(s_wide = malloc(s_count * sizeof *s_wide))) {
+                st = klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "verify: out of host memory");
+                goto done;
+            }
+            klcl_convert(copies[0] ? copies[0] : b->student.host, b->student.dtype, s_wide, KLCL_DTYPE_F32, s_count);
+            sh = s_wide;
+        }
+        if (gh && gdt != KLCL_DTYPE_F32) {
+            if (!(g_wide = malloc(((rows - 1) * gs + vocab) * sizeof *g_wide))) {
+                st = klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "verify: out of host memory");
+                goto done;
+            }
+            klcl_convert(copies[5] ? copies[5] : b->grad.host, gdt, g_wide, KLCL_DTYPE_F32, (rows - 1) * gs + vocab);
+            gh = g_wide;
+        }
         st = klcl_sparse_verify(ctx, desc, b, sp, sh, yh, mh, ixh, lph, row_loss, gh, gs, result);
     }
 done:
@@ -445,6 +462,8 @@ done:
     free(stats);
     free(flags);
     for (size_t i = 0; i < sizeof copies / sizeof copies[0]; i++) free(copies[i]);
+    free(s_wide);
+    free(g_wide);
     return st;
 }
 

@@ -203,7 +203,7 @@ inline void sp_rescale1(float *s, float *b, float m_old, float m_new, float k2)
 }
 
 #define SP_ROW_ARGS                                                                                    \
-    __global const float *student, ulong s_off, ulong s_stride, __global const int *indices,            \
+    __global const S_ELEM *student, ulong s_off, ulong s_stride, __global const int *indices,           \
         ulong i_off, ulong i_stride, __global const float *logprobs, ulong p_off, ulong p_stride,       \
         __global const int *labels, ulong l_off, int has_labels, __global const uchar *mask,            \
         ulong m_off, int has_mask, uint vocab, uint k, int loss, int policy, int ignore_index,          \
@@ -238,7 +238,7 @@ __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_sparse_r
             flags |= FLAG_SKIPPED | FLAG_BAD_LABEL;
     }
     int live = !(flags & FLAG_SKIPPED);
-    __global const float *s = student + s_off + row * s_stride;
+    __global const S_ELEM *s = student + s_off + row * s_stride;
     __global const int *ix = indices + i_off + row * i_stride;
     __global const float *lp = logprobs + p_off + row * p_stride;
 
@@ -310,7 +310,7 @@ __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_sparse_r
         uint bits = 0;
         while (cursor < k && sorted[cursor] < base + 8) bits |= 1u << (sorted[cursor++] - base);
         const int8 in_k = as_int8(((uint8)(bits) >> lane) & (uint8)(1u)) != (int8)(0);
-        const float8 rs = vload8(kk, s);
+        const float8 rs = LOAD_S8(kk, s);
         bad |= any(isnan(rs) | (rs == (float8)(INFINITY))) ? 2u : 0u;
         const int8 up = rs > asv8;
         asv8 = select(asv8, rs, up);
@@ -356,7 +356,7 @@ __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_sparse_r
     for (uint v = vocab / 8 * 8 + lid; v < vend; v += KLCL_WG) {
         while (cursor < k && sorted[cursor] < v) cursor++;
         const int in_k = cursor < k && sorted[cursor] == v;
-        const float rs = s[v];
+        const float rs = LOAD_S1(v, s, vocab);
         bad |= (isnan(rs) || rs == INFINITY) ? 2u : 0u;
         argmax_merge(&asv, &asi, rs, v);
         const float x = softcap1(rs, cap), xo = in_k ? KLCL_NEG_INF : x;
@@ -458,13 +458,13 @@ __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_sparse_r
     /* The loss terms and the centred sum, against the reference category r (the student's argmax). */
     sp_cat r, c, t;
     if (valid && ref_pos >= 0)
-        sp_entry(softcap1(s[asi], cap), lp[ref_pos], R, &r);
+        sp_entry(softcap1(LOAD_S1(asi, s, vocab), cap), lp[ref_pos], R, &r);
     else
         sp_bucket(R, &r);
     const float g_ref = SP_IS_CENTERED(loss) ? sp_gprime(loss, r.a, r.b, r.d, R) : 0.0f;
     sp_acc value = 0, aux = 0;
     for (uint j = lid; valid && j < k; j += KLCL_WG) {
-        sp_entry(softcap1(s[ix[j]], cap), lp[j], R, &c);
+        sp_entry(softcap1(LOAD_S1((uint)ix[j], s, vocab), cap), lp[j], R, &c);
         value += sp_term(loss, c.a, c.b, R);
         if (SP_IS_CENTERED(loss) && c.b != KLCL_NEG_INF)
             aux += exp(c.b) * (g_ref - sp_gprime(loss, c.a, c.b, c.d, R));
@@ -520,27 +520,27 @@ __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_sparse_r
 
 /* Every token of a row as if it lay outside K (the top-k kernel overwrites the k entries next):
  * dz_v = C1 q_v + C2 q_v / Q_tail, then ds = dz / tau * softcap' * scale / denominator. */
-__kernel void klcl_sparse_grad_dense(__global const float *student, ulong s_off, ulong s_stride, uint vocab,
+__kernel void klcl_sparse_grad_dense(__global const S_ELEM *student, ulong s_off, ulong s_stride, uint vocab,
                                      float inv_tau, float cap, float scale, float inv_denom,
                                      __global const float *row_stats, __global const int *row_flags, ulong row0,
-                                     __global float *grad, ulong g_off, ulong g_stride)
+                                     __global G_ELEM *grad, ulong g_off, ulong g_stride)
 {
     const ulong row = row0 + get_global_id(1);
     const uint gid = get_global_id(0), gsize = get_global_size(0), nvec = vocab / 8;
     __global const float *st = row_stats + row * SS_COUNT;
     const int flags = row_flags[row * RF_COUNT + RF_FLAGS];
-    __global float *g = grad + g_off + row * g_stride;
+    __global G_ELEM *g = grad + g_off + row * g_stride;
     if (flags & (FLAG_SKIPPED | FLAG_INVALID | FLAG_NO_GRADIENT)) {
         const float fill = (flags & FLAG_SKIPPED) ? 0.0f : NAN;
-        for (uint kk = gid; kk < nvec; kk += gsize) vstore8((float8)(fill), kk, g);
-        for (uint v = nvec * 8 + gid; v < vocab; v += gsize) g[v] = fill;
+        for (uint kk = gid; kk < nvec; kk += gsize) STORE_G8((float8)(fill), kk, g);
+        for (uint v = nvec * 8 + gid; v < vocab; v += gsize) STORE_G1(fill, v, g);
         return;
     }
-    __global const float *s = student + s_off + row * s_stride;
+    __global const S_ELEM *s = student + s_off + row * s_stride;
     const float ms = st[SS_MS], lss = st[SS_LSS], mo = st[SS_MO], lso = st[SS_LSO];
     const float c1 = st[SS_C1], c2 = st[SS_C2], f = scale * inv_tau * inv_denom;
     for (uint kk = gid; kk < nvec; kk += gsize) {
-        const float8 rs = vload8(kk, s), x = softcap8(rs, cap);
+        const float8 rs = LOAD_S8(kk, s), x = softcap8(rs, cap);
         const float8 q = exp((x - ms) * inv_tau - lss);
         const float8 r = mo == KLCL_NEG_INF ? (float8)(0.0f) : exp((x - mo) * inv_tau - lso);
         float8 ds = ((q > (float8)(0.0f) ? q * c1 : (float8)(0.0f)) + (r > (float8)(0.0f) ? r * c2 : (float8)(0.0f))) * f;
@@ -548,10 +548,10 @@ __kernel void klcl_sparse_grad_dense(__global const float *student, ulong s_off,
             const float8 th = tanh(rs / cap);
             ds *= 1.0f - th * th;
         }
-        vstore8(ds, kk, g);
+        STORE_G8(ds, kk, g);
     }
     for (uint v = nvec * 8 + gid; v < vocab; v += gsize) {
-        const float rs = s[v], x = softcap1(rs, cap);
+        const float rs = LOAD_S1(v, s, vocab), x = softcap1(rs, cap);
         const float q = exp((x - ms) * inv_tau - lss);
         const float r = mo == KLCL_NEG_INF ? 0.0f : exp((x - mo) * inv_tau - lso);
         float ds = ((q > 0.0f ? q * c1 : 0.0f) + (r > 0.0f ? r * c2 : 0.0f)) * f;
@@ -559,17 +559,17 @@ __kernel void klcl_sparse_grad_dense(__global const float *student, ulong s_off,
             const float th = tanh(rs / cap);
             ds *= 1.0f - th * th;
         }
-        g[v] = ds;
+        STORE_G1(ds, v, g);
     }
 }
 
 /* The k entries of a row: kl, soft_ce dz = q - p; rkl, jsd, tvd dz = q ((G_i - G_r) + aux). */
-__kernel void klcl_sparse_grad_topk(__global const float *student, ulong s_off, ulong s_stride,
+__kernel void klcl_sparse_grad_topk(__global const S_ELEM *student, ulong s_off, ulong s_stride,
                                     __global const int *indices, ulong i_off, ulong i_stride,
                                     __global const float *logprobs, ulong p_off, ulong p_stride, uint vocab, uint k,
                                     int loss, float inv_tau, float cap, float scale, float beta,
                                     float lwa, float lwb, float inv_denom, __global const float *row_stats,
-                                    __global const int *row_flags, ulong row0, __global float *grad, ulong g_off,
+                                    __global const int *row_flags, ulong row0, __global G_ELEM *grad, ulong g_off,
                                     ulong g_stride)
 {
     const ulong row = row0 + get_global_id(1);
@@ -578,7 +578,7 @@ __kernel void klcl_sparse_grad_topk(__global const float *student, ulong s_off, 
     if (j >= k || (flags & (FLAG_SKIPPED | FLAG_INVALID | FLAG_NO_GRADIENT))) return;
     __global const float *st = row_stats + row * SS_COUNT;
     const int t = indices[i_off + row * i_stride + j];
-    const float rs = student[s_off + row * s_stride + t], x = softcap1(rs, cap);
+    const float rs = LOAD_S1((uint)t, student + s_off + row * s_stride, vocab), x = softcap1(rs, cap);
     const sp_row R = {st[SS_MS], st[SS_LSS], st[SS_MO], st[SS_LSO], st[SS_MT], st[SS_LST], KLCL_NEG_INF,
                       inv_tau, beta, lwa, lwb};
     sp_cat c;
@@ -594,5 +594,5 @@ __kernel void klcl_sparse_grad_topk(__global const float *student, ulong s_off, 
         const float th = tanh(rs / cap);
         ds *= 1.0f - th * th;
     }
-    grad[g_off + row * g_stride + t] = ds;
+    STORE_G1(ds, (uint)t, grad + g_off + row * g_stride);
 }

@@ -618,6 +618,78 @@ static void test_deterministic(void **state)
     data_free(&d);
 }
 
+/* fp16 and bf16 students and gradients: the device against the CPU reference context on the same
+ * (widened) values, the gradient within the contract plus one rounding of its type; verify mode agrees. */
+static void test_half_precision(void **state)
+{
+    (void)state;
+    const size_t vocab = small_grid ? 203 : 5003, k = small_grid ? 9 : 64, rows = 5;
+    sparse_data d;
+    tu_seed(33);
+    data_alloc(&d, rows, vocab, k, 1);
+    klcl_context_options o = KLCL_CONTEXT_OPTIONS_INIT;
+    o.device = "cpu";
+    klcl_context *cpu, *verify = tu_device_context(1);
+    assert_int_equal(klcl_context_create(&o, &cpu), KLCL_OK);
+    const klcl_dtype mixes[][2] = {{KLCL_DTYPE_BF16, KLCL_DTYPE_BF16}, {KLCL_DTYPE_F16, KLCL_DTYPE_F32},
+                                   {KLCL_DTYPE_F32, KLCL_DTYPE_F16}};
+    uint16_t *sh = malloc(rows * vocab * sizeof *sh);
+    float *g_dev = malloc(rows * vocab * sizeof(float)), *g_ref = malloc(rows * vocab * sizeof(float));
+    assert_true(sh && g_dev && g_ref);
+    for (size_t m = 0; m < sizeof mixes / sizeof mixes[0]; m++) {
+        const klcl_dtype sdt = mixes[m][0], gdt = mixes[m][1];
+        const void *student = d.student;
+        if (sdt != KLCL_DTYPE_F32) {
+            assert_int_equal(klcl_convert(d.student, KLCL_DTYPE_F32, sh, sdt, rows * vocab), KLCL_OK);
+            student = sh;
+        }
+        for (size_t l = 0; l < N_SPARSE_LOSSES; l++) {
+            klcl_loss_desc desc = desc_for(sparse_losses[l]);
+            desc.reduction = KLCL_REDUCTION_SUM;
+            desc.scale = 1.0f;
+            klcl_sparse_teacher sp = teacher_of(&d, KLCL_SPARSE_TAIL);
+            float l_dev[5], l_ref[5];
+            klcl_batch b = batch_of(&d, g_dev, l_dev);
+            b.student = klcl_host_tensor(student, 0);
+            b.student.dtype = sdt;
+            b.grad.dtype = gdt;
+            klcl_result r_dev, r_ref, r_ver;
+            if (klcl_compute_sparse(ctx, &desc, &b, &sp, &r_dev) != KLCL_OK) fail_msg("%s", klcl_last_error(ctx));
+            b.row_loss = klcl_host_tensor(l_ref, 0);
+            b.grad = klcl_host_tensor(g_ref, 0);
+            b.grad.dtype = gdt;
+            if (klcl_compute_sparse(cpu, &desc, &b, &sp, &r_ref) != KLCL_OK) fail_msg("%s", klcl_last_error(cpu));
+            for (size_t i = 0; i < rows; i++)
+                if (!tu_loss_close(l_dev[i], l_ref[i]))
+                    fail_msg("%s %s/%s row %zu: %.9g vs reference %.9g", klcl_loss_name(desc.loss),
+                             klcl_dtype_name(sdt), klcl_dtype_name(gdt), i, (double)l_dev[i], (double)l_ref[i]);
+            const double step = gdt == KLCL_DTYPE_BF16 ? 0x1p-7 : gdt == KLCL_DTYPE_F16 ? 0x1p-10 : 0.0;
+            for (size_t e = 0; e < rows * vocab; e++) {
+                float a, r;
+                klcl_convert((const char *)g_dev + e * klcl_dtype_size(gdt), gdt, &a, KLCL_DTYPE_F32, 1);
+                klcl_convert((const char *)g_ref + e * klcl_dtype_size(gdt), gdt, &r, KLCL_DTYPE_F32, 1);
+                const double tol = 1e-6 + 1e-4 * fabs(r) + step * fabs(r) + (gdt == KLCL_DTYPE_F16 ? 0x1p-24 : 0.0);
+                if (!(isnan(r) ? isnan(a) : fabs(a - r) <= tol))
+                    fail_msg("%s %s/%s grad[%zu]: %.9g vs reference %.9g", klcl_loss_name(desc.loss),
+                             klcl_dtype_name(sdt), klcl_dtype_name(gdt), e, (double)a, (double)r);
+            }
+            b.row_loss = klcl_host_tensor(l_dev, 0);
+            b.grad = klcl_host_tensor(g_dev, 0);
+            b.grad.dtype = gdt;
+            assert_int_equal(klcl_compute_sparse(verify, &desc, &b, &sp, &r_ver), KLCL_OK);
+            if (!r_ver.verify_ok)
+                fail_msg("%s %s/%s: verify loss err %g, grad err %g", klcl_loss_name(desc.loss), klcl_dtype_name(sdt),
+                         klcl_dtype_name(gdt), r_ver.verify_max_loss_err, r_ver.verify_max_grad_err);
+        }
+    }
+    free(sh);
+    free(g_dev);
+    free(g_ref);
+    klcl_context_destroy(cpu);
+    klcl_context_destroy(verify);
+    data_free(&d);
+}
+
 /* The CPU reference backend gives the reference rows; verify mode agrees on the device. */
 static void test_cpu_backend_and_verify(void **state)
 {
@@ -753,6 +825,7 @@ int main(void)
         cmocka_unit_test(test_special_values),
         cmocka_unit_test(test_skipped_rows),
         cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_half_precision),
         cmocka_unit_test(test_cl_mem_tensors),
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_cpu_backend_and_verify),
