@@ -589,12 +589,18 @@ typedef struct klcl_sparse_teacher {
  * student's argmax over V. A teacher log-probability of NaN or +inf makes its row invalid (NaN), as does a
  * renorm teacher whose k log-probabilities are all -inf.
  *
+ * The student logits and the gradient may be fp32, fp16 or bf16 (their dtype, as in klcl_compute); the
+ * log-probabilities are fp32. Unlike klcl_compute, host inputs are uploaded whole, not streamed in chunks:
+ * the student matrix must fit in one device buffer. batch->teacher_vocab and batch->teacher_logprobs must
+ * be 0 (the teacher's width is vocab, and its values are log-probabilities already).
+ *
  * Rows skipped by mask or ignore_index are not read, so their indices may hold anything (padding).
  * Errors are those of klcl_compute, and:
  *   KLCL_ERR_NULL_POINTER   sparse is NULL; sparse->indices or sparse->logprobs missing
  *   KLCL_ERR_INVALID_SHAPE  k is 0, larger than vocab or than KLCL_SPARSE_K_MAX; a stride smaller than k
- *   KLCL_ERR_INVALID_VALUE  batch->teacher is set; unknown policy; a used row whose indices repeat or fall
- *                           outside [0, vocab) (the message names the first such row; for cl_mem indices
+ *   KLCL_ERR_INVALID_VALUE  batch->teacher, teacher_vocab or teacher_logprobs is set; unknown policy; a used
+ *                           row whose indices repeat or fall outside [0, vocab) (the message names the
+ *                           first such row; for cl_mem indices
  *                           the device checks them and the call fails before any gradient is written)
  *   KLCL_ERR_UNSUPPORTED    a loss other than kl, rkl, soft_ce, jsd and tvd
  * Thread safety as klcl_compute (one context per thread). */
@@ -610,7 +616,6 @@ KLCL_API klcl_status klcl_reference_sparse_row(const klcl_loss_desc *desc, klcl_
                                                const float *student, size_t k, const int32_t *indices,
                                                const float *logprobs, double *loss, double *grad,
                                                double *teacher_entropy, double *student_entropy);
-
 
 /* ---------------------------------------------------------------------------------------------------- */
 /* Tuning: the work-group size of the row kernels, per device                                             */
