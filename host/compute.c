@@ -388,7 +388,7 @@ static void arg_params(arg_setter *a, const kernel_params *p, int with_ignore_in
 
 /* Rows the reduction counts (not skipped by mask or ignore_index), for the gradient's denominator before
  * the rows are reduced; labels outside the loss's columns fail here. cl_mem vectors are read back. */
-static klcl_status count_used(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b, size_t *used)
+klcl_status klcl_count_used(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b, size_t *used)
 {
     const size_t rows = b->rows;
     int32_t *yc = NULL;
@@ -608,7 +608,7 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
     /* The gradient's denominator is needed before the rows are reduced (chunks write their gradient as
      * they go): only `mean` depends on the data. */
     size_t used = rows;
-    if (want_grad && desc->reduction == KLCL_REDUCTION_MEAN && (st = count_used(ctx, desc, b, &used)) != KLCL_OK)
+    if (want_grad && desc->reduction == KLCL_REDUCTION_MEAN && (st = klcl_count_used(ctx, desc, b, &used)) != KLCL_OK)
         goto done;
     const float inv_denom = (float)(1.0 / klcl_denominator(desc->reduction, rows, used));
 

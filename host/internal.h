@@ -196,6 +196,11 @@ klcl_widths klcl_batch_widths(const klcl_loss_desc *desc, const klcl_batch *b);
 klcl_status klcl_reference_compute(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *batch,
                                    klcl_result *result);
 
+/* Rows the reduction counts (not skipped by mask or ignore_index), known before the rows are reduced: the
+ * gradient's `mean` denominator for calls that write gradients chunk by chunk. cl_mem labels and mask are
+ * read back, and the labels checked against b (compute.c). */
+klcl_status klcl_count_used(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b, size_t *used);
+
 /* Reductions shared by both backends: the denominator of the gradient and the reduced value. */
 double klcl_denominator(klcl_reduction reduction, size_t rows, size_t rows_used);
 

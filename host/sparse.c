@@ -243,21 +243,22 @@ static klcl_status pull(klcl_context *ctx, const klcl_tensor *t, size_t elem, si
     return err == CL_SUCCESS ? KLCL_OK : klcl_fail_cl(ctx, err, "clEnqueueReadBuffer (verify)");
 }
 
-static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
-                                         const klcl_sparse_teacher *sp, klcl_result *result)
+/* One chunk of rows of a sparse call (the whole batch when it fits): b and sp are views of rows
+ * [row_base, row_base + b->rows) of the caller's batch. Row kernel, per-row results into the shared tally
+ * (in row order, so the reduction does not depend on the chunking) and into row_loss_all, then the
+ * gradient with the whole call's 1/denominator. */
+static klcl_status sparse_chunk(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
+                                const klcl_sparse_teacher *sp, const klcl_program *prog, size_t row_base,
+                                float inv_denom, klcl_tally *tally, float *row_loss_all)
 {
-    const klcl_program *prog = NULL;
     const klcl_dtype gdt = (b->grad.host || b->grad.mem) ? b->grad.dtype : KLCL_DTYPE_F32;
-    klcl_status st = klcl_program_variant(ctx, KLCL_DTYPE_F32, b->student.dtype, gdt, &prog);
-    if (st != KLCL_OK) return st;
     const size_t rows = b->rows, vocab = b->vocab, k = sp->k;
     const size_t s_elem = klcl_dtype_size(b->student.dtype), g_elem = klcl_dtype_size(gdt);
-    float *s_wide = NULL, *g_wide = NULL;
     const klcl_loss kind = klcl_effective_loss(desc);
     float *row_loss = NULL, *stats = NULL;
     cl_int *flags = NULL;
-    void *copies[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
     cl_int err;
+    klcl_status st;
 
     if ((st = klcl_scratch_reserve(ctx, SCRATCH_DUMMY, 64)) != KLCL_OK) goto done;
     bound s, y, m, ix, lp, rl, g;
@@ -328,30 +329,28 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
         st = klcl_fail_cl(ctx, err, "clEnqueueReadBuffer (per-row results)");
         goto done;
     }
-    klcl_tally tally;
-    memset(&tally, 0, sizeof tally);
     for (size_t i = 0; i < rows; i++) {
         const int f = flags[i * RF_COUNT + RF_FLAGS];
         if (f & FLAG_BAD_LABEL) {
             st = klcl_fail(ctx, KLCL_ERR_LABEL_OUT_OF_RANGE,
-                           "batch->labels[%zu] is outside [0, %zu) and not ignore_index (%d)", i, vocab,
+                           "batch->labels[%zu] is outside [0, %zu) and not ignore_index (%d)", row_base + i, vocab,
                            (int)desc->ignore_index);
             goto done;
         }
         if (f & (SP_FLAG_RANGE | SP_FLAG_REPEAT)) {
-            st = klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "sparse->indices row %zu: %s", i,
+            st = klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "sparse->indices row %zu: %s", row_base + i,
                            (f & SP_FLAG_RANGE) ? "an index is outside [0, vocab)" : "a token appears more than once");
             goto done;
         }
-        klcl_tally_row(&tally, i, f & FLAG_SKIPPED, row_loss[i], f & FLAG_TEACHER_OK, stats[i * SS_COUNT + SS_H_T],
-                       stats[i * SS_COUNT + SS_H_S], f & FLAG_AGREE, has_labels, f & FLAG_CORRECT);
+        klcl_tally_row(tally, row_base + i, f & FLAG_SKIPPED, row_loss[i], f & FLAG_TEACHER_OK,
+                       stats[i * SS_COUNT + SS_H_T], stats[i * SS_COUNT + SS_H_S], f & FLAG_AGREE, has_labels,
+                       f & FLAG_CORRECT);
     }
-    klcl_tally_finish(&tally, desc->reduction, rows, result);
+    memcpy(row_loss_all + row_base, row_loss, rows * sizeof(float));
 
     /* Gradient: every token as if outside K, then the k entries on top (the queue is in order). */
     if (b->grad.host || b->grad.mem) {
         if ((st = bind_output(ctx, &b->grad, SCRATCH_GRAD, g_elem, rows, vocab, 1, &g)) != KLCL_OK) goto done;
-        const float inv_denom = (float)(1.0 / klcl_denominator(desc->reduction, rows, tally.used));
         size_t per_row = ((vocab + 7) / 8 + 63) / 64 * 64;
         if (per_row > GRAD_ITEMS_PER_ROW_MAX) per_row = GRAD_ITEMS_PER_ROW_MAX;
         const size_t k_items = (k + 63) / 64 * 64;
@@ -413,7 +412,25 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
         goto done;
     }
 
-    if (ctx->verify) {
+done:
+    if (st != KLCL_OK) clFinish(ctx->queue); /* nothing may still read caller memory after return */
+    free(row_loss);
+    free(stats);
+    free(flags);
+    return st;
+}
+
+/* Verify mode over the whole call: host copies of what lives on the device, widened to fp32. */
+static klcl_status verify_sparse(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
+                                 const klcl_sparse_teacher *sp, const float *row_loss, klcl_result *result)
+{
+    const klcl_dtype gdt = (b->grad.host || b->grad.mem) ? b->grad.dtype : KLCL_DTYPE_F32;
+    const size_t rows = b->rows, vocab = b->vocab, k = sp->k;
+    const size_t s_elem = klcl_dtype_size(b->student.dtype), g_elem = klcl_dtype_size(gdt);
+    void *copies[6] = {NULL, NULL, NULL, NULL, NULL, NULL};
+    float *s_wide = NULL, *g_wide = NULL;
+    klcl_status st = KLCL_OK;
+    {
         const float *sh = b->student.host, *lph = sp->logprobs.host, *gh = b->grad.host;
         const int32_t *yh = b->labels.host, *ixh = sp->indices.host;
         const uint8_t *mh = b->mask.host;
@@ -457,13 +474,81 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
         st = klcl_sparse_verify(ctx, desc, b, sp, sh, yh, mh, ixh, lph, row_loss, gh, gs, result);
     }
 done:
-    if (st != KLCL_OK) clFinish(ctx->queue); /* nothing may still read caller memory after return */
-    free(row_loss);
-    free(stats);
-    free(flags);
     for (size_t i = 0; i < sizeof copies / sizeof copies[0]; i++) free(copies[i]);
     free(s_wide);
     free(g_wide);
+    return st;
+}
+
+/* A view of rows [r0, r0 + n) of a tensor: host pointers and cl_mem offsets moved by r0 rows. */
+static klcl_tensor rows_of(const klcl_tensor *t, size_t r0, size_t width, size_t elem)
+{
+    klcl_tensor v = *t;
+    const size_t step = r0 * (width ? klcl_row_stride(t, width) : 1) * elem;
+    if (v.host) v.host = (char *)v.host + step;
+    if (v.mem) v.offset += step;
+    return v;
+}
+
+/* The device path: the batch in chunks of rows when host inputs are larger than the device wants in one
+ * piece (sized like klcl_compute's, or ctx->chunk_rows), reduced in row order, so the results are
+ * bit-identical for every chunk size. */
+static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
+                                         const klcl_sparse_teacher *sp, klcl_result *result)
+{
+    const klcl_dtype gdt = (b->grad.host || b->grad.mem) ? b->grad.dtype : KLCL_DTYPE_F32;
+    const size_t rows = b->rows, vocab = b->vocab, k = sp->k;
+    const size_t s_elem = klcl_dtype_size(b->student.dtype), g_elem = klcl_dtype_size(gdt);
+    const klcl_program *prog = NULL;
+    float *row_loss = NULL;
+    klcl_status st = klcl_program_variant(ctx, KLCL_DTYPE_F32, b->student.dtype, gdt, &prog);
+    if (st != KLCL_OK) return st;
+
+    /* 1/denominator of the whole call, before any chunk writes its gradient. */
+    size_t used = rows;
+    if ((b->grad.host || b->grad.mem) && desc->reduction == KLCL_REDUCTION_MEAN) {
+        klcl_batch dense = *b; /* the student stands in for the teacher the dense checks require */
+        dense.teacher = b->student;
+        if ((st = klcl_count_used(ctx, desc, &dense, &used)) != KLCL_OK) return st;
+    }
+    const float inv_denom = (float)(1.0 / klcl_denominator(desc->reduction, rows, used));
+
+    /* Rows per chunk: what is on the host goes through device buffers, at most a quarter of the device's
+     * memory and one allocation each. */
+    size_t per_row = (b->student.host ? vocab * s_elem : 0) + (b->grad.host ? vocab * g_elem : 0) +
+                     (sp->indices.host ? k * 4 : 0) + (sp->logprobs.host ? k * 4 : 0);
+    size_t chunk = rows;
+    if (per_row) {
+        cl_ulong global = 0, max_alloc = 0;
+        clGetDeviceInfo(ctx->device, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof global, &global, NULL);
+        clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof max_alloc, &max_alloc, NULL);
+        const size_t widest = vocab * (s_elem > g_elem ? s_elem : g_elem);
+        size_t n = ctx->chunk_rows ? ctx->chunk_rows : (size_t)(global / 4 / per_row);
+        if (max_alloc && n > max_alloc / widest) n = (size_t)(max_alloc / widest);
+        chunk = n == 0 ? 1 : n < rows ? n : rows;
+    }
+
+    row_loss = malloc(rows * sizeof *row_loss);
+    if (!row_loss) return klcl_fail(ctx, KLCL_ERR_OUT_OF_HOST_MEMORY, "per-row results: out of host memory");
+    klcl_tally tally;
+    memset(&tally, 0, sizeof tally);
+    for (size_t c0 = 0; c0 < rows && st == KLCL_OK; c0 += chunk) {
+        const size_t n = rows - c0 < chunk ? rows - c0 : chunk;
+        klcl_batch cb = *b;
+        klcl_sparse_teacher cs = *sp;
+        cb.rows = n;
+        cb.student = rows_of(&b->student, c0, vocab, s_elem);
+        cb.grad = rows_of(&b->grad, c0, vocab, g_elem);
+        cb.labels = rows_of(&b->labels, c0, 0, sizeof(int32_t));
+        cb.mask = rows_of(&b->mask, c0, 0, sizeof(uint8_t));
+        cb.row_loss = rows_of(&b->row_loss, c0, 0, sizeof(float));
+        cs.indices = rows_of(&sp->indices, c0, k, sizeof(int32_t));
+        cs.logprobs = rows_of(&sp->logprobs, c0, k, sizeof(float));
+        st = sparse_chunk(ctx, desc, &cb, &cs, prog, c0, inv_denom, &tally, row_loss);
+    }
+    if (st == KLCL_OK) klcl_tally_finish(&tally, desc->reduction, rows, result);
+    if (st == KLCL_OK && ctx->verify) st = verify_sparse(ctx, desc, b, sp, row_loss, result);
+    free(row_loss);
     return st;
 }
 

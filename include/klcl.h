@@ -590,8 +590,9 @@ typedef struct klcl_sparse_teacher {
  * renorm teacher whose k log-probabilities are all -inf.
  *
  * The student logits and the gradient may be fp32, fp16 or bf16 (their dtype, as in klcl_compute); the
- * log-probabilities are fp32. Unlike klcl_compute, host inputs are uploaded whole, not streamed in chunks:
- * the student matrix must fit in one device buffer. batch->teacher_vocab and batch->teacher_logprobs must
+ * log-probabilities are fp32. Host inputs larger than the device are streamed in chunks of rows as in
+ * klcl_compute (klcl_context_options.chunk_rows, KLCL_CHUNK_ROWS), with bit-identical results for every
+ * chunk size. batch->teacher_vocab and batch->teacher_logprobs must
  * be 0 (the teacher's width is vocab, and its values are log-probabilities already).
  *
  * Rows skipped by mask or ignore_index are not read, so their indices may hold anything (padding).

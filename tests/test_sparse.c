@@ -690,6 +690,48 @@ static void test_half_precision(void **state)
     data_free(&d);
 }
 
+/* Host inputs streamed in chunks of rows give the bits of one piece, for any chunk size. */
+static void test_chunked(void **state)
+{
+    (void)state;
+    const size_t vocab = small_grid ? 150 : 3001, k = small_grid ? 7 : 50, rows = 11;
+    sparse_data d;
+    tu_seed(34);
+    data_alloc(&d, rows, vocab, k, 1);
+    uint16_t *sh = malloc(rows * vocab * sizeof *sh);
+    assert_non_null(sh);
+    assert_int_equal(klcl_convert(d.student, KLCL_DTYPE_F32, sh, KLCL_DTYPE_BF16, rows * vocab), KLCL_OK);
+    const size_t chunks[] = {0, 1, 3, 10};
+    float *g[4], l[4][11];
+    double loss[4];
+    for (size_t c = 0; c < 4; c++) {
+        klcl_context_options o = KLCL_CONTEXT_OPTIONS_INIT;
+        o.device = "opencl";
+        o.chunk_rows = chunks[c];
+        klcl_context *cc = NULL;
+        assert_int_equal(klcl_context_create(&o, &cc), KLCL_OK);
+        g[c] = malloc(rows * vocab * sizeof(float));
+        assert_non_null(g[c]);
+        klcl_loss_desc desc = desc_for(KLCL_LOSS_JSD);
+        desc.reduction = KLCL_REDUCTION_MEAN;
+        klcl_sparse_teacher sp = teacher_of(&d, KLCL_SPARSE_TAIL);
+        klcl_batch b = batch_of(&d, g[c], l[c]);
+        b.student = klcl_host_tensor(sh, 0);
+        b.student.dtype = KLCL_DTYPE_BF16;
+        klcl_result r;
+        if (klcl_compute_sparse(cc, &desc, &b, &sp, &r) != KLCL_OK) fail_msg("chunk %zu: %s", chunks[c], klcl_last_error(cc));
+        loss[c] = r.loss;
+        klcl_context_destroy(cc);
+        if (c == 0) continue;
+        assert_memory_equal(&loss[0], &loss[c], sizeof loss[0]);
+        assert_memory_equal(l[0], l[c], sizeof l[0]);
+        if (memcmp(g[0], g[c], rows * vocab * sizeof(float)) != 0) fail_msg("chunks of %zu: gradient differs", chunks[c]);
+    }
+    for (size_t c = 0; c < 4; c++) free(g[c]);
+    free(sh);
+    data_free(&d);
+}
+
 /* The CPU reference backend gives the reference rows; verify mode agrees on the device. */
 static void test_cpu_backend_and_verify(void **state)
 {
@@ -826,6 +868,7 @@ int main(void)
         cmocka_unit_test(test_skipped_rows),
         cmocka_unit_test(test_metrics),
         cmocka_unit_test(test_half_precision),
+        cmocka_unit_test(test_chunked),
         cmocka_unit_test(test_cl_mem_tensors),
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_cpu_backend_and_verify),
