@@ -334,19 +334,6 @@ static kernel_params params_of(const klcl_loss_desc *d, klcl_loss kind)
     return p;
 }
 
-/* Sets kernel arguments in order; stops at the first failure. */
-typedef struct arg_setter {
-    cl_kernel k;
-    cl_uint index;
-    cl_int err;
-} arg_setter;
-
-static void arg(arg_setter *a, size_t size, const void *value)
-{
-    if (a->err == CL_SUCCESS) a->err = clSetKernelArg(a->k, a->index, size, value);
-    a->index++;
-}
-
 /* A matrix from row `skip` of its current chunk on. */
 static void arg_matrix(arg_setter *a, const matrix *m, size_t skip)
 {

@@ -31,6 +31,19 @@ static inline size_t klcl_row_stride(const klcl_tensor *t, size_t vocab)
     return t->stride ? t->stride : vocab;
 }
 
+/* Kernel arguments set in order; the first failure sticks and is reported once (compute.c, sparse.c). */
+typedef struct arg_setter {
+    cl_kernel k;
+    cl_uint index;
+    cl_int err;
+} arg_setter;
+
+static inline void arg(arg_setter *a, size_t size, const void *value)
+{
+    if (a->err == CL_SUCCESS) a->err = clSetKernelArg(a->k, a->index, size, value);
+    a->index++;
+}
+
 /* A device buffer the context owns and grows on demand. */
 typedef struct klcl_scratch {
     cl_mem mem;

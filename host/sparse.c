@@ -201,18 +201,6 @@ static klcl_status bind_output(klcl_context *ctx, const klcl_tensor *t, int whic
     return KLCL_OK;
 }
 
-typedef struct arg_setter {
-    cl_kernel k;
-    cl_uint index;
-    cl_int err;
-} arg_setter;
-
-static void arg(arg_setter *a, size_t size, const void *value)
-{
-    if (a->err == CL_SUCCESS) a->err = clSetKernelArg(a->k, a->index, size, value);
-    a->index++;
-}
-
 static void arg_bound(arg_setter *a, const bound *b, int with_stride)
 {
     arg(a, sizeof(cl_mem), &b->mem);
