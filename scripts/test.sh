@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j "$(nproc)"
-ctest --test-dir build --output-on-failure --no-tests=error
+# Suites are independent (each works in its own temporary folders): one per core at a time.
+ctest --test-dir build --output-on-failure --no-tests=error --parallel "$(nproc)"
