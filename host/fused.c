@@ -178,6 +178,11 @@ static klcl_status check_tensor(klcl_context *ctx, const char *name, const klcl_
         return required ? klcl_fail(ctx, KLCL_ERR_NULL_POINTER, "%s is missing (host and mem both NULL)", name)
                         : KLCL_OK;
     if (t->host && t->mem) return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "%s: set host or mem, not both", name);
+    if (t->dtype != KLCL_DTYPE_F32) {
+        const char *dn = klcl_dtype_name(t->dtype);
+        return dn ? klcl_fail(ctx, KLCL_ERR_UNSUPPORTED, "%s.dtype is %s: the fused path takes fp32 only for now", name, dn)
+                  : klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "%s.dtype is %d: not a klcl_dtype", name, (int)t->dtype);
+    }
     size_t extent = rows;
     if (matrix) {
         size_t stride = klcl_row_stride(t, width);

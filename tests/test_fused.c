@@ -690,6 +690,12 @@ static void test_errors(void **state)
     b.student.weight.host = NULL;
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_NULL_POINTER, "batch->student.weight");
     b = good;
+    b.student.weight.dtype = KLCL_DTYPE_BF16; /* half-precision weights and hidden states: not yet */
+    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_UNSUPPORTED, "batch->student.weight.dtype");
+    b = good;
+    b.student.hidden.dtype = (klcl_dtype)9;
+    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_INVALID_VALUE, "batch->student.hidden.dtype");
+    b = good;
     b.student.dim = 0;
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_INVALID_SHAPE, "batch->student.dim");
     b = good;
