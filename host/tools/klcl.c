@@ -117,20 +117,6 @@ int parse_int32(const char *cmd, const char *opt, const char *text, int32_t *out
 /* ---------------------------------------------------------------------------------------------------- */
 /* klcl devices                                                                                             */
 
-static void json_text(const char *s)
-{
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if (*p < 0x20)
-            printf("\\u%04x", *p);
-        else
-            putchar(*p);
-    }
-    putchar('"');
-}
-
 /* Which entry the library picks when nothing names a device: -1 for the CPU reference. With KLCL_DEVICE
  * set, the library's own choice is asked for and matched by name. */
 static long default_device(const klcl_device_info *d, size_t n)
@@ -185,16 +171,16 @@ static int cmd_devices(int argc, char **argv)
         printf("{\n  \"devices\": [\n");
         for (size_t i = 0; i < n; i++) {
             printf("    {\"id\": ");
-            json_text(d[i].id);
+            tool_json_string(stdout, d[i].id);
             printf(", \"platform\": ");
-            json_text(d[i].platform_name);
+            tool_json_string(stdout, d[i].platform_name);
             printf(", \"name\": ");
-            json_text(d[i].name);
+            tool_json_string(stdout, d[i].name);
             printf(", \"type\": \"%s\", \"global_mem_bytes\": %llu, \"max_alloc_bytes\": %llu, "
                    "\"compute_units\": %u, \"driver\": ",
                    d[i].is_gpu ? "gpu" : d[i].is_cpu ? "cpu" : "other", (unsigned long long)d[i].global_mem_bytes,
                    (unsigned long long)d[i].max_alloc_bytes, d[i].compute_units);
-            json_text(d[i].driver_version);
+            tool_json_string(stdout, d[i].driver_version);
             printf(", \"default\": %s},\n", def == (long)i ? "true" : "false");
         }
         printf("    {\"id\": \"cpu\", \"platform\": null, \"name\": \"CPU reference (double precision)\", "
@@ -203,7 +189,7 @@ static int cmd_devices(int argc, char **argv)
                def == -1 ? "true" : "false");
         printf("  \"klcl_device\": ");
         if (env && *env)
-            json_text(env);
+            tool_json_string(stdout, env);
         else
             printf("null");
         printf("\n}\n");

@@ -206,7 +206,7 @@ void report_text(FILE *f, const eval_report *r)
 /* ---------------------------------------------------------------------------------------------------- */
 /* JSON                                                                                                     */
 
-static void json_string(FILE *f, const char *s)
+void tool_json_string(FILE *f, const char *s)
 {
     if (!s) {
         fputs("null", f);
@@ -253,7 +253,7 @@ static const char *finiteness(double x)
 static void key_string(FILE *f, const char *key, const char *value)
 {
     fprintf(f, ",\n  \"%s\": ", key);
-    json_string(f, value);
+    tool_json_string(f, value);
 }
 
 static void key_number(FILE *f, const char *key, double value)
@@ -265,7 +265,7 @@ static void key_number(FILE *f, const char *key, double value)
 static void json_loss(FILE *f, const eval_report *r, const loss_report *L)
 {
     fprintf(f, "    ");
-    json_string(f, klcl_loss_name(L->loss));
+    tool_json_string(f, klcl_loss_name(L->loss));
     fprintf(f, ": {\n      \"value\": ");
     json_number(f, L->value);
     fprintf(f, ",\n      \"value_is\": \"%s\",\n      \"reduction\": \"%s\",\n", finiteness(L->value),
@@ -302,12 +302,12 @@ void report_json(FILE *f, const eval_report *r)
     const klcl_loss_desc *d = &r->desc;
     double secs = r->seconds > 0.0 ? r->seconds : 1e-9;
     fprintf(f, "{\n  \"klcl_version\": ");
-    json_string(f, klcl_version_string());
+    tool_json_string(f, klcl_version_string());
     key_string(f, "device", r->device);
     key_string(f, "device_spec", r->device_spec);
     fprintf(f, ",\n  \"reference\": %s,\n  \"sample\": %s,\n  \"teacher\": ", r->is_reference ? "true" : "false",
             r->sample ? "true" : "false");
-    json_string(f, r->teacher);
+    tool_json_string(f, r->teacher);
     key_string(f, "student", r->student);
     key_string(f, "labels", r->labels);
     key_string(f, "teacher_dtype", r->teacher_dtype);
@@ -341,12 +341,12 @@ void report_json(FILE *f, const eval_report *r)
         fprintf(f, ", ");
     }
     fprintf(f, "\"ignore_index\": %d, \"vocab_policy\": ", (int)d->ignore_index);
-    json_string(f, r->vocab_policy);
+    tool_json_string(f, r->vocab_policy);
     fprintf(f, ", \"teacher_logprobs\": %s},\n", r->teacher_logprobs ? "true" : "false");
     fprintf(f, "  \"losses\": [");
     for (size_t l = 0; l < r->loss_count; l++) {
         fprintf(f, "%s", l ? ", " : "");
-        json_string(f, klcl_loss_name(r->loss[l].loss));
+        tool_json_string(f, klcl_loss_name(r->loss[l].loss));
     }
     fprintf(f, "],\n  \"metrics\": {\n");
     for (size_t l = 0; l < r->loss_count; l++) {
@@ -354,7 +354,7 @@ void report_json(FILE *f, const eval_report *r)
         fprintf(f, "%s\n", l + 1 < r->loss_count ? "," : "");
     }
     fprintf(f, "  },\n  \"metrics_from\": ");
-    json_string(f, klcl_loss_name(r->loss[0].loss));
+    tool_json_string(f, klcl_loss_name(r->loss[0].loss));
     key_number(f, "teacher_entropy", r->teacher_entropy);
     key_number(f, "student_entropy", r->student_entropy);
     key_number(f, "top1_agreement", r->top1_agreement);

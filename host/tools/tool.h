@@ -98,4 +98,7 @@ void report_json(FILE *f, const eval_report *r);
  * histogram over [min, max] of `n` finite values; sorts `values` in place. */
 void summarize_values(float *values, size_t n, loss_report *out);
 
+/* A JSON string literal of s (escaped), or null for NULL (report.c). */
+void tool_json_string(FILE *f, const char *s);
+
 #endif

@@ -45,20 +45,6 @@ static const char *const tune_usage =
     "table: $KLCL_TUNE_FILE, else tuning.tsv in the binary cache folder ($KLCL_CACHE_DIR, else\n"
     "$XDG_CACHE_HOME/klcl, else ~/.cache/klcl)\n";
 
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if (*p < 0x20)
-            printf("\\u%04x", *p);
-        else
-            putchar(*p);
-    }
-    putchar('"');
-}
-
 static int device_exit(klcl_status st)
 {
     if (st == KLCL_ERR_OUT_OF_HOST_MEMORY) return EXIT_IO;
@@ -95,10 +81,10 @@ static int show(const char *device, int json)
     }
     if (json) {
         printf("{\n  \"device\": ");
-        json_str(klcl_context_device_name(ctx));
+        tool_json_string(stdout, klcl_context_device_name(ctx));
         printf(",\n  \"table_path\": ");
         if (path_st == KLCL_OK)
-            json_str(path);
+            tool_json_string(stdout, path);
         else
             printf("null");
         if (stored)
@@ -217,11 +203,11 @@ static void print_text(const klcl_tune_report *r, const size_checks *checks)
 static void print_json(const klcl_tune_report *r, const size_checks *checks)
 {
     printf("{\n  \"device\": ");
-    json_str(r->device);
+    tool_json_string(stdout, r->device);
     printf(",\n  \"klcl_version\": ");
-    json_str(klcl_version_string());
+    tool_json_string(stdout, klcl_version_string());
     printf(",\n  \"table_path\": ");
-    json_str(r->table_path);
+    tool_json_string(stdout, r->table_path);
     printf(",\n  \"written\": %s,\n  \"best_work_group\": %zu,\n  \"default_work_group\": %zu,\n",
            r->written ? "true" : "false", r->best_work_group, r->default_work_group);
     printf("  \"best_ms\": %.6g,\n  \"default_ms\": %.6g,\n  \"candidates\": [", 1e3 * r->best_score,
@@ -233,7 +219,7 @@ static void print_json(const klcl_tune_report *r, const size_checks *checks)
         int mine = i < checks->n_bad;
         printf("%s{\"work_group\": %zu, \"why\": ", i ? ", " : "",
                mine ? checks->bad[i] : r->rejected[i - checks->n_bad]);
-        json_str(mine ? checks->why[i] : "results differ from the CPU reference");
+        tool_json_string(stdout, mine ? checks->why[i] : "results differ from the CPU reference");
         printf("}");
     }
     printf("],\n  \"cases\": [\n");
