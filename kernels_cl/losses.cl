@@ -210,6 +210,9 @@ KLCL_ROW_LANES(float8, 8, float)
  * 6e-5 of S measured at V = 32000); per block the loss is bounded by the block, and the fold is exact
  * enough in double. */
 #define ACC_BLOCK 32
+/* log2 of the largest weight a block may sum against a stale maximum (see pass 1): 2^64 x 2^8 terms x a
+ * logit difference stays far below FLT_MAX. */
+#define BLOCK_HEADROOM 64.0f
 #ifdef KLCL_HAS_FP64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
 typedef double acc_t;
@@ -284,15 +287,21 @@ inline void lanes_load(__local const float *lf, uint i, float *mt, float *ms, ro
 
 #define PARAMS_FROM_ARGS {inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, vocab}
 
-/* Lane-wise argmax (ties keep the earlier, lower index), folded into a scalar (value, index) pair. */
-inline void argmax_fold8(float *val, uint *idx, float8 vals, uint8 idxs)
-{
-    float v[8];
-    uint i[8];
-    vstore8(vals, 0, v);
-    vstore8(idxs, 0, i);
-    for (int j = 0; j < 8; j++) argmax_merge(val, idx, v[j], i[j]);
-}
+/* The first index, in the order a work-item reads its vectors kb, kb + KLCL_WG, ... < ke, whose logit
+ * equals v (the block's maximum, so one exists): the argmax with ties to the lowest index. */
+#define KLCL_FIRST_INDEX(X, ELEM, LOAD8)                                                               \
+    inline uint first_index8_##X(__global const ELEM *p, uint kb, uint ke, float v)                     \
+    {                                                                                                  \
+        for (uint kk = kb; kk < ke; kk += KLCL_WG) {                                                   \
+            float x[8];                                                                                \
+            vstore8(LOAD8(kk, p), 0, x);                                                               \
+            for (uint j = 0; j < 8; j++)                                                               \
+                if (x[j] == v) return kk * 8 + j;                                                      \
+        }                                                                                              \
+        return UINT_MAX;                                                                               \
+    }
+KLCL_FIRST_INDEX(S, S_ELEM, LOAD_S8)
+KLCL_FIRST_INDEX(T, T_ELEM, LOAD_T8)
 
 inline void rows_body(const int loss, __local float *lf, __local uint *lu, __local float4 *l4, ROW_ARGS)
 {
@@ -332,60 +341,83 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     __global const T_ELEM *t = teacher + t_off + lrow * t_stride;
     __global const S_ELEM *s = student + s_off + lrow * s_stride;
 
-    /* Pass 1: softmax sums and argmax, 8 logits at a time, then the tail one by one. */
+    /* Pass 1: softmax sums and argmax, 8 logits at a time in blocks of ACC_BLOCK vectors, then the tail
+     * one by one. Within a block nothing is horizontal and nothing branches: the exponentials are taken
+     * against the maxima known when the block starts (from the work-item's first vector at the start),
+     * the block's own maxima are kept lane-wise, and only at the block's end are the sums moved to a
+     * higher maximum (one rescale per block, not per vector). Logits above the block's reference make
+     * weights above 1; while they stay below 2^BLOCK_HEADROOM the fp32 sums cannot overflow and are exact
+     * to the same relative rounding, else the block is summed again from the start against its own
+     * maxima (a row's first block when its first vector is all -inf, or a huge jump). The argmax comes
+     * from the same lane-wise maxima: a block whose maximum beats the best so far is searched once for
+     * its first index of that value. */
     float mt = KLCL_NEG_INF, ms = KLCL_NEG_INF;
+    if (lid < nvec) {
+        ms = softcap1(hmax8(LOAD_S8(lid, s)), cap);
+        if (has_teacher) mt = softcap1(hmax8(LOAD_T8(lid, t)), cap);
+    }
+    /* kd also sums exp(x_s - ms) at tau = 1: the headroom holds for the larger of the two scales. */
+    const float k_room = loss == LOSS_KD ? fmax(k, M_LOG2E_F) : k;
     row_lanesA acc = {0, 0, 0, 0, 0, 0, 0, 0};
     row_lanes8 blk = {(float8)(0.0f), (float8)(0.0f), (float8)(0.0f), (float8)(0.0f),
                       (float8)(0.0f), (float8)(0.0f), (float8)(0.0f), (float8)(0.0f)};
-    float8 atv8 = (float8)(KLCL_NEG_INF), asv8 = (float8)(KLCL_NEG_INF);
-    uint8 ati8 = (uint8)(UINT_MAX), asi8 = (uint8)(UINT_MAX);
-    const uint8 lane = (uint8)(0, 1, 2, 3, 4, 5, 6, 7);
-    uint bad = 0, in_block = 0, count = 0; /* in_block: logits per lane in blk; count: logits in acc */
-    /* The flags of `bad`, kept lane-wise in the vector loop (an OR per vector, no horizontal test) and
-     * folded after it: NaN or +inf in the student (2) or teacher (1) is "not below +inf"; mass against
-     * probability 0 (4, 8) is a finite logit facing -inf. */
-    int8 bad_s8 = (int8)(0), bad_t8 = (int8)(0), bad_4 = (int8)(0), bad_8 = (int8)(0);
-    for (uint kk = lid; kk < nvec; kk += KLCL_WG) {
-        const uint8 idx = (uint8)(kk * 8) + lane;
-        const float8 rs = LOAD_S8(kk, s);
-        bad_s8 |= ~(rs < (float8)(INFINITY));
-        const int8 sup = rs > asv8;
-        asv8 = select(asv8, rs, sup);
-        asi8 = select(asi8, idx, as_uint8(sup));
-        const float8 xs = softcap8(rs, cap);
-        float8 xt = (float8)(0.0f);
-        float mt_new = mt;
-        if (has_teacher) {
-            const float8 rt = LOAD_T8(kk, t);
-            bad_t8 |= ~(rt < (float8)(INFINITY));
-            const int8 tup = rt > atv8;
-            atv8 = select(atv8, rt, tup);
-            ati8 = select(ati8, idx, as_uint8(tup));
-            xt = softcap8(rt, cap);
-            mt_new = fmax(mt, hmax8(xt));
-            bad_4 |= (xs == (float8)(KLCL_NEG_INF)) & (xt != (float8)(KLCL_NEG_INF));
-            bad_8 |= (xt == (float8)(KLCL_NEG_INF)) & (xs != (float8)(KLCL_NEG_INF));
-        }
-        const float ms_new = fmax(ms, hmax8(xs));
-        if (mt_new > mt || ms_new > ms) {
-            float bmt = mt, bms = ms;
-            lanes_rescale8(loss, &blk, &bmt, &bms, mt_new, ms_new, (float)in_block, k);
-            lanes_rescaleA(loss, &acc, &mt, &ms, mt_new, ms_new, (float)count, k);
-        }
-        lanes_add8(loss, &blk, mt, ms, xt, xs, k, has_teacher);
-        if (++in_block == ACC_BLOCK) {
-            lanes_fold8(&acc, &blk);
-            count += 8 * in_block;
-            in_block = 0;
-        }
-    }
-    lanes_fold8(&acc, &blk);
-    count += 8 * in_block;
-    bad |= (any(bad_t8) ? 1u : 0u) | (any(bad_s8) ? 2u : 0u) | (any(bad_4) ? 4u : 0u) | (any(bad_8) ? 8u : 0u);
     float atv = KLCL_NEG_INF, asv = KLCL_NEG_INF;
     uint ati = UINT_MAX, asi = UINT_MAX;
-    argmax_fold8(&asv, &asi, asv8, asi8);
-    argmax_fold8(&atv, &ati, atv8, ati8);
+    uint bad = 0, count = 0; /* count: logits per work-item in acc */
+    /* The flags of `bad`, kept lane-wise in the vector loop (an OR per vector, no horizontal test) and
+     * folded after it: NaN or +inf in the student (2) or teacher (1) is "not below +inf"; mass against
+     * probability 0 (4 for kl, soft_ce and kd; 8 for rkl) is a finite logit facing -inf. */
+    int8 bad_s8 = (int8)(0), bad_t8 = (int8)(0), bad_48 = (int8)(0);
+    for (uint kb = lid; kb < nvec; kb += ACC_BLOCK * KLCL_WG) {
+        const uint ke = min(nvec, kb + ACC_BLOCK * KLCL_WG);
+        const uint in_block = (ke - kb + KLCL_WG - 1) / KLCL_WG;
+        float8 bmt8 = (float8)(KLCL_NEG_INF), bms8 = (float8)(KLCL_NEG_INF);
+        for (uint kk = kb; kk < ke; kk += KLCL_WG) {
+            const float8 rs = LOAD_S8(kk, s);
+            bad_s8 |= ~(rs < (float8)(INFINITY));
+            bms8 = fmax(bms8, rs);
+            const float8 xs = softcap8(rs, cap);
+            float8 xt = (float8)(0.0f);
+            if (has_teacher) {
+                const float8 rt = LOAD_T8(kk, t);
+                bad_t8 |= ~(rt < (float8)(INFINITY));
+                bmt8 = fmax(bmt8, rt);
+                xt = softcap8(rt, cap);
+                if (USES_CTS(loss)) bad_48 |= (xs == (float8)(KLCL_NEG_INF)) & (xt != (float8)(KLCL_NEG_INF));
+                if (loss == LOSS_RKL) bad_48 |= (xt == (float8)(KLCL_NEG_INF)) & (xs != (float8)(KLCL_NEG_INF));
+            }
+            lanes_add8(loss, &blk, mt, ms, xt, xs, k, has_teacher);
+        }
+        const float bms = hmax8(bms8), bmt = hmax8(bmt8);
+        const float ms_new = fmax(ms, softcap1(bms, cap)), mt_new = fmax(mt, softcap1(bmt, cap));
+        if (ms_new > ms || mt_new > mt) {
+            const int again = (ms_new - ms) * k_room > BLOCK_HEADROOM || (mt_new - mt) * k_room > BLOCK_HEADROOM;
+            if (!again) {
+                float bt_ = mt, bs_ = ms;
+                lanes_rescale8(loss, &blk, &bt_, &bs_, mt_new, ms_new, (float)in_block, k);
+            }
+            lanes_rescaleA(loss, &acc, &mt, &ms, mt_new, ms_new, (float)count, k);
+            if (again) {
+                blk.st = blk.bt = blk.cts = blk.ss = blk.bs = blk.cst = blk.ss1 = blk.dsum = (float8)(0.0f);
+                for (uint kk = kb; kk < ke; kk += KLCL_WG) {
+                    const float8 xs = softcap8(LOAD_S8(kk, s), cap);
+                    const float8 xt = has_teacher ? softcap8(LOAD_T8(kk, t), cap) : (float8)(0.0f);
+                    lanes_add8(loss, &blk, mt, ms, xt, xs, k, has_teacher);
+                }
+            }
+        }
+        if (bms > asv) {
+            asv = bms;
+            asi = first_index8_S(s, kb, ke, bms);
+        }
+        if (has_teacher && bmt > atv) {
+            atv = bmt;
+            ati = first_index8_T(t, kb, ke, bmt);
+        }
+        lanes_fold8(&acc, &blk);
+        count += 8 * in_block;
+    }
+    bad |= (any(bad_t8) ? 1u : 0u) | (any(bad_s8) ? 2u : 0u) | (any(bad_48) ? (loss == LOSS_RKL ? 8u : 4u) : 0u);
     row_lanes1 tail = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     uint in_tail = 0;
     for (uint v = nvec * 8 + lid; v < vocab; v += KLCL_WG) {

@@ -310,6 +310,54 @@ static void test_rising_rows(void **state)
     data_free(&d);
 }
 
+/* Rows laid out against pass 1's blocks (ACC_BLOCK vectors per work-item): a first vector of -inf (no
+ * reference maximum: the block is summed again), a jump of 300 mid-row (beyond the block's headroom),
+ * maxima tied across blocks (the argmax is the lowest index, for the metrics and the centred losses'
+ * reference token), mass against probability 0 in a late block, and NaN or +inf in a late block. */
+static void test_block_boundaries(void **state)
+{
+    (void)state;
+    const size_t vocab = small_grid ? 1283 : 40003, tie = vocab - 7;
+    batch_data d;
+    tu_seed(18);
+    data_alloc(&d, 5, vocab, 1);
+    float *t = d.teacher, *s = d.student;
+    for (size_t v = 0; v < 16; v++) t[v] = s[v] = -INFINITY;
+    for (size_t v = vocab / 2; v < vocab; v++) t[vocab + v] += 300.0f, s[vocab + v] += 300.0f;
+    t[2 * vocab + 5] = t[2 * vocab + 13] = t[2 * vocab + tie] = 50.0f; /* ties in one block and across */
+    s[2 * vocab + 5] = s[2 * vocab + 13] = s[2 * vocab + tie] = 40.0f;
+    d.labels[2] = 5;
+    s[3 * vocab + vocab * 3 / 4] = -INFINITY; /* kl, soft_ce, kd: +inf */
+    t[4 * vocab + vocab / 3] = -INFINITY;     /* rkl: +inf */
+    for (int l = 0; l < KLCL_LOSS_COUNT; l++) {
+        char what[64];
+        snprintf(what, sizeof what, "%s block boundaries V=%zu", klcl_loss_name((klcl_loss)l), vocab);
+        check_all_reductions(&d, desc_for((klcl_loss)l), what);
+    }
+    klcl_context_options ro = KLCL_CONTEXT_OPTIONS_INIT;
+    ro.device = "cpu";
+    klcl_context *ref = NULL;
+    assert_int_equal(klcl_context_create(&ro, &ref), KLCL_OK);
+    klcl_loss_desc desc = desc_for(KLCL_LOSS_JSD);
+    d.labels[1] = d.labels[3] = d.labels[4] = d.labels[0] = 5;
+    klcl_batch b = host_batch(&d, NULL, NULL);
+    klcl_result rd, rr;
+    assert_int_equal(klcl_compute(ctx, &desc, &b, &rd), KLCL_OK);
+    assert_int_equal(klcl_compute(ref, &desc, &b, &rr), KLCL_OK);
+    assert_true(rd.top1_agreement == rr.top1_agreement);
+    assert_true(rd.accuracy == rr.accuracy);
+    klcl_context_destroy(ref);
+
+    float row_loss[5];
+    s[vocab - 20] = NAN;
+    t[vocab + vocab * 2 / 3] = INFINITY;
+    b = host_batch(&d, NULL, row_loss);
+    assert_int_equal(klcl_compute(ctx, &desc, &b, &rd), KLCL_OK);
+    assert_int_equal(rd.rows_nonfinite, 2);
+    assert_true(isnan(row_loss[0]) && isnan(row_loss[1]) && isfinite(row_loss[2]));
+    data_free(&d);
+}
+
 /* Mass against probability 0 (+inf) while the other side's maximum later jumps far: the rescale factor
  * underflows to 0, and +inf must stay +inf, not become NaN. */
 static void test_infinite_through_rescale(void **state)
@@ -790,6 +838,7 @@ int main(void)
         cmocka_unit_test(test_special_values),
         cmocka_unit_test(test_long_tailed_rows),
         cmocka_unit_test(test_rising_rows),
+        cmocka_unit_test(test_block_boundaries),
         cmocka_unit_test(test_infinite_through_rescale),
         cmocka_unit_test(test_mixture_endpoints),
         cmocka_unit_test(test_zero_weights),
