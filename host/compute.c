@@ -482,14 +482,17 @@ typedef struct launch {
     bound y, m, rl;
     cl_mem rs, rf;
     cl_int has_teacher, t_logprob, want_grad;
+    cl_int fuse_grad;  /* the row kernel writes the gradient (no launch_grad) */
     float inv_denom;   /* 1/denominator known to the host, */
     cl_mem denom_buf;  /* or, when set, read by the gradient kernel from this buffer */
 } launch;
 
 /* The row kernel over rows [c0, c0 + n) of the batch (matrices pointing at row c0), in launches of at most
- * ROWS_PER_LAUNCH rows; the first waits on `wait`; *done is the last launch's event. */
-static klcl_status launch_rows(klcl_context *ctx, const launch *L, const matrix *mt, const matrix *ms, size_t c0,
-                               size_t n, cl_uint nwait, const cl_event *wait, cl_event *done)
+ * ROWS_PER_LAUNCH rows; the first waits on `wait`; *done is the last launch's event. With L->fuse_grad it
+ * writes the gradient into mg too. */
+static klcl_status launch_rows(klcl_context *ctx, const launch *L, const matrix *mt, const matrix *ms,
+                               const matrix *mg, size_t c0, size_t n, cl_uint nwait, const cl_event *wait,
+                               cl_event *done)
 {
     cl_kernel rk = L->prog->rows_kernel[L->kind];
     for (size_t r = 0; r < n; r += ROWS_PER_LAUNCH) {
@@ -506,6 +509,9 @@ static klcl_status launch_rows(klcl_context *ctx, const launch *L, const matrix 
         arg(&a, sizeof(cl_mem), &L->rf);
         arg(&a, sizeof(cl_ulong), &row0);
         arg(&a, sizeof(cl_int), &L->want_grad);
+        arg_matrix(&a, mg, r);
+        arg(&a, sizeof(float), &L->inv_denom);
+        arg(&a, sizeof(cl_int), &L->fuse_grad);
         if (a.err != CL_SUCCESS) return klcl_fail_cl(ctx, a.err, "clSetKernelArg (row kernel)");
         const size_t global = nl * ctx->wg, local = ctx->wg;
         release_event(done);
@@ -602,6 +608,7 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
     launch L;
     if ((st = launch_init(ctx, desc, b, prog, &L)) != KLCL_OK) goto done;
     L.inv_denom = inv_denom;
+    L.fuse_grad = want_grad && ctx->fuse_grad;
 
     matrix mt = matrix_of(&b->teacher, vt, SCRATCH_TEACHER), ms = matrix_of(&b->student, b->vocab, SCRATCH_STUDENT);
     matrix mg = matrix_of(&b->grad, b->vocab, SCRATCH_GRAD);
@@ -641,9 +648,9 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
         matrix_at(ctx, &ms, c0, slot);
         matrix_at(ctx, &mg, c0, slot);
         const int first = upload_ev[slot] != NULL;
-        if ((st = launch_rows(ctx, &L, &mt, &ms, c0, n, first ? 1 : 0, first ? &upload_ev[slot] : NULL, &done_ev)) !=
-                KLCL_OK ||
-            (want_grad && (st = launch_grad(ctx, &L, &mt, &ms, &mg, c0, n, &done_ev)) != KLCL_OK))
+        if ((st = launch_rows(ctx, &L, &mt, &ms, &mg, c0, n, first ? 1 : 0, first ? &upload_ev[slot] : NULL,
+                              &done_ev)) != KLCL_OK ||
+            (want_grad && !L.fuse_grad && (st = launch_grad(ctx, &L, &mt, &ms, &mg, c0, n, &done_ev)) != KLCL_OK))
             goto done;
         release_event(&free_ev[slot]);
         if (mg.on_host) {
@@ -798,7 +805,8 @@ klcl_status klcl_compute_async(klcl_context *ctx, const klcl_loss_desc *desc, co
     matrix_at(ctx, &mt, 0, 0);
     matrix_at(ctx, &ms, 0, 0);
     matrix_at(ctx, &mg, 0, 0);
-    if ((st = launch_rows(ctx, &L, &mt, &ms, 0, rows, async->num_wait, async->wait_list, &ev)) != KLCL_OK) goto fail;
+    if ((st = launch_rows(ctx, &L, &mt, &ms, &mg, 0, rows, async->num_wait, async->wait_list, &ev)) != KLCL_OK)
+        goto fail;
 
     /* The reduction on the device: the loss for async->loss and the gradient's denominator. */
     const cl_ulong nrows = rows;

@@ -222,6 +222,12 @@ klcl_status klcl_program_build(klcl_context *ctx)
         return st;
     }
     ctx->wg = wg;
+    /* One work-item per row on a CPU device: the row is still in its cache when the gradient is written
+     * right after the statistics, instead of a second kernel reading it again from memory. A GPU keeps the
+     * separate, fully parallel gradient kernel. KLCL_FUSE_GRAD=0 or 1 overrides (the bits are the same). */
+    const char *fuse = getenv("KLCL_FUSE_GRAD");
+    ctx->fuse_grad = fuse && (fuse[0] == '0' || fuse[0] == '1') && !fuse[1] ? fuse[0] == '1'
+                                                                               : (type & CL_DEVICE_TYPE_CPU) != 0;
     ctx->variants[0].built = 1;
     ctx->built = 1;
     return KLCL_OK;

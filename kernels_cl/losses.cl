@@ -1,5 +1,5 @@
-/* The loss kernels of LOSSES.md. One work-group reduces one row (klcl_rows_*), then an element-wise kernel
- * writes the gradient (klcl_grad_*) from the row's statistics.
+/* The loss kernels of LOSSES.md. One work-group reduces one row (klcl_rows_*); the gradient is written from
+ * the row's statistics by the same work-group (fuse_grad) or by an element-wise kernel (klcl_grad_*).
  *
  * klcl_rows_<loss>, one work-group of KLCL_WG work-items per row:
  *   pass 1  one read of both rows: online softmax of teacher and student (one running max per work-item,
@@ -8,7 +8,10 @@
  *           non-finite flags; merged across work-items in a fixed tree;
  *   pass 2  for jsd, skl, srkl and tvd only, whose terms need log p and log q first: one more read for
  *           the row value and the row sum their gradient needs (fixed tree).
+ *   gradient  with fuse_grad, the row kernel then writes the row's gradient itself while the row is still
+ *           in cache (CPU devices, where one work-item streams a whole row); else:
  * klcl_grad_<loss>, global size (columns, rows): dL/ds_v = dL/dz_v / tau * softcap' * scale / denominator.
+ * Both write the gradient through grad_row, element by element: the same bits either way.
  *
  * The gradient rule of LOSSES.md, dL/dz_v = q_v (g_v - sum_u q_u g_u) with g = dL/dq, cancels
  * catastrophically at the student's dominant token when tau is small: both terms are near the same large
@@ -278,12 +281,14 @@ inline void lanes_load(__local const float *lf, uint i, float *mt, float *ms, ro
         int t_logprob, int has_teacher,                                                                 \
         int ignore_index, float inv_tau, float cap, float scale, float alpha, float beta, float lambda, \
         float eps, float zl, float lwa, float lwb, __global float *row_loss, ulong rl_off,              \
-        __global float *row_stats, __global int *row_flags, ulong row0, int want_grad
+        __global float *row_stats, __global int *row_flags, ulong row0, int want_grad,                  \
+        __global G_ELEM *grad, ulong g_off, ulong g_stride, float inv_denom, int fuse_grad
 
 #define ROW_ARG_NAMES                                                                                  \
     teacher, t_off, t_stride, student, s_off, s_stride, labels, l_off, has_labels, mask, m_off,         \
         has_mask, vocab, t_cols, s_cols, t_logprob, has_teacher, ignore_index, inv_tau, cap, scale, alpha, beta, lambda, eps, zl,  \
-        lwa, lwb, row_loss, rl_off, row_stats, row_flags, row0, want_grad
+        lwa, lwb, row_loss, rl_off, row_stats, row_flags, row0, want_grad, grad, g_off, g_stride,      \
+        inv_denom, fuse_grad
 
 #define PARAMS_FROM_ARGS {inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, vocab}
 
@@ -302,6 +307,37 @@ inline void lanes_load(__local const float *lf, uint i, float *mt, float *ms, ro
     }
 KLCL_FIRST_INDEX(S, S_ELEM, LOAD_S8)
 KLCL_FIRST_INDEX(T, T_ELEM, LOAD_T8)
+
+/* Writes the s_cols columns of a student-shaped gradient row from the row's statistics, columns
+ * first, first + step, ... (8-wide vectors, then the tail): the loss's columns [0, vocab) (teacher
+ * columns past t_cols read as -inf), zeros for student columns a truncated loss does not use; or, when
+ * `compute` is 0, `fill` everywhere (0 for a skipped row, NaN for an invalid one). Element-wise: whoever
+ * calls it, and with whatever step, the same bits. */
+inline void grad_row(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, __global G_ELEM *g,
+                     uint first, uint step, uint vocab, uint t_cols, uint s_cols, int y, row_softmax R, float aux,
+                     float g_ref, loss_params P, float inv_denom, int compute, float fill)
+{
+    if (!compute) {
+        for (uint kk = first; kk < s_cols / 8; kk += step) STORE_G8((float8)(fill), kk, g);
+        for (uint v = s_cols / 8 * 8 + first; v < s_cols; v += step) STORE_G1(fill, v, g);
+        return;
+    }
+    const uint nvec = min(vocab, min(t_cols, s_cols)) / 8;
+    const int8 lane = (int8)(0, 1, 2, 3, 4, 5, 6, 7);
+    for (uint kk = first; kk < nvec; kk += step) {
+        const float8 rt = loss != LOSS_CE ? LOAD_T8(kk, t) : (float8)(0.0f);
+        const float8 ds = grad_8(loss, rt, LOAD_S8(kk, s), (int8)(kk * 8) + lane, y, R, aux, g_ref, P);
+        STORE_G8(ds * inv_denom, kk, g);
+    }
+    for (uint v = nvec * 8 + first; v < s_cols; v += step) {
+        float ds = 0.0f;
+        if (v < vocab) {
+            const float rt = loss != LOSS_CE ? LOAD_T1(v, t, t_cols) : 0.0f;
+            ds = grad_1(loss, rt, LOAD_S1(v, s, s_cols), (int)v, y, R, aux, g_ref, P) * inv_denom;
+        }
+        STORE_G1(ds, v, g);
+    }
+}
 
 inline void rows_body(const int loss, __local float *lf, __local uint *lu, __local float4 *l4, ROW_ARGS)
 {
@@ -331,6 +367,11 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
             rflags[RF_ARGMAX_T] = -1;
             rflags[RF_ARGMAX_S] = -1;
             row_loss[rl_off + row] = 0.0f;
+        }
+        if (fuse_grad) {
+            const row_softmax R0 = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+            grad_row(loss, 0, 0, grad + g_off + get_group_id(0) * g_stride, lid, KLCL_WG, vocab, t_cols,
+                     s_cols, y, R0, 0.0f, 0.0f, P, inv_denom, 0, 0.0f);
         }
         return;
     }
@@ -609,6 +650,14 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         rflags[RF_ARGMAX_S] = (int)asi;
         row_loss[rl_off + row] = out;
     }
+    /* The gradient in the same launch (fuse_grad), while the row is still in cache: every read of the
+     * row above is done before any work-item writes (the gradient may overwrite the student in place). */
+    if (fuse_grad) {
+        barrier(CLK_GLOBAL_MEM_FENCE);
+        const int compute = !invalid && !(loss == LOSS_RKL && (bad & 8u));
+        grad_row(loss, t, s, grad + g_off + lrow * g_stride, lid, KLCL_WG, vocab, t_cols, s_cols, y, R, aux,
+                 g_ref, P, inv_denom, compute, NAN);
+    }
 }
 
 #define GRAD_ARGS                                                                                      \
@@ -630,7 +679,6 @@ inline void grad_body(const int loss, GRAD_ARGS)
 {
     const ulong row = row0 + get_global_id(1);
     const uint gid = get_global_id(0), gsize = get_global_size(0);
-    const uint nvec = min(vocab, min(t_cols, s_cols)) / 8;
     __global const float *stats = row_stats + row * RS_COUNT;
     const int flags = row_flags[row * RF_COUNT + RF_FLAGS];
     /* 1/denominator: known to the host, or (asynchronous calls) written by klcl_reduce beforehand. */
@@ -638,38 +686,19 @@ inline void grad_body(const int loss, GRAD_ARGS)
     const ulong lrow = get_global_id(1); /* from the launch's first row, as in rows_body */
     __global G_ELEM *g = grad + g_off + lrow * g_stride;
 
-    if (flags & (FLAG_SKIPPED | FLAG_INVALID | FLAG_NO_GRADIENT)) {
-        const float fill = (flags & FLAG_SKIPPED) ? 0.0f : NAN;
-        for (uint kk = gid; kk < s_cols / 8; kk += gsize) STORE_G8((float8)(fill), kk, g);
-        for (uint v = s_cols / 8 * 8 + gid; v < s_cols; v += gsize) STORE_G1(fill, v, g);
-        return;
-    }
     __global const T_ELEM *t = teacher + t_off + lrow * t_stride;
     __global const S_ELEM *s = student + s_off + lrow * s_stride;
     const loss_params P = PARAMS_FROM_ARGS;
+    const int compute = !(flags & (FLAG_SKIPPED | FLAG_INVALID | FLAG_NO_GRADIENT));
     row_softmax R;
     R.mt = stats[RS_MAX_T];
     R.lst = stats[RS_LOGS_T];
     R.ms = stats[RS_MAX_S];
     R.lss = stats[RS_LOGS_S];
     R.lss1 = stats[RS_LOGS_S1];
-    const float aux = stats[RS_AUX], g_ref = stats[RS_G_REF];
     const int y = has_labels ? labels[l_off + row] : -1;
-    const int8 lane = (int8)(0, 1, 2, 3, 4, 5, 6, 7);
-
-    for (uint kk = gid; kk < nvec; kk += gsize) {
-        const float8 rt = loss != LOSS_CE ? LOAD_T8(kk, t) : (float8)(0.0f);
-        const float8 ds = grad_8(loss, rt, LOAD_S8(kk, s), (int8)(kk * 8) + lane, y, R, aux, g_ref, P);
-        STORE_G8(ds * inv_denom, kk, g);
-    }
-    for (uint v = nvec * 8 + gid; v < s_cols; v += gsize) {
-        float ds = 0.0f;
-        if (v < vocab) {
-            const float rt = loss != LOSS_CE ? LOAD_T1(v, t, t_cols) : 0.0f;
-            ds = grad_1(loss, rt, LOAD_S1(v, s, s_cols), (int)v, y, R, aux, g_ref, P) * inv_denom;
-        }
-        STORE_G1(ds, v, g);
-    }
+    grad_row(loss, t, s, g, gid, gsize, vocab, t_cols, s_cols, y, R, stats[RS_AUX], stats[RS_G_REF], P, inv_denom,
+             compute, (flags & FLAG_SKIPPED) ? 0.0f : NAN);
 }
 
 /* The reduction of an asynchronous call, on the device: one work-group sums the per-row losses of the
