@@ -690,11 +690,15 @@ static void test_errors(void **state)
     b.student.weight.host = NULL;
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_NULL_POINTER, "batch->student.weight");
     b = good;
-    b.student.weight.dtype = KLCL_DTYPE_BF16; /* half-precision weights and hidden states: not yet */
-    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_UNSUPPORTED, "batch->student.weight.dtype");
-    b = good;
     b.student.hidden.dtype = (klcl_dtype)9;
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_INVALID_VALUE, "batch->student.hidden.dtype");
+    b = good;
+    b.grad_bias = klcl_host_tensor(d.bs, 0);
+    b.grad_bias.dtype = (klcl_dtype)-1;
+    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_INVALID_VALUE, "batch->grad_bias.dtype");
+    b = good;
+    b.labels.dtype = KLCL_DTYPE_F16; /* labels, mask and row_loss have fixed types */
+    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_INVALID_VALUE, "batch->labels.dtype");
     b = good;
     b.student.dim = 0;
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_INVALID_SHAPE, "batch->student.dim");
@@ -747,6 +751,10 @@ static void test_errors(void **state)
     cl_int err;
     cl_mem small = clCreateBuffer(klcl_context_cl_context(ctx), CL_MEM_READ_WRITE, V * D * sizeof(float) - 4, NULL, &err);
     assert_int_equal(err, CL_SUCCESS);
+    const float zero = 0.0f; /* read as a head by the call that is valid */
+    assert_int_equal(clEnqueueFillBuffer(klcl_context_cl_queue(ctx), small, &zero, sizeof zero, 0,
+                                         V * D * sizeof(float) - 4, 0, NULL, NULL),
+                     CL_SUCCESS);
     b = good;
     b.student.weight = klcl_mem_tensor(small, 0, 0);
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_BUFFER_TOO_SMALL, "batch->student.weight");
@@ -757,6 +765,14 @@ static void test_errors(void **state)
     b.grad_hidden = klcl_mem_tensor(small, 0, 0);
     b.grad_hidden.host = out;
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_INVALID_VALUE, "batch->grad_hidden");
+    b = good;
+    b.student.weight = klcl_mem_tensor(small, 2, 0); /* 2 bytes is aligned for fp16 and bf16 */
+    b.student.weight.dtype = KLCL_DTYPE_F16;
+    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_OK, NULL);
+    b.student.weight.offset = 3;
+    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_MISALIGNED, "batch->student.weight.offset");
+    b.student.weight.offset = V * D * sizeof(float) - 4 - V * D * 2 + 2;
+    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_BUFFER_TOO_SMALL, "batch->student.weight");
     b = good;
     b.mask = klcl_mem_tensor(small, V * D * sizeof(float) - 4 - 2, 0);
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_BUFFER_TOO_SMALL, "batch->mask");
