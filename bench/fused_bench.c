@@ -6,11 +6,13 @@
  * of the first step.
  *
  *   klcl-fused-bench [--rows N] [--dim D] [--vocab V] [--chunk C] [--reps R] [--loss NAME]
- *                    [--teacher-logits] [--skip-unfused]
+ *                    [--dtype f32|f16|bf16] [--teacher-logits] [--skip-unfused]
  *
  * The teacher is given as hidden states and head of the same width as the student's (two forward GEMMs per
- * chunk), or with --teacher-logits as precomputed N x V logits in device memory (one forward GEMM). The
- * device comes from KLCL_DEVICE as for every klcl program. */
+ * chunk), or with --teacher-logits as precomputed N x V logits in device memory (one forward GEMM).
+ * --dtype gives the fused path its hidden states and heads in that type (the gradients stay fp32); the
+ * values are rounded to it first, and the other two paths take the same values in fp32, as the fused path
+ * computes after widening them. The device comes from KLCL_DEVICE as for every klcl program. */
 #include <klcl.h>
 
 #include <clblast_c.h>
@@ -48,6 +50,30 @@ static void die(const char *what, long code)
 static cl_context clctx;
 static cl_command_queue queue;
 
+/* x rounded to `dtype` in place, so that every path computes on the same values, and a device copy in that
+ * type for the fused path; NULL for fp32, where the fp32 buffer serves. */
+static cl_mem half_buffer(float *x, size_t count, klcl_dtype dtype)
+{
+    if (dtype == KLCL_DTYPE_F32) return NULL;
+    uint16_t *bits = malloc(count * sizeof(uint16_t));
+    if (!bits) die("malloc", 0);
+    klcl_convert(x, KLCL_DTYPE_F32, bits, dtype, count);
+    klcl_convert(bits, dtype, x, KLCL_DTYPE_F32, count);
+    cl_int err;
+    cl_mem m = clCreateBuffer(clctx, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, count * sizeof(uint16_t), bits, &err);
+    if (!m) die("clCreateBuffer", err);
+    free(bits);
+    return m;
+}
+
+/* The fused path's input: the half-precision copy when there is one. */
+static klcl_tensor input(cl_mem fp32, cl_mem half, klcl_dtype dtype)
+{
+    klcl_tensor t = klcl_mem_tensor(half ? half : fp32, 0, 0);
+    t.dtype = half ? dtype : KLCL_DTYPE_F32;
+    return t;
+}
+
 static cl_mem buffer(size_t count, const float *init)
 {
     cl_int err;
@@ -80,7 +106,7 @@ int main(int argc, char **argv)
 {
     size_t N = 2048, D = 256, V = 8192, chunk = 0;
     int reps = 5, teacher_logits = 0, skip_unfused = 0;
-    const char *loss_name = "kl";
+    const char *loss_name = "kl", *dtype_name = "f32";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -92,9 +118,10 @@ int main(int argc, char **argv)
         else if (v && !strcmp(a, "--chunk")) chunk = strtoul(argv[++i], NULL, 10);
         else if (v && !strcmp(a, "--reps")) reps = atoi(argv[++i]);
         else if (v && !strcmp(a, "--loss")) loss_name = argv[++i];
+        else if (v && !strcmp(a, "--dtype")) dtype_name = argv[++i];
         else {
             fprintf(stderr, "usage: klcl-fused-bench [--rows N] [--dim D] [--vocab V] [--chunk C (0: automatic)] "
-                            "[--reps R] [--loss NAME] [--teacher-logits] [--skip-unfused]\n");
+                            "[--reps R] [--loss NAME] [--dtype f32|f16|bf16] [--teacher-logits] [--skip-unfused]\n");
             return 2;
         }
     }
@@ -106,6 +133,12 @@ int main(int argc, char **argv)
     klcl_loss loss;
     if (klcl_loss_from_name(loss_name, &loss) != KLCL_OK) {
         fprintf(stderr, "klcl-fused-bench: unknown loss %s\n", loss_name);
+        return 2;
+    }
+    klcl_dtype dtype = KLCL_DTYPE_F32;
+    while (dtype < KLCL_DTYPE_COUNT && strcmp(klcl_dtype_name(dtype), dtype_name)) dtype++;
+    if (dtype == KLCL_DTYPE_COUNT) {
+        fprintf(stderr, "klcl-fused-bench: unknown --dtype %s (f32, f16 or bf16)\n", dtype_name);
         return 2;
     }
     klcl_loss_desc_init(&desc, loss);
@@ -131,9 +164,11 @@ int main(int argc, char **argv)
     for (size_t k = 0; k < N * D; k++) h[k] = (float)((rand() / (double)RAND_MAX - 0.5) * 3.464);
     for (size_t k = 0; k < V * D; k++) w[k] = (float)((rand() / (double)RAND_MAX - 0.5) * 3.464 * 3.0 / sqrt((double)D));
     for (size_t i = 0; i < N; i++) labels[i] = (int32_t)((size_t)rand() % V);
+    cl_mem hs_half = half_buffer(h, N * D, dtype), ws_half = half_buffer(w, V * D, dtype);
     cl_mem hs = buffer(N * D, h), ws = buffer(V * D, w), dh = buffer(N * D, NULL), dw = buffer(V * D, NULL);
     for (size_t k = 0; k < N * D; k++) h[k] = 0.7f * h[k] + 0.3f * (float)(rand() / (double)RAND_MAX - 0.5);
     for (size_t k = 0; k < V * D; k++) w[k] = 0.8f * w[k];
+    cl_mem ht_half = half_buffer(h, N * D, dtype), wt_half = half_buffer(w, V * D, dtype);
     cl_mem ht = buffer(N * D, h), wt = buffer(V * D, w);
     cl_mem tl = NULL;
     if (teacher_logits) {
@@ -146,8 +181,8 @@ int main(int argc, char **argv)
     char devname[256] = "";
     snprintf(devname, sizeof devname, "%s", klcl_context_device_name(ctx));
     printf("device: %s\n", devname);
-    printf("shape: N=%zu tokens, D=%zu, V=%zu, loss %s (mean), teacher as %s\n", N, D, V, loss_name,
-           teacher_logits ? "logits" : "hidden states + head");
+    printf("shape: N=%zu tokens, D=%zu, V=%zu, loss %s (mean), teacher as %s, hidden states and heads %s\n", N, D,
+           V, loss_name, teacher_logits ? "logits" : "hidden states + head", dtype_name);
 
     double t0 = now();
     st = klcl_fused_warm(ctx);
@@ -163,9 +198,9 @@ int main(int argc, char **argv)
 
     klcl_fused_batch fb = KLCL_FUSED_BATCH_INIT;
     fb.rows = N;
-    fb.student = (klcl_linear){D, V, klcl_mem_tensor(hs, 0, 0), klcl_mem_tensor(ws, 0, 0), {0}};
+    fb.student = (klcl_linear){D, V, input(hs, hs_half, dtype), input(ws, ws_half, dtype), {0}};
     if (teacher_logits) fb.teacher_logits = klcl_mem_tensor(tl, 0, 0);
-    else fb.teacher = (klcl_linear){D, V, klcl_mem_tensor(ht, 0, 0), klcl_mem_tensor(wt, 0, 0), {0}};
+    else fb.teacher = (klcl_linear){D, V, input(ht, ht_half, dtype), input(wt, wt_half, dtype), {0}};
     fb.labels = klcl_host_tensor(labels, 0);
     fb.grad_hidden = klcl_mem_tensor(dh, 0, 0);
     fb.grad_weight = klcl_mem_tensor(dw, 0, 0);
@@ -282,7 +317,7 @@ int main(int argc, char **argv)
 
     free(times);
     free(labels);
-    cl_mem all[] = {hs, ws, dh, dw, ht, wt, tl};
+    cl_mem all[] = {hs, ws, dh, dw, ht, wt, tl, hs_half, ws_half, ht_half, wt_half};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i]) clReleaseMemObject(all[i]);
     klcl_context_destroy(ctx);

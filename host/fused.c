@@ -52,7 +52,7 @@ int klcl_fused_supported(void)
 /* ------------------------------------------------------------------------------------------------------ */
 /* Device buffers and CLBlast                                                                               */
 
-enum { MAX_OWNED = 16 };
+enum { MAX_OWNED = 24 };
 
 /* One call's temporary device buffers, and the bytes they hold. */
 typedef struct fused_call {
@@ -109,68 +109,141 @@ static klcl_status gemm(klcl_context *ctx, int trans_a, int trans_b, size_t m, s
     return blas_status(ctx, s, what);
 }
 
-/* Rows [r0, r0 + n) of a host matrix into a dense device buffer (or back), without waiting: the host memory
- * is the caller's and outlives the call. */
-static klcl_status upload_rows(klcl_context *ctx, const klcl_tensor *t, size_t width, size_t r0, size_t n,
-                               cl_mem dst, const char *name)
-{
-    const size_t stride = klcl_row_stride(t, width);
-    const float *src = (const float *)t->host + r0 * stride;
-    cl_int err;
-    if (stride == width || n == 1) {
-        err = clEnqueueWriteBuffer(ctx->queue, dst, CL_FALSE, 0, n * width * sizeof(float), src, 0, NULL, NULL);
-    } else {
-        const size_t origin[3] = {0, 0, 0}, region[3] = {width * sizeof(float), n, 1};
-        err = clEnqueueWriteBufferRect(ctx->queue, dst, CL_FALSE, origin, origin, region, width * sizeof(float), 0,
-                                       stride * sizeof(float), 0, src, 0, NULL, NULL);
-    }
-    return err == CL_SUCCESS ? KLCL_OK : klcl_fail(ctx, (klcl_status)err, "clEnqueueWriteBuffer (upload of %s) failed: %s (%d)",
-                                                   name, klcl_status_string(err), (int)err);
-}
-
-static klcl_status download_rows(klcl_context *ctx, cl_mem src, const klcl_tensor *t, size_t width, size_t r0,
-                                 size_t n, const char *name)
-{
-    const size_t stride = klcl_row_stride(t, width);
-    float *dst = (float *)t->host + r0 * stride;
-    cl_int err;
-    if (stride == width || n == 1) {
-        err = clEnqueueReadBuffer(ctx->queue, src, CL_FALSE, 0, n * width * sizeof(float), dst, 0, NULL, NULL);
-    } else {
-        const size_t origin[3] = {0, 0, 0}, region[3] = {width * sizeof(float), n, 1};
-        err = clEnqueueReadBufferRect(ctx->queue, src, CL_FALSE, origin, origin, region, width * sizeof(float), 0,
-                                      stride * sizeof(float), 0, dst, 0, NULL, NULL);
-    }
-    return err == CL_SUCCESS ? KLCL_OK : klcl_fail(ctx, (klcl_status)err, "clEnqueueReadBuffer (download of %s) failed: %s (%d)",
-                                                   name, klcl_status_string(err), (int)err);
-}
-
-/* Rows [r0, r0 + n) of a matrix tensor as CLBlast sees them: the caller's buffer in place, or `stage` (a
- * dense buffer) after uploading host rows when `upload` is set. */
-static klcl_status rows_view(klcl_context *ctx, const klcl_tensor *t, size_t width, size_t r0, size_t n,
-                             cl_mem stage, int upload, const char *name, view *out)
-{
-    if (t->mem) {
-        out->mem = t->mem;
-        out->ld = klcl_row_stride(t, width);
-        out->off = t->offset / sizeof(float) + r0 * out->ld;
-        return KLCL_OK;
-    }
-    out->mem = stage;
-    out->off = 0;
-    out->ld = width;
-    return upload ? upload_rows(ctx, t, width, r0, n, stage, name) : KLCL_OK;
-}
-
 /* ------------------------------------------------------------------------------------------------------ */
-/* Argument checks                                                                                          */
+/* Operands: the caller's matrices as the fp32 GEMMs see them                                              */
 
 static int given(const klcl_tensor *t)
 {
     return t->host != NULL || t->mem != NULL;
 }
 
-/* A matrix (rows x width, with a stride) or a vector (rows elements) of `elem`-byte elements. */
+/* A caller's matrix (a vector is one row of `width` elements) reached by the GEMMs as fp32 rows: in place
+ * when it is an fp32 cl_mem; otherwise through `stage`, dense rows in the tensor's own type that host rows
+ * are uploaded into or downloaded from, and, for fp16 and bf16, `wide`, their fp32 copy, widened on the
+ * device after the upload and rounded back to the type once before the download. The buffers hold one
+ * chunk of rows for hidden states and grad_hidden (`per_chunk`), all rows for the other operands. */
+typedef struct operand {
+    const klcl_tensor *t; /* NULL: not given */
+    const char *name;
+    size_t rows, width;
+    size_t stride; /* the caller's row stride, in elements */
+    int per_chunk;
+    cl_mem stage, wide;
+} operand;
+
+static operand operand_of(const klcl_tensor *t, size_t rows, size_t width, int matrix, int per_chunk,
+                          const char *name)
+{
+    operand o = {given(t) ? t : NULL, name, rows, width, matrix ? klcl_row_stride(t, width) : width, per_chunk,
+                 NULL, NULL};
+    return o;
+}
+
+static int is_half(const operand *o)
+{
+    return o->t->dtype != KLCL_DTYPE_F32;
+}
+
+/* Device bytes an operand needs per row of its buffers (the caller's own memory not counted). */
+static size_t operand_row_bytes(const operand *o)
+{
+    if (!o->t) return 0;
+    return o->width * ((o->t->host ? klcl_dtype_size(o->t->dtype) : 0) + (is_half(o) ? sizeof(float) : 0));
+}
+
+static klcl_status operand_alloc(fused_call *f, operand *o, size_t chunk)
+{
+    if (!o->t) return KLCL_OK;
+    const size_t rows = o->per_chunk ? chunk : o->rows;
+    klcl_status st = KLCL_OK;
+    if (o->t->host) st = call_alloc(f, rows * o->width * klcl_dtype_size(o->t->dtype), o->name, &o->stage);
+    if (st == KLCL_OK && is_half(o)) st = call_alloc(f, rows * o->width * sizeof(float), o->name, &o->wide);
+    return st;
+}
+
+/* Host rows [r0, r0 + n) of an operand into its stage (upload) or back (download), without waiting: the
+ * host memory is the caller's and outlives the call. */
+static klcl_status transfer_rows(klcl_context *ctx, const operand *o, size_t r0, size_t n, int upload)
+{
+    const size_t elem = klcl_dtype_size(o->t->dtype), row = o->width * elem, pitch = o->stride * elem;
+    char *host = (char *)o->t->host + r0 * pitch;
+    const size_t origin[3] = {0, 0, 0}, region[3] = {row, n, 1};
+    cl_int err;
+    if (o->stride == o->width || n == 1)
+        err = upload ? clEnqueueWriteBuffer(ctx->queue, o->stage, CL_FALSE, 0, n * row, host, 0, NULL, NULL)
+                     : clEnqueueReadBuffer(ctx->queue, o->stage, CL_FALSE, 0, n * row, host, 0, NULL, NULL);
+    else
+        err = upload ? clEnqueueWriteBufferRect(ctx->queue, o->stage, CL_FALSE, origin, origin, region, row, 0,
+                                                pitch, 0, host, 0, NULL, NULL)
+                     : clEnqueueReadBufferRect(ctx->queue, o->stage, CL_FALSE, origin, origin, region, row, 0,
+                                               pitch, 0, host, 0, NULL, NULL);
+    if (err == CL_SUCCESS) return KLCL_OK;
+    return klcl_fail(ctx, (klcl_status)err, "%s (%s of %s) failed: %s (%d)",
+                     upload ? "clEnqueueWriteBuffer" : "clEnqueueReadBuffer", upload ? "upload" : "download",
+                     o->name, klcl_status_string(err), (int)err);
+}
+
+static void view_args(arg_setter *a, view v)
+{
+    const cl_ulong off = v.off, ld = v.ld;
+    arg(a, sizeof(cl_mem), &v.mem);
+    arg(a, sizeof off, &off);
+    arg(a, sizeof ld, &ld);
+}
+
+/* Rows [r0, r0 + n) of a half-precision operand, from its stage or the caller's buffer into `wide`
+ * (widen), or from `wide` back (narrow): kernels_cl/convert.cl. */
+static klcl_status convert_rows(klcl_context *ctx, const operand *o, size_t r0, size_t n, int widen)
+{
+    const klcl_tensor *t = o->t;
+    const view half = t->host ? (view){o->stage, 0, o->width}
+                              : (view){t->mem, t->offset / klcl_dtype_size(t->dtype) + r0 * o->stride, o->stride};
+    const view wide = {o->wide, 0, o->width};
+    const cl_int dtype = (cl_int)t->dtype;
+    const cl_ulong width = o->width;
+    arg_setter a = {widen ? ctx->variants[0].widen_kernel : ctx->variants[0].narrow_kernel, 0, CL_SUCCESS};
+    view_args(&a, widen ? half : wide);
+    arg(&a, sizeof dtype, &dtype);
+    view_args(&a, widen ? wide : half);
+    arg(&a, sizeof width, &width);
+    if (a.err != CL_SUCCESS) return klcl_fail_cl(ctx, a.err, "clSetKernelArg (conversion kernel)");
+    const size_t global[2] = {(o->width + 7) / 8, n};
+    cl_int err = clEnqueueNDRangeKernel(ctx->queue, a.k, 2, NULL, global, NULL, 0, NULL, NULL);
+    if (err == CL_SUCCESS) return KLCL_OK;
+    return klcl_fail(ctx, (klcl_status)err, "clEnqueueNDRangeKernel (%s of %s) failed: %s (%d)",
+                     widen ? "widening" : "rounding", o->name, klcl_status_string(err), (int)err);
+}
+
+/* Rows [r0, r0 + n) of an operand as an fp32 view for CLBlast: the caller's buffer in place, or the
+ * operand's own buffers, into which `load` brings the caller's values (upload, widen). */
+static klcl_status operand_rows(klcl_context *ctx, const operand *o, size_t r0, size_t n, int load, view *out)
+{
+    const klcl_tensor *t = o->t;
+    if (t->mem && !is_half(o)) {
+        *out = (view){t->mem, t->offset / sizeof(float) + r0 * o->stride, o->stride};
+        return KLCL_OK;
+    }
+    *out = (view){is_half(o) ? o->wide : o->stage, 0, o->width};
+    klcl_status st = KLCL_OK;
+    if (load && t->host) st = transfer_rows(ctx, o, r0, n, 1);
+    if (load && st == KLCL_OK && is_half(o)) st = convert_rows(ctx, o, r0, n, 1);
+    return st;
+}
+
+/* Rows [r0, r0 + n) that the GEMMs wrote into an operand's view, to the caller: rounded to its type once,
+ * then downloaded when it is on the host. */
+static klcl_status operand_store(klcl_context *ctx, const operand *o, size_t r0, size_t n)
+{
+    klcl_status st = is_half(o) ? convert_rows(ctx, o, r0, n, 0) : KLCL_OK;
+    if (st == KLCL_OK && o->t->host) st = transfer_rows(ctx, o, r0, n, 0);
+    return st;
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Argument checks                                                                                          */
+
+/* A matrix (rows x width, with a stride) or a vector (rows elements); `elem` bytes per element for a tensor
+ * of fixed type, 0 for a floating-point tensor that may be fp32, fp16 or bf16. */
 static klcl_status check_tensor(klcl_context *ctx, const char *name, const klcl_tensor *t, size_t rows,
                                 size_t width, size_t elem, int matrix, int required)
 {
@@ -178,18 +251,18 @@ static klcl_status check_tensor(klcl_context *ctx, const char *name, const klcl_
         return required ? klcl_fail(ctx, KLCL_ERR_NULL_POINTER, "%s is missing (host and mem both NULL)", name)
                         : KLCL_OK;
     if (t->host && t->mem) return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "%s: set host or mem, not both", name);
-    if (t->dtype != KLCL_DTYPE_F32) {
-        const char *dn = klcl_dtype_name(t->dtype);
-        return dn ? klcl_fail(ctx, KLCL_ERR_UNSUPPORTED, "%s.dtype is %s: the fused path takes fp32 only for now", name, dn)
-                  : klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "%s.dtype is %d: not a klcl_dtype", name, (int)t->dtype);
-    }
+    if (elem ? t->dtype != KLCL_DTYPE_F32 : !klcl_dtype_name(t->dtype))
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "%s.dtype is %d: %s", name, (int)t->dtype,
+                         elem ? "must be 0 (the type of this argument is fixed)" : "not a klcl_dtype");
+    if (!elem) elem = klcl_dtype_size(t->dtype);
     size_t extent = rows;
     if (matrix) {
         size_t stride = klcl_row_stride(t, width);
         if (stride < width)
             return klcl_fail(ctx, KLCL_ERR_INVALID_SHAPE, "%s.stride (%zu) is smaller than the row width (%zu)", name,
                              stride, width);
-        if (width > SIZE_MAX / elem || (rows - 1) > (SIZE_MAX / elem - width) / stride)
+        /* in fp32 elements: a half-precision matrix also gets an fp32 copy */
+        if (width > SIZE_MAX / sizeof(float) || (rows - 1) > (SIZE_MAX / sizeof(float) - width) / stride)
             return klcl_fail(ctx, KLCL_ERR_INVALID_SHAPE, "%s: rows x stride overflows size_t", name);
         extent = (rows - 1) * stride + width;
     }
@@ -220,11 +293,11 @@ static klcl_status check_linear(klcl_context *ctx, const char *side, const klcl_
     if (l->vocab > INT32_MAX) return klcl_fail(ctx, KLCL_ERR_INVALID_SHAPE, "%s (%zu) exceeds 2^31 - 1", name, l->vocab);
     klcl_status st;
     snprintf(name, sizeof name, "batch->%s.hidden", side);
-    if ((st = check_tensor(ctx, name, &l->hidden, rows, l->dim, sizeof(float), 1, 1)) != KLCL_OK) return st;
+    if ((st = check_tensor(ctx, name, &l->hidden, rows, l->dim, 0, 1, 1)) != KLCL_OK) return st;
     snprintf(name, sizeof name, "batch->%s.weight", side);
-    if ((st = check_tensor(ctx, name, &l->weight, l->vocab, l->dim, sizeof(float), 1, 1)) != KLCL_OK) return st;
+    if ((st = check_tensor(ctx, name, &l->weight, l->vocab, l->dim, 0, 1, 1)) != KLCL_OK) return st;
     snprintf(name, sizeof name, "batch->%s.bias", side);
-    return check_tensor(ctx, name, &l->bias, l->vocab, 1, sizeof(float), 0, 0);
+    return check_tensor(ctx, name, &l->bias, l->vocab, 1, 0, 0, 0);
 }
 
 static klcl_status check_fused(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_fused_batch *b,
@@ -260,12 +333,12 @@ static klcl_status check_fused(klcl_context *ctx, const klcl_loss_desc *desc, co
                          "the teacher is missing: give batch->teacher.hidden and .weight, or batch->teacher_logits");
     }
     const int needs_labels = klcl_loss_needs_labels(desc->loss);
-    if ((st = check_tensor(ctx, "batch->teacher_logits", &b->teacher_logits, rows, vocab, sizeof(float), 1, 0)) ||
+    if ((st = check_tensor(ctx, "batch->teacher_logits", &b->teacher_logits, rows, vocab, 0, 1, 0)) ||
         (st = check_tensor(ctx, "batch->labels", &b->labels, rows, 1, sizeof(int32_t), 0, needs_labels)) ||
         (st = check_tensor(ctx, "batch->mask", &b->mask, rows, 1, sizeof(uint8_t), 0, 0)) ||
-        (st = check_tensor(ctx, "batch->grad_hidden", &b->grad_hidden, rows, dim, sizeof(float), 1, 0)) ||
-        (st = check_tensor(ctx, "batch->grad_weight", &b->grad_weight, vocab, dim, sizeof(float), 1, 0)) ||
-        (st = check_tensor(ctx, "batch->grad_bias", &b->grad_bias, vocab, 1, sizeof(float), 0, 0)) ||
+        (st = check_tensor(ctx, "batch->grad_hidden", &b->grad_hidden, rows, dim, 0, 1, 0)) ||
+        (st = check_tensor(ctx, "batch->grad_weight", &b->grad_weight, vocab, dim, 0, 1, 0)) ||
+        (st = check_tensor(ctx, "batch->grad_bias", &b->grad_bias, vocab, 1, 0, 0, 0)) ||
         (st = check_tensor(ctx, "batch->row_loss", &b->row_loss, rows, 1, sizeof(float), 0, 0)))
         return st;
     return KLCL_OK;
@@ -379,185 +452,220 @@ static void tally_chunk(klcl_tally *t, const klcl_result *r, size_t r0, int has_
     }
 }
 
+/* The operands of a call: per-chunk ones first, then those read or written whole. */
+enum { OP_HS, OP_HT, OP_DH, OP_WS, OP_WT, OP_BS, OP_BT, OP_DW, OP_DB, OP_COUNT };
+
+/* One call's state: its operands and the whole-call fp32 views of heads, biases, grad_weight and grad_bias
+ * (`whole`), the logits chunks, the labels and mask on the host, and the running totals. */
+typedef struct fused_run {
+    klcl_context *ctx;
+    const klcl_loss_desc *desc;
+    const klcl_fused_batch *b;
+    const klcl_fused_options *opt;
+    fused_call f;
+    operand op[OP_COUNT];
+    view whole[OP_COUNT];
+    cl_mem zs, zt, ones;
+    size_t chunk;
+    float alpha; /* 1 / the reduction's denominator, applied by the backward GEMMs */
+    const int32_t *labels;
+    const uint8_t *mask;
+    void *labels_copy, *mask_copy;
+    klcl_tally tally;
+} fused_run;
+
+static void run_operands(fused_run *r)
+{
+    const klcl_fused_batch *b = r->b;
+    const klcl_linear *S = &b->student, *T = &b->teacher;
+    const size_t N = b->rows, V = S->vocab, D = S->dim;
+    r->op[OP_HS] = operand_of(&S->hidden, N, D, 1, 1, "batch->student.hidden");
+    r->op[OP_HT] = operand_of(&T->hidden, N, T->dim, 1, 1, "batch->teacher.hidden");
+    r->op[OP_DH] = operand_of(&b->grad_hidden, N, D, 1, 1, "batch->grad_hidden");
+    r->op[OP_WS] = operand_of(&S->weight, V, D, 1, 0, "batch->student.weight");
+    r->op[OP_WT] = operand_of(&T->weight, V, T->dim, 1, 0, "batch->teacher.weight");
+    r->op[OP_BS] = operand_of(&S->bias, 1, V, 0, 0, "batch->student.bias");
+    r->op[OP_BT] = operand_of(&T->bias, 1, V, 0, 0, "batch->teacher.bias");
+    r->op[OP_DW] = operand_of(&b->grad_weight, V, D, 1, 0, "batch->grad_weight");
+    r->op[OP_DB] = operand_of(&b->grad_bias, 1, V, 0, 0, "batch->grad_bias");
+}
+
+/* Labels and mask on the host: every label checked with its row named, and the rows not skipped counted
+ * for the mean's denominator before the first chunk's gradient is scaled by it. */
+static klcl_status run_labels(fused_run *r)
+{
+    const size_t rows = r->b->rows, vocab = r->b->student.vocab;
+    const int32_t ignore = r->desc->ignore_index;
+    klcl_status st;
+    if ((st = host_vector(r->ctx, &r->b->labels, rows * sizeof(int32_t), &r->labels_copy,
+                          (const void **)&r->labels, "batch->labels")) != KLCL_OK ||
+        (st = host_vector(r->ctx, &r->b->mask, rows, &r->mask_copy, (const void **)&r->mask, "batch->mask")) !=
+            KLCL_OK)
+        return st;
+    size_t used = 0;
+    for (size_t i = 0; i < rows; i++) {
+        const int32_t y = r->labels ? r->labels[i] : 0;
+        if (r->labels && y != ignore && (y < 0 || (size_t)y >= vocab))
+            return klcl_fail(r->ctx, KLCL_ERR_LABEL_OUT_OF_RANGE,
+                             "batch->labels[%zu] is %d: outside [0, %zu) and not ignore_index (%d)", i, (int)y, vocab,
+                             (int)ignore);
+        used += !(r->labels && y == ignore) && !(r->mask && r->mask[i] == 0);
+    }
+    r->alpha = (float)(1.0 / klcl_denominator(r->desc->reduction, rows, used));
+    return KLCL_OK;
+}
+
+/* Rows per chunk, then the call's buffers: the logits chunks, the operands' stages and fp32 copies, and a
+ * ones vector (bias broadcast and column sums). */
+static klcl_status run_buffers(fused_run *r)
+{
+    const klcl_fused_batch *b = r->b;
+    const size_t rows = b->rows, vocab = b->student.vocab;
+    const int teacher_linear = r->op[OP_HT].t != NULL;
+    const int need_ones = r->op[OP_BS].t || r->op[OP_BT].t || r->op[OP_DB].t;
+    const size_t logits_buffers = 1 + (size_t)teacher_linear + (size_t)(b->teacher_logits.host != NULL);
+    size_t row_bytes = (RS_COUNT + RF_COUNT + 3) * sizeof(float) + 1, fixed = 0;
+    for (int i = 0; i < OP_COUNT; i++) {
+        if (r->op[i].per_chunk) row_bytes += operand_row_bytes(&r->op[i]);
+        else fixed += r->op[i].rows * operand_row_bytes(&r->op[i]);
+    }
+    r->chunk = r->opt->chunk_rows ? (r->opt->chunk_rows < rows ? r->opt->chunk_rows : rows)
+                                  : auto_chunk_rows(r->ctx, rows, vocab, logits_buffers, row_bytes, fixed);
+    if (r->chunk > SIZE_MAX / sizeof(float) / vocab)
+        return klcl_fail(r->ctx, KLCL_ERR_INVALID_SHAPE, "options->chunk_rows (%zu) x vocab overflows size_t",
+                         r->chunk);
+    const size_t logits_bytes = r->chunk * vocab * sizeof(float);
+    klcl_status st;
+    if ((st = call_alloc(&r->f, logits_bytes, "the student's logits chunk", &r->zs)) != KLCL_OK ||
+        (teacher_linear && (st = call_alloc(&r->f, logits_bytes, "the teacher's logits chunk", &r->zt)) != KLCL_OK) ||
+        (need_ones && (st = call_alloc(&r->f, r->chunk * sizeof(float), "a ones vector", &r->ones)) != KLCL_OK))
+        return st;
+    for (int i = 0; i < OP_COUNT; i++)
+        if ((st = operand_alloc(&r->f, &r->op[i], r->chunk)) != KLCL_OK) return st;
+    if (!need_ones) return KLCL_OK;
+    const float one = 1.0f;
+    cl_int err = clEnqueueFillBuffer(r->ctx->queue, r->ones, &one, sizeof one, 0, r->chunk * sizeof(float), 0, NULL,
+                                     NULL);
+    return err == CL_SUCCESS ? KLCL_OK : klcl_fail_cl(r->ctx, err, "clEnqueueFillBuffer (ones)");
+}
+
+/* Heads and biases, read once per call (uploaded, widened); grad_weight and grad_bias as the fp32 sums the
+ * chunks add into, starting from the caller's values when accumulating. */
+static klcl_status run_whole_views(fused_run *r)
+{
+    klcl_status st = KLCL_OK;
+    for (int i = OP_WS; i < OP_COUNT && st == KLCL_OK; i++) {
+        const int load = (i != OP_DW && i != OP_DB) || r->opt->accumulate;
+        if (r->op[i].t) st = operand_rows(r->ctx, &r->op[i], 0, r->op[i].rows, load, &r->whole[i]);
+    }
+    return st;
+}
+
+/* The loss over the chunk's logits (reduction sum) and, when a gradient is asked for, d loss / d logits
+ * written over the student's logits: element-wise, each entry is read before it is written. */
+static klcl_status chunk_loss(fused_run *r, size_t r0, size_t n)
+{
+    const klcl_fused_batch *b = r->b;
+    const size_t vocab = b->student.vocab;
+    klcl_loss_desc desc = *r->desc;
+    desc.reduction = KLCL_REDUCTION_SUM; /* 1/denominator goes into the GEMMs' alpha */
+    klcl_batch kb = KLCL_BATCH_INIT;
+    kb.rows = n;
+    kb.vocab = vocab;
+    kb.student = klcl_mem_tensor(r->zs, 0, vocab);
+    if (r->zt) kb.teacher = klcl_mem_tensor(r->zt, 0, vocab);
+    else if (given(&b->teacher_logits))
+        kb.teacher = tensor_rows(&b->teacher_logits, vocab, klcl_dtype_size(b->teacher_logits.dtype), r0);
+    if (r->labels) kb.labels = klcl_host_tensor(r->labels + r0, 0);
+    if (r->mask) kb.mask = klcl_host_tensor(r->mask + r0, 0);
+    if (r->op[OP_DH].t || r->op[OP_DW].t || r->op[OP_DB].t) kb.grad = klcl_mem_tensor(r->zs, 0, vocab);
+    if (given(&b->row_loss)) kb.row_loss = tensor_rows(&b->row_loss, 0, sizeof(float), r0);
+    klcl_result res;
+    klcl_status st = klcl_compute(r->ctx, &desc, &kb, &res);
+    if (st != KLCL_OK) {
+        char msg[sizeof r->ctx->error];
+        memcpy(msg, r->ctx->error, sizeof msg);
+        return klcl_fail(r->ctx, st, "chunk of rows [%zu, %zu): %s", r0, r0 + n, msg);
+    }
+    tally_chunk(&r->tally, &res, r0, r->labels != NULL);
+    return KLCL_OK;
+}
+
+/* Rows [r0, r0 + n): their logits, the loss and its gradient over them, then dH for these rows and their
+ * share of dW and db (added to the fp32 sums after the first chunk, or from the start when accumulating). */
+static klcl_status run_chunk(fused_run *r, size_t r0, size_t n)
+{
+    klcl_context *ctx = r->ctx;
+    const size_t vocab = r->b->student.vocab, dim = r->b->student.dim;
+    const operand *op = r->op;
+    const view *w = r->whole, ones = {r->ones, 0, 1}, dz = {r->zs, 0, vocab};
+    view hs, ht, dh;
+    klcl_status st;
+    if ((st = operand_rows(ctx, &op[OP_HS], r0, n, 1, &hs)) != KLCL_OK ||
+        (st = project(ctx, n, vocab, dim, hs, w[OP_WS], op[OP_BS].t ? &w[OP_BS] : NULL, ones, r->zs,
+                      "student logits")) != KLCL_OK)
+        return st;
+    if (op[OP_HT].t &&
+        ((st = operand_rows(ctx, &op[OP_HT], r0, n, 1, &ht)) != KLCL_OK ||
+         (st = project(ctx, n, vocab, op[OP_HT].width, ht, w[OP_WT], op[OP_BT].t ? &w[OP_BT] : NULL, ones, r->zt,
+                       "teacher logits")) != KLCL_OK))
+        return st;
+    if ((st = chunk_loss(r, r0, n)) != KLCL_OK) return st;
+    if (op[OP_DH].t &&
+        ((st = operand_rows(ctx, &op[OP_DH], r0, n, 0, &dh)) != KLCL_OK ||
+         (st = gemm(ctx, 0, 0, n, dim, vocab, r->alpha, dz, w[OP_WS], 0.0f, dh, "grad_hidden")) != KLCL_OK ||
+         (st = operand_store(ctx, &op[OP_DH], r0, n)) != KLCL_OK))
+        return st;
+    const float beta = r0 == 0 && !r->opt->accumulate ? 0.0f : 1.0f;
+    if (op[OP_DW].t &&
+        (st = gemm(ctx, 1, 0, vocab, dim, n, r->alpha, dz, hs, beta, w[OP_DW], "grad_weight")) != KLCL_OK)
+        return st;
+    if (op[OP_DB].t)
+        st = gemm(ctx, 0, 0, 1, vocab, n, r->alpha, (view){r->ones, 0, n}, dz, beta, w[OP_DB], "grad_bias");
+    return st;
+}
+
 static klcl_status fused_compute(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_fused_batch *b,
                                  const klcl_fused_options *opt, klcl_result *result, klcl_fused_info *info)
 {
-    const size_t rows = b->rows, vocab = b->student.vocab, dim = b->student.dim;
-    const klcl_linear *S = &b->student, *T = &b->teacher;
-    const int teacher_linear = given(&T->hidden);
-    const size_t tdim = teacher_linear ? T->dim : 0;
-    const int want_dh = given(&b->grad_hidden), want_dw = given(&b->grad_weight), want_db = given(&b->grad_bias);
-    const int want_grad = want_dh || want_dw || want_db;
-    const int has_bias = given(&S->bias), teacher_bias = teacher_linear && given(&T->bias);
-    fused_call f = {ctx, {NULL}, 0, 0};
-    void *labels_copy = NULL, *mask_copy = NULL;
-    const int32_t *labels = NULL;
-    const uint8_t *mask = NULL;
+    fused_run r;
+    memset(&r, 0, sizeof r);
+    r.ctx = r.f.ctx = ctx;
+    r.desc = desc;
+    r.b = b;
+    r.opt = opt;
+    run_operands(&r);
     const int saved_verify = ctx->verify;
-    klcl_status st = klcl_program_build(ctx);
-    if (st != KLCL_OK) goto done;
-
-    /* Labels and mask on the host: every label checked with its row named, and the rows not skipped counted
-     * for the mean's denominator before the first chunk's gradient is scaled by it. */
-    if ((st = host_vector(ctx, &b->labels, rows * sizeof(int32_t), &labels_copy, (const void **)&labels,
-                          "batch->labels")) != KLCL_OK ||
-        (st = host_vector(ctx, &b->mask, rows, &mask_copy, (const void **)&mask, "batch->mask")) != KLCL_OK)
-        goto done;
-    size_t used = 0;
-    for (size_t i = 0; i < rows; i++) {
-        if (labels && labels[i] != desc->ignore_index && (labels[i] < 0 || (size_t)labels[i] >= vocab)) {
-            st = klcl_fail(ctx, KLCL_ERR_LABEL_OUT_OF_RANGE,
-                           "batch->labels[%zu] is %d: outside [0, %zu) and not ignore_index (%d)", i, (int)labels[i],
-                           vocab, (int)desc->ignore_index);
-            goto done;
-        }
-        used += !(labels && labels[i] == desc->ignore_index) && !(mask && mask[i] == 0);
-    }
-    const float alpha = (float)(1.0 / klcl_denominator(desc->reduction, rows, used));
-
-    /* Chunk size, then the buffers of one chunk: logits, staged host rows, the ones vector. */
-    const size_t logits_buffers = 1 + (size_t)teacher_linear + (size_t)(b->teacher_logits.host != NULL);
-    size_t row_bytes = (RS_COUNT + RF_COUNT + 3) * sizeof(float) + 1;
-    if (S->hidden.host) row_bytes += dim * sizeof(float);
-    if (teacher_linear && T->hidden.host) row_bytes += tdim * sizeof(float);
-    if (b->grad_hidden.host) row_bytes += dim * sizeof(float);
-    size_t fixed = 0;
-    if (S->weight.host) fixed += vocab * dim * sizeof(float);
-    if (teacher_linear && T->weight.host) fixed += vocab * tdim * sizeof(float);
-    if (b->grad_weight.host) fixed += vocab * dim * sizeof(float);
-    size_t chunk = opt->chunk_rows ? (opt->chunk_rows < rows ? opt->chunk_rows : rows)
-                                   : auto_chunk_rows(ctx, rows, vocab, logits_buffers, row_bytes, fixed);
-    if (chunk > SIZE_MAX / sizeof(float) / vocab) {
-        st = klcl_fail(ctx, KLCL_ERR_INVALID_SHAPE, "options->chunk_rows (%zu) x vocab overflows size_t", chunk);
-        goto done;
-    }
-
-    cl_mem zs, zt = NULL, hs_stage = NULL, ht_stage = NULL, dh_stage = NULL, ones = NULL, ws_buf = NULL, wt_buf = NULL;
-    cl_mem bs_buf = NULL, bt_buf = NULL, dw_buf = NULL, db_buf = NULL;
-    if ((st = call_alloc(&f, chunk * vocab * sizeof(float), "the student's logits chunk", &zs)) != KLCL_OK ||
-        (teacher_linear &&
-         (st = call_alloc(&f, chunk * vocab * sizeof(float), "the teacher's logits chunk", &zt)) != KLCL_OK) ||
-        (S->hidden.host && (st = call_alloc(&f, chunk * dim * sizeof(float), "batch->student.hidden", &hs_stage))) ||
-        (teacher_linear && T->hidden.host &&
-         (st = call_alloc(&f, chunk * tdim * sizeof(float), "batch->teacher.hidden", &ht_stage))) ||
-        (b->grad_hidden.host && (st = call_alloc(&f, chunk * dim * sizeof(float), "batch->grad_hidden", &dh_stage))) ||
-        (S->weight.host && (st = call_alloc(&f, vocab * dim * sizeof(float), "batch->student.weight", &ws_buf))) ||
-        (teacher_linear && T->weight.host &&
-         (st = call_alloc(&f, vocab * tdim * sizeof(float), "batch->teacher.weight", &wt_buf))) ||
-        (S->bias.host && (st = call_alloc(&f, vocab * sizeof(float), "batch->student.bias", &bs_buf))) ||
-        (teacher_bias && T->bias.host &&
-         (st = call_alloc(&f, vocab * sizeof(float), "batch->teacher.bias", &bt_buf))) ||
-        (b->grad_weight.host && (st = call_alloc(&f, vocab * dim * sizeof(float), "batch->grad_weight", &dw_buf))) ||
-        (b->grad_bias.host && (st = call_alloc(&f, vocab * sizeof(float), "batch->grad_bias", &db_buf))) ||
-        ((has_bias || teacher_bias || want_db) &&
-         (st = call_alloc(&f, chunk * sizeof(float), "a ones vector", &ones))))
-        goto done;
-    if (ones) {
-        const float one = 1.0f;
-        cl_int err = clEnqueueFillBuffer(ctx->queue, ones, &one, sizeof one, 0, chunk * sizeof(float), 0, NULL, NULL);
-        if (err != CL_SUCCESS) {
-            st = klcl_fail_cl(ctx, err, "clEnqueueFillBuffer (ones)");
-            goto done;
-        }
-    }
-
-    /* Whole-call views: heads and biases (uploaded once when on the host), dW and db. */
-    view ws, wt = {0}, bs = {0}, bt = {0}, dw = {0}, db = {0};
-    const klcl_tensor *grad_bias_t = &b->grad_bias;
-    if ((st = rows_view(ctx, &S->weight, dim, 0, vocab, ws_buf, 1, "batch->student.weight", &ws)) != KLCL_OK ||
-        (teacher_linear &&
-         (st = rows_view(ctx, &T->weight, tdim, 0, vocab, wt_buf, 1, "batch->teacher.weight", &wt)) != KLCL_OK) ||
-        (has_bias && (st = rows_view(ctx, &S->bias, vocab, 0, 1, bs_buf, 1, "batch->student.bias", &bs)) != KLCL_OK) ||
-        (teacher_bias &&
-         (st = rows_view(ctx, &T->bias, vocab, 0, 1, bt_buf, 1, "batch->teacher.bias", &bt)) != KLCL_OK) ||
-        (want_dw && (st = rows_view(ctx, &b->grad_weight, dim, 0, vocab, dw_buf, opt->accumulate,
-                                    "batch->grad_weight", &dw)) != KLCL_OK) ||
-        (want_db && (st = rows_view(ctx, grad_bias_t, vocab, 0, 1, db_buf, opt->accumulate, "batch->grad_bias",
-                                    &db)) != KLCL_OK))
-        goto done;
-    /* Biases are vectors: one row of vocab elements. */
-    bs.ld = bt.ld = db.ld = vocab;
-
-    klcl_loss_desc chunk_desc = *desc;
-    chunk_desc.reduction = KLCL_REDUCTION_SUM; /* 1/denominator goes into the GEMMs' alpha */
-    klcl_tally tally;
-    memset(&tally, 0, sizeof tally);
-    /* klcl_compute's verify mode would read the student logits after the gradient overwrote them. */
-    ctx->verify = 0;
+    ctx->verify = 0; /* klcl_compute's verify mode would read the student logits after the gradient overwrote them */
     size_t chunks = 0;
-    for (size_t r0 = 0; r0 < rows; r0 += chunk, chunks++) {
-        const size_t n = rows - r0 < chunk ? rows - r0 : chunk;
-        const int first = r0 == 0;
-        view hs, ht;
-        if ((st = rows_view(ctx, &S->hidden, dim, r0, n, hs_stage, 1, "batch->student.hidden", &hs)) != KLCL_OK ||
-            (st = project(ctx, n, vocab, dim, hs, ws, has_bias ? &bs : NULL, (view){ones, 0, 1}, zs,
-                          "student logits")) != KLCL_OK)
-            goto done;
-        if (teacher_linear &&
-            ((st = rows_view(ctx, &T->hidden, tdim, r0, n, ht_stage, 1, "batch->teacher.hidden", &ht)) != KLCL_OK ||
-             (st = project(ctx, n, vocab, tdim, ht, wt, teacher_bias ? &bt : NULL, (view){ones, 0, 1}, zt,
-                           "teacher logits")) != KLCL_OK))
-            goto done;
-
-        klcl_batch kb = KLCL_BATCH_INIT;
-        kb.rows = n;
-        kb.vocab = vocab;
-        kb.student = klcl_mem_tensor(zs, 0, vocab);
-        if (teacher_linear) kb.teacher = klcl_mem_tensor(zt, 0, vocab);
-        else if (given(&b->teacher_logits)) kb.teacher = tensor_rows(&b->teacher_logits, vocab, sizeof(float), r0);
-        if (labels) kb.labels = klcl_host_tensor(labels + r0, 0);
-        if (mask) kb.mask = klcl_host_tensor(mask + r0, 0);
-        if (want_grad) kb.grad = klcl_mem_tensor(zs, 0, vocab); /* element-wise: reads s[v], then writes g[v] */
-        if (given(&b->row_loss)) kb.row_loss = tensor_rows(&b->row_loss, 0, sizeof(float), r0);
-        klcl_result r;
-        st = klcl_compute(ctx, &chunk_desc, &kb, &r);
-        if (st != KLCL_OK) {
-            char msg[sizeof ctx->error];
-            memcpy(msg, ctx->error, sizeof msg);
-            klcl_fail(ctx, st, "chunk of rows [%zu, %zu): %s", r0, r0 + n, msg);
-            goto done;
-        }
-        tally_chunk(&tally, &r, r0, labels != NULL);
-
-        const view dz = {zs, 0, vocab};
-        if (want_dh) {
-            view dh;
-            if ((st = rows_view(ctx, &b->grad_hidden, dim, r0, n, dh_stage, 0, "batch->grad_hidden", &dh)) != KLCL_OK ||
-                (st = gemm(ctx, 0, 0, n, dim, vocab, alpha, dz, ws, 0.0f, dh, "grad_hidden")) != KLCL_OK ||
-                (b->grad_hidden.host &&
-                 (st = download_rows(ctx, dh_stage, &b->grad_hidden, dim, r0, n, "batch->grad_hidden")) != KLCL_OK))
-                goto done;
-        }
-        const float beta = first && !opt->accumulate ? 0.0f : 1.0f;
-        if (want_dw && (st = gemm(ctx, 1, 0, vocab, dim, n, alpha, dz, hs, beta, dw, "grad_weight")) != KLCL_OK)
-            goto done;
-        if (want_db &&
-            (st = gemm(ctx, 0, 0, 1, vocab, n, alpha, (view){ones, 0, n}, dz, beta, db, "grad_bias")) != KLCL_OK)
-            goto done;
-    }
-    if ((b->grad_weight.host &&
-         (st = download_rows(ctx, dw_buf, &b->grad_weight, dim, 0, vocab, "batch->grad_weight")) != KLCL_OK) ||
-        (b->grad_bias.host && (st = download_rows(ctx, db_buf, grad_bias_t, vocab, 0, 1, "batch->grad_bias")) != KLCL_OK))
+    klcl_status st;
+    if ((st = klcl_program_build(ctx)) != KLCL_OK || (st = run_labels(&r)) != KLCL_OK ||
+        (st = run_buffers(&r)) != KLCL_OK || (st = run_whole_views(&r)) != KLCL_OK)
+        goto done;
+    for (size_t r0 = 0; r0 < b->rows; r0 += r.chunk, chunks++)
+        if ((st = run_chunk(&r, r0, b->rows - r0 < r.chunk ? b->rows - r0 : r.chunk)) != KLCL_OK) goto done;
+    if ((r.op[OP_DW].t && (st = operand_store(ctx, &r.op[OP_DW], 0, r.op[OP_DW].rows)) != KLCL_OK) ||
+        (r.op[OP_DB].t && (st = operand_store(ctx, &r.op[OP_DB], 0, 1)) != KLCL_OK))
         goto done;
     cl_int err = clFinish(ctx->queue);
     if (err != CL_SUCCESS) {
         st = klcl_fail_cl(ctx, err, "clFinish");
         goto done;
     }
-    klcl_tally_finish(&tally, desc->reduction, rows, result);
+    klcl_tally_finish(&r.tally, desc->reduction, b->rows, result);
     if (info) {
         size_t scratch = 0;
         for (int i = 0; i < SCRATCH_COUNT; i++) scratch += ctx->scratch[i].bytes;
-        info->chunk_rows = chunk;
+        info->chunk_rows = r.chunk;
         info->chunks = chunks;
-        info->device_bytes = f.bytes + scratch;
+        info->device_bytes = r.f.bytes + scratch;
     }
 done:
     ctx->verify = saved_verify;
     if (st != KLCL_OK) clFinish(ctx->queue); /* nothing may still read or write caller memory after return */
-    call_release(&f);
-    free(labels_copy);
-    free(mask_copy);
+    call_release(&r.f);
+    free(r.labels_copy);
+    free(r.mask_copy);
     return st;
 }
 

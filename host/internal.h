@@ -63,6 +63,8 @@ typedef struct klcl_program {
     cl_kernel rows_kernel[KLCL_LOSS_COUNT];
     cl_kernel grad_kernel[KLCL_LOSS_COUNT];
     cl_kernel reduce_kernel; /* the device-side reduction of asynchronous calls */
+    /* fp16/bf16 <-> fp32 blocks of rows for the fused path (fused.c, kernels_cl/convert.cl) */
+    cl_kernel widen_kernel, narrow_kernel;
     /* Sparse teacher (sparse.c, kernels_cl/sparse.cl): row kernel, dense and top-k gradient kernels. */
     cl_kernel sparse_rows_kernel, sparse_grad_dense_kernel, sparse_grad_topk_kernel;
     int built;

@@ -105,8 +105,11 @@ static void release_variant(klcl_program *v)
         v->rows_kernel[i] = v->grad_kernel[i] = NULL;
     }
     klcl_sparse_kernels_release(v);
-    if (v->reduce_kernel) clReleaseKernel(v->reduce_kernel);
-    v->reduce_kernel = NULL;
+    cl_kernel *single[] = {&v->reduce_kernel, &v->widen_kernel, &v->narrow_kernel};
+    for (size_t i = 0; i < sizeof single / sizeof single[0]; i++) {
+        if (*single[i]) clReleaseKernel(*single[i]);
+        *single[i] = NULL;
+    }
     if (v->program) clReleaseProgram(v->program);
     v->program = NULL;
     v->built = 0;
@@ -156,6 +159,10 @@ static klcl_status build_once(klcl_context *ctx, const char *src, int index, siz
     *kernel_limit = wg;
     v->reduce_kernel = clCreateKernel(v->program, "klcl_reduce", &err);
     if (!v->reduce_kernel) return klcl_fail_cl(ctx, err, "clCreateKernel (reduction kernel)");
+    v->widen_kernel = clCreateKernel(v->program, "klcl_widen", &err);
+    if (!v->widen_kernel) return klcl_fail_cl(ctx, err, "clCreateKernel (widening kernel)");
+    v->narrow_kernel = clCreateKernel(v->program, "klcl_narrow", &err);
+    if (!v->narrow_kernel) return klcl_fail_cl(ctx, err, "clCreateKernel (narrowing kernel)");
     for (int i = 0; i < KLCL_LOSS_COUNT; i++) {
         char name[64];
         snprintf(name, sizeof name, "klcl_rows_%s", klcl_loss_name((klcl_loss)i));

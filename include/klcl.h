@@ -259,10 +259,10 @@ typedef struct klcl_loss_desc {
  * KLCL_ERR_INVALID_VALUE for an unknown loss. */
 KLCL_API klcl_status klcl_loss_desc_init(klcl_loss_desc *desc, klcl_loss loss);
 
-/* Element types of the logit matrices (teacher, student) and of the gradient. Half-precision logits are
- * widened exactly to fp32 in the kernels (fp16 through vload_half, so devices without cl_khr_fp16 take
- * them too; bf16 by its 16 bits); a half-precision gradient is computed in fp32 and rounded once, to
- * nearest even. */
+/* Element types of the logit matrices (teacher, student) and of the gradient, and of the fused path's
+ * hidden states, heads, biases and gradients. Half-precision values are widened exactly to fp32 in the
+ * kernels (fp16 from its bits, so devices without cl_khr_fp16 take them too; bf16 by its 16 bits); a
+ * half-precision gradient is computed in fp32 and rounded once, to nearest even. */
 typedef enum klcl_dtype {
     KLCL_DTYPE_F32 = 0,  /* IEEE binary32 (the default of a zero-initialised tensor) */
     KLCL_DTYPE_F16 = 1,  /* IEEE binary16 */
@@ -282,8 +282,9 @@ KLCL_API klcl_status klcl_convert(const void *src, klcl_dtype from, void *dst, k
 
 /* A matrix or vector the call reads or writes: host memory, or a caller-owned cl_mem of the context's
  * OpenCL context (no copies). Exactly one of `host` and `mem` is set for a tensor in use; both NULL means
- * "not given". Element types: teacher, student and grad take any klcl_dtype; labels are int32, mask
- * uint8 and row_loss fp32, whose dtype must stay KLCL_DTYPE_F32 (0). */
+ * "not given". Element types: teacher, student and grad take any klcl_dtype, as do the fused path's
+ * hidden, weight, bias, teacher_logits and gradients; labels are int32, mask uint8 and row_loss fp32,
+ * whose dtype must stay KLCL_DTYPE_F32 (0). */
 typedef struct klcl_tensor {
     void *host;       /* host pointer (read for inputs, written for outputs) */
     cl_mem mem;       /* or a device buffer */
@@ -428,21 +429,36 @@ KLCL_API klcl_status klcl_reference_row(const klcl_loss_desc *desc, size_t vocab
  * klcl's kernels compute the loss and write d loss / d logits over them in place, and further GEMMs fold
  * that into d loss / d hidden (per chunk) and d loss / d weight and d loss / d bias (accumulated). Device
  * memory for logits is chunk x V (twice that when the teacher is given as hidden states too), whatever N.
+ * Half-precision tensors add their fp32 copies: V x D x 4 bytes for a half head (weight) or grad_weight,
+ * chunk x D x 4 for half hidden states or grad_hidden, V x 4 for a half bias or grad_bias; host tensors
+ * also take an upload buffer in their own type (V x D x 2 bytes for a half head). All of it is counted in
+ * klcl_fused_info.device_bytes, and none of it grows with N.
  *
  * The math is the loss of `desc` (docs/LOSSES.md) on the logits z = hidden . weight^T + bias:
  *     z_s[i][v] = sum_d H_s[i][d] W_s[v][d] + b_s[v],   and likewise the teacher's, or given logits;
  *     dH_s = dZ . W_s,   dW_s = dZ^T . H_s,   db_s[v] = sum_i dZ[i][v],
- * with dZ the gradient klcl_compute gives for the reduction of desc. All fp32 (low-precision hidden states
- * and weights are not accepted yet); products are CLBlast's fp32 GEMMs. Results match one klcl_compute
- * over the full logits up to the rounding of the GEMMs and of the order the chunks are summed in.
+ * with dZ the gradient klcl_compute gives for the reduction of desc. Products are CLBlast's fp32 GEMMs.
+ * Results match one klcl_compute over the full logits up to the rounding of the GEMMs and of the order the
+ * chunks are summed in.
+ *
+ * Element types: the hidden states, heads and biases of both layers, teacher_logits, grad_hidden,
+ * grad_weight and grad_bias may each be fp32, fp16 or bf16 (klcl_tensor.dtype), independently. The
+ * arithmetic is fp32 whatever the types: half-precision inputs are widened exactly to fp32 on the device
+ * (hidden states chunk by chunk, a head or bias once per call, teacher_logits by the loss kernels as they
+ * read them), the products are the same fp32 GEMMs, dW and db are summed in fp32 across the chunks (and,
+ * with options->accumulate, start from the widened values of the caller's grad_weight and grad_bias), and
+ * each half-precision gradient is rounded once, to nearest even, as it is written. Half inputs therefore
+ * give what the same values in fp32 give, and a half gradient is that fp32 result rounded once: within
+ * the fp32 accuracy plus half an ulp of its type. tests/test_fused.c holds it to exactly that, against a
+ * double-precision reference on the widened inputs (docs/LOSSES.md, "Half-precision inputs and outputs").
  *
  * Availability: klcl_fused_supported() is 0 when the library was built without CLBlast
  * (-DKLCL_WITH_CLBLAST=OFF); every function of this section then returns KLCL_ERR_UNSUPPORTED. The fused
  * path needs an OpenCL device: on the CPU reference it returns KLCL_ERR_UNSUPPORTED too. */
 
-/* A linear layer's input and weights: logits = hidden . weight^T + bias. Matrices are row-major fp32 with
- * a row stride in elements (klcl_tensor.stride, 0 meaning dense), host memory or cl_mem as for
- * klcl_compute. */
+/* A linear layer's input and weights: logits = hidden . weight^T + bias. Matrices are row-major, fp32,
+ * fp16 or bf16 (each tensor its own dtype), with a row stride in elements (klcl_tensor.stride, 0 meaning
+ * dense), host memory or cl_mem as for klcl_compute. */
 typedef struct klcl_linear {
     size_t dim;         /* D >= 1: width of a hidden state (columns of hidden and of weight) */
     size_t vocab;       /* V >= 1: rows of weight (output features); the teacher's must equal the student's */
@@ -488,7 +504,8 @@ typedef struct klcl_fused_info {
     size_t chunk_rows;   /* rows per chunk used (the last chunk may be shorter) */
     size_t chunks;       /* number of chunks */
     size_t device_bytes; /* device memory this call held at its peak, not counting the caller's cl_mem
-                            tensors: logits chunks, uploads of host tensors, and the context's scratch */
+                            tensors: logits chunks, uploads of host tensors, fp32 copies of half-precision
+                            ones (V x D x 4 bytes for a half head), and the context's scratch */
 } klcl_fused_info;
 
 /* 1 when this library was built with CLBlast, so that klcl_compute_fused can work; 0 otherwise. */
@@ -515,7 +532,8 @@ KLCL_API klcl_status klcl_fused_warm(klcl_context *ctx);
  *
  * Labels and mask are read on the host first (downloaded when they are cl_mem): the mean's denominator
  * counts the rows not skipped before any chunk runs. Host hidden states are uploaded chunk by chunk, host
- * weights once per call; cl_mem tensors are used in place. Temporary device buffers are freed before
+ * weights once per call, each in its own type; fp32 cl_mem tensors are used in place, and half-precision
+ * ones are read or written where they are by the conversions. Temporary device buffers are freed before
  * return; the context's scratch grows to one chunk's needs. Same threading rule as klcl_compute.
  *
  * Argument errors (status, and the message names the argument, e.g. "batch->teacher.vocab"):
@@ -526,11 +544,13 @@ KLCL_API klcl_status klcl_fused_warm(klcl_context *ctx);
  *   KLCL_ERR_INVALID_SHAPE      rows, dim or vocab 0; vocab > 2^31 - 1; teacher.vocab differs from
  *                                student.vocab; a stride smaller than the row width; sizes that overflow
  *   KLCL_ERR_INVALID_VALUE      desc out of range (as klcl_compute); both host and mem set on a tensor;
- *                                both teacher.hidden and teacher_logits given; accumulate not 0 or 1
+ *                                both teacher.hidden and teacher_logits given; accumulate not 0 or 1; a
+ *                                dtype that is not a klcl_dtype, or not 0 on labels, mask or row_loss
  *   KLCL_ERR_NONFINITE_ARG      a float parameter of desc is NaN or infinite
  *   KLCL_ERR_LABEL_OUT_OF_RANGE a label outside [0, vocab) not equal to ignore_index (names the row)
  *   KLCL_ERR_BUFFER_TOO_SMALL   a cl_mem cannot hold offset + extent
- *   KLCL_ERR_MISALIGNED         a cl_mem offset not a multiple of 4 (or 1 for the mask)
+ *   KLCL_ERR_MISALIGNED         a cl_mem offset not a multiple of its element size (4 for fp32 and the
+ *                                labels, 2 for fp16 and bf16, 1 for the mask)
  *   KLCL_ERR_UNSUPPORTED        built without CLBlast; the context is the CPU reference; CLBlast refused
  *                                a product with one of its own codes (the message gives it)
  * OpenCL failures (CL_MEM_OBJECT_ALLOCATION_FAILURE for a chunk that does not fit: set a smaller

@@ -885,7 +885,7 @@ static int kernel_dir_setup(void **state)
 
 static int kernel_dir_teardown(void **state)
 {
-    const char *names[] = {"common.cl", "losses.cl", "sparse.cl"};
+    const char *names[] = {"common.cl", "losses.cl", "sparse.cl", "convert.cl"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char path[128];
         snprintf(path, sizeof path, "%s/%s", kernel_dir, names[i]);
@@ -901,6 +901,7 @@ static void test_kernel_dir_syntax_error(void **state)
     write_file("common.cl", "/* empty */\n");
     write_file("losses.cl", "__kernel void broken( {\n");
     write_file("sparse.cl", "/* empty */\n");
+    write_file("convert.cl", "/* empty */\n");
     assert_int_equal(setenv("KLCL_KERNEL_DIR", kernel_dir, 1), 0);
     klcl_context *ctx = own = tu_device_context(0);
     expect_status(ctx, klcl_context_prepare(ctx), CL_BUILD_PROGRAM_FAILURE, "clBuildProgram", __LINE__);

@@ -1,8 +1,9 @@
 /* klcl_compute_fused (fused linear + loss) against a double-precision reference that computes the full
  * logits: every loss, the teacher as hidden states and as logits, gradients for the student's hidden
  * states, head and bias, chunk sizes that do not divide N, ignored and masked rows, every reduction,
- * cl_mem tensors with offsets and strides, accumulation, and every argument error. KLCL_TEST_SMALL=1
- * shrinks the shapes. */
+ * cl_mem tensors with offsets and strides, accumulation, fp16 and bf16 inputs and gradients (the
+ * reference on the widened inputs; a half gradient must be the rounding of a value within the fp32
+ * tolerance), and every argument error. KLCL_TEST_SMALL=1 shrinks the shapes. */
 #include "test_util.h"
 
 #include <math.h>
@@ -24,8 +25,10 @@ static int setup(void **state)
     const char *s = getenv("KLCL_TEST_SMALL");
     small_shapes = s && strcmp(s, "1") == 0;
     ctx = tu_device_context(0);
-    /* CLBlast compiles its kernels on first use (seconds on PoCL): once for the whole suite. */
-    klcl_status st = klcl_fused_warm(ctx);
+    /* CLBlast compiles its kernels on first use (seconds on PoCL): once for the whole suite. Under a
+     * simulator (KLCL_TEST_SMALL) the warm-up's 512 x 512 products would take longer than the suite, and
+     * the first call compiles instead. */
+    klcl_status st = small_shapes ? KLCL_OK : klcl_fused_warm(ctx);
     if (st != KLCL_OK) fail_msg("klcl_fused_warm: %s", klcl_last_error(ctx));
     return 0;
 }
@@ -210,16 +213,98 @@ static void data_reference(fused_data *d, const klcl_loss_desc *desc, int with_t
     free(dz);
 }
 
+/* The values a gradient entry stored as `dtype` may take: the roundings, to that type, of the values within
+ * `tol` of the reference, i.e. [round(ref - tol), round(ref + tol)] (rounding is monotone; the ends are
+ * first moved out by an fp32 ulp so that the double-to-fp32 step cannot shrink the interval). That is
+ * within tol plus half an ulp of the type, and on its grid; for fp32 it is |dev - ref| <= tol. */
+static void allowed_range(klcl_dtype dtype, double ref, double tol, double *lo, double *hi)
+{
+    *lo = ref - tol;
+    *hi = ref + tol;
+    if (dtype == KLCL_DTYPE_F32) return;
+    float ends[2] = {nextafterf((float)*lo, -INFINITY), nextafterf((float)*hi, INFINITY)};
+    uint16_t bits[2];
+    assert_int_equal(klcl_convert(ends, KLCL_DTYPE_F32, bits, dtype, 2), KLCL_OK);
+    assert_int_equal(klcl_convert(bits, dtype, ends, KLCL_DTYPE_F32, 2), KLCL_OK);
+    *lo = ends[0];
+    *hi = ends[1];
+}
+
+static void check_grad_as(klcl_dtype dtype, const char *what, const char *name, const float *dev, const double *ref,
+                          const double *tol, size_t count, size_t width)
+{
+    for (size_t k = 0; k < count; k++) {
+        double lo, hi;
+        allowed_range(dtype, ref[k], tol[k], &lo, &hi);
+        if (!(dev[k] >= lo && dev[k] <= hi))
+            fail_msg("%s: %s[%zu][%zu] = %.9g (%s), reference %.9g, allowed [%.9g, %.9g] (tolerance %.3g)", what,
+                     name, k / width, k % width, (double)dev[k], klcl_dtype_name(dtype), ref[k], lo, hi, tol[k]);
+        /* fp32 only: a half entry sits on its type's grid, often at an end of its range */
+        double err = fabs((double)dev[k] - ref[k]);
+        if (dtype == KLCL_DTYPE_F32 && tol[k] > 0 && err / tol[k] > worst_ratio) worst_ratio = err / tol[k];
+    }
+}
+
 static void check_grad(const char *what, const char *name, const float *dev, const double *ref, const double *tol,
                        size_t count, size_t width)
 {
-    for (size_t k = 0; k < count; k++) {
-        double err = fabs((double)dev[k] - ref[k]);
-        if (!(err <= tol[k]))
-            fail_msg("%s: %s[%zu][%zu] = %.9g, reference %.9g, tolerance %.3g", what, name, k / width, k % width,
-                     (double)dev[k], ref[k], tol[k]);
-        if (tol[k] > 0 && err / tol[k] > worst_ratio) worst_ratio = err / tol[k];
-    }
+    check_grad_as(KLCL_DTYPE_F32, what, name, dev, ref, tol, count, width);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* fp16 and bf16 copies of the inputs                                                                       */
+
+/* x rounded to `dtype` in place, and its bits in that type: the reference then computes on exactly the
+ * values the device widens. */
+static uint16_t *round_to(float *x, size_t n, klcl_dtype dtype)
+{
+    uint16_t *bits = malloc(n * sizeof(uint16_t));
+    assert_non_null(bits);
+    assert_int_equal(klcl_convert(x, KLCL_DTYPE_F32, bits, dtype, n), KLCL_OK);
+    assert_int_equal(klcl_convert(bits, dtype, x, KLCL_DTYPE_F32, n), KLCL_OK);
+    return bits;
+}
+
+/* n elements of `dtype` widened to fp32 (a copy for fp32). */
+static float *widened(const void *src, size_t n, klcl_dtype dtype)
+{
+    float *x = malloc(n * sizeof(float));
+    assert_non_null(x);
+    assert_int_equal(klcl_convert(src, dtype, x, KLCL_DTYPE_F32, n), KLCL_OK);
+    return x;
+}
+
+/* Every input of d in one half-precision type. */
+typedef struct half_data {
+    klcl_dtype dtype;
+    uint16_t *hs, *ws, *bs, *ht, *wt, *bt, *teacher_logits;
+    float *teacher_wide; /* teacher_logits widened: what the reference reads for half teacher logits */
+} half_data;
+
+/* Rounds d's inputs to `dtype` and keeps their bits in h; the teacher's logits are made again from its
+ * rounded layer (fp32, what the device's teacher GEMM gives up to its rounding) and rounded apart. */
+static void half_make(fused_data *d, klcl_dtype dtype, half_data *h)
+{
+    h->dtype = dtype;
+    h->hs = round_to(d->hs, d->rows * d->ds, dtype);
+    h->ws = round_to(d->ws, d->vocab * d->ds, dtype);
+    h->bs = round_to(d->bs, d->vocab, dtype);
+    h->ht = round_to(d->ht, d->rows * d->dt, dtype);
+    h->wt = round_to(d->wt, d->vocab * d->dt, dtype);
+    h->bt = round_to(d->bt, d->vocab, dtype);
+    free(d->teacher_logits);
+    d->teacher_logits = logits_of(d->ht, d->wt, d->bt, d->rows, d->vocab, d->dt);
+    h->teacher_wide = malloc(d->rows * d->vocab * sizeof(float));
+    assert_non_null(h->teacher_wide);
+    memcpy(h->teacher_wide, d->teacher_logits, d->rows * d->vocab * sizeof(float));
+    h->teacher_logits = round_to(h->teacher_wide, d->rows * d->vocab, dtype);
+}
+
+static void half_free(half_data *h)
+{
+    uint16_t *all[] = {h->hs, h->ws, h->bs, h->ht, h->wt, h->bt, h->teacher_logits};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+    free(h->teacher_wide);
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -231,7 +316,22 @@ typedef struct run_opts {
     size_t chunk;
 } run_opts;
 
-static klcl_fused_batch host_batch(fused_data *d, const run_opts *o, float *dh, float *dw, float *db, float *rl)
+/* Half precision in a run: which inputs are h's copies, and the type of the gradients. NULL: all fp32. */
+typedef struct half_opts {
+    const half_data *h;
+    int student, teacher; /* the student's layer; the teacher's layer or logits */
+    klcl_dtype grad;      /* of grad_hidden, grad_weight and grad_bias */
+} half_opts;
+
+static void set_half(klcl_tensor *t, const uint16_t *bits, klcl_dtype dtype)
+{
+    if (!t->host) return; /* not in this run */
+    *t = klcl_host_tensor(bits, t->stride);
+    t->dtype = dtype;
+}
+
+static klcl_fused_batch host_batch(fused_data *d, const run_opts *o, const half_opts *hp, void *dh, void *dw,
+                                   void *db, float *rl)
 {
     klcl_fused_batch b = KLCL_FUSED_BATCH_INIT;
     b.rows = d->rows;
@@ -255,20 +355,57 @@ static klcl_fused_batch host_batch(fused_data *d, const run_opts *o, float *dh, 
     b.grad_weight = klcl_host_tensor(dw, 0);
     b.grad_bias = klcl_host_tensor(db, 0);
     b.row_loss = klcl_host_tensor(rl, 0);
+    if (!hp) return b;
+    b.grad_hidden.dtype = b.grad_weight.dtype = b.grad_bias.dtype = hp->grad;
+    const half_data *h = hp->h;
+    if (hp->student) {
+        set_half(&b.student.hidden, h->hs, h->dtype);
+        set_half(&b.student.weight, h->ws, h->dtype);
+        set_half(&b.student.bias, h->bs, h->dtype);
+    }
+    if (hp->teacher) {
+        set_half(&b.teacher.hidden, h->ht, h->dtype);
+        set_half(&b.teacher.weight, h->wt, h->dtype);
+        set_half(&b.teacher.bias, h->bt, h->dtype);
+        set_half(&b.teacher_logits, h->teacher_logits, h->dtype);
+    }
     return b;
 }
 
-static void run_and_check(fused_data *d, const klcl_loss_desc *desc, const run_opts *o, const char *what)
+/* An output of n elements of `dtype`, NaN everywhere: every entry must be written. */
+static void *nan_output(size_t n, klcl_dtype dtype)
 {
+    float *x = malloc(n * sizeof(float));
+    void *out = malloc(n * klcl_dtype_size(dtype));
+    assert_true(x && out);
+    for (size_t k = 0; k < n; k++) x[k] = NAN;
+    assert_int_equal(klcl_convert(x, KLCL_DTYPE_F32, out, dtype, n), KLCL_OK);
+    free(x);
+    return out;
+}
+
+/* A gradient output of `dtype` widened, checked against the reference, and freed. */
+static void check_output(klcl_dtype dtype, const char *what, const char *name, void *dev, const double *ref,
+                         const double *tol, size_t count, size_t width)
+{
+    float *x = widened(dev, count, dtype);
+    check_grad_as(dtype, what, name, x, ref, tol, count, width);
+    free(x);
+    free(dev);
+}
+
+static void run_checked(fused_data *d, const klcl_loss_desc *desc, const run_opts *o, const half_opts *hp,
+                        const char *what)
+{
+    float *teacher = d->teacher_logits;
+    if (hp && hp->teacher && o->teacher_hidden == 0) d->teacher_logits = hp->h->teacher_wide;
     data_reference(d, desc, o->teacher_hidden >= 0, o->labels, o->mask, o->bias);
-    float *dh = malloc(d->rows * d->ds * sizeof(float)), *dw = malloc(d->vocab * d->ds * sizeof(float));
-    float *db = malloc(d->vocab * sizeof(float)), *rl = malloc(d->rows * sizeof(float));
-    assert_true(dh && dw && db && rl);
-    /* NaN everywhere first: every entry must be written */
-    for (size_t k = 0; k < d->rows * d->ds; k++) dh[k] = NAN;
-    for (size_t k = 0; k < d->vocab * d->ds; k++) dw[k] = NAN;
-    for (size_t k = 0; k < d->vocab; k++) db[k] = NAN;
-    klcl_fused_batch b = host_batch(d, o, dh, dw, db, rl);
+    d->teacher_logits = teacher;
+    const klcl_dtype g = hp ? hp->grad : KLCL_DTYPE_F32;
+    void *dh = nan_output(d->rows * d->ds, g), *dw = nan_output(d->vocab * d->ds, g), *db = nan_output(d->vocab, g);
+    float *rl = malloc(d->rows * sizeof(float));
+    assert_non_null(rl);
+    klcl_fused_batch b = host_batch(d, o, hp, dh, dw, db, rl);
     klcl_fused_options opt = KLCL_FUSED_OPTIONS_INIT;
     opt.chunk_rows = o->chunk;
     klcl_result r;
@@ -287,13 +424,15 @@ static void run_and_check(fused_data *d, const klcl_loss_desc *desc, const run_o
     assert_int_equal(r.rows_used, d->used);
     assert_int_equal(r.rows_skipped, d->rows - d->used);
     assert_int_equal(r.rows_nonfinite, 0);
-    check_grad(what, "grad_hidden", dh, d->dh, d->dh_tol, d->rows * d->ds, d->ds);
-    check_grad(what, "grad_weight", dw, d->dw, d->dw_tol, d->vocab * d->ds, d->ds);
-    check_grad(what, "grad_bias", db, d->db, d->db_tol, d->vocab, d->vocab);
-    free(dh);
-    free(dw);
-    free(db);
+    check_output(g, what, "grad_hidden", dh, d->dh, d->dh_tol, d->rows * d->ds, d->ds);
+    check_output(g, what, "grad_weight", dw, d->dw, d->dw_tol, d->vocab * d->ds, d->ds);
+    check_output(g, what, "grad_bias", db, d->db, d->db_tol, d->vocab, d->vocab);
     free(rl);
+}
+
+static void run_and_check(fused_data *d, const klcl_loss_desc *desc, const run_opts *o, const char *what)
+{
+    run_checked(d, desc, o, NULL, what);
 }
 
 static klcl_loss_desc desc_for(klcl_loss loss, klcl_reduction reduction)
@@ -429,7 +568,7 @@ static void test_result_matches_unfused(void **state)
     klcl_result ref;
     assert_int_equal(klcl_compute(ctx, &desc, &full, &ref), KLCL_OK);
     run_opts o = {0, 1, 1, 1, 4};
-    klcl_fused_batch b = host_batch(&d, &o, NULL, NULL, NULL, NULL);
+    klcl_fused_batch b = host_batch(&d, &o, NULL, NULL, NULL, NULL, NULL);
     klcl_fused_options opt = {4, 0};
     klcl_result r;
     assert_int_equal(klcl_compute_fused(ctx, &desc, &b, &opt, &r, NULL), KLCL_OK);
@@ -460,7 +599,7 @@ static void test_loss_only_and_none(void **state)
     float *rl = malloc(N * sizeof(float));
     assert_non_null(rl);
     run_opts o = {1, 1, 1, 1, 10};
-    klcl_fused_batch b = host_batch(&d, &o, NULL, NULL, NULL, rl);
+    klcl_fused_batch b = host_batch(&d, &o, NULL, NULL, NULL, NULL, rl);
     klcl_fused_options opt = {10, 0};
     klcl_result r;
     assert_int_equal(klcl_compute_fused(ctx, &desc, &b, &opt, &r, NULL), KLCL_OK);
@@ -474,39 +613,46 @@ static void test_loss_only_and_none(void **state)
     data_free(&d);
 }
 
-/* cl_mem tensors with byte offsets and padded row strides, for inputs and outputs; accumulation. */
-static cl_mem mem_matrix(const float *src, size_t rows, size_t width, size_t stride, size_t offset_floats)
+/* cl_mem tensors with byte offsets and padded row strides, for inputs and outputs; accumulation. Offsets and
+ * strides are in elements of `dtype`; the padding holds bytes the call must leave alone. */
+enum { PAD_BYTE = 0xa5 };
+
+static cl_mem mem_matrix(const void *src, size_t rows, size_t width, size_t stride, size_t offset, klcl_dtype dtype)
 {
     cl_int err;
-    size_t count = offset_floats + rows * stride;
-    float *tmp = malloc(count * sizeof(float));
+    const size_t elem = klcl_dtype_size(dtype), bytes = (offset + rows * stride) * elem;
+    unsigned char *tmp = malloc(bytes);
     assert_non_null(tmp);
-    for (size_t k = 0; k < count; k++) tmp[k] = -12345.0f; /* padding the call must leave alone */
+    memset(tmp, PAD_BYTE, bytes);
     if (src)
-        for (size_t i = 0; i < rows; i++) memcpy(tmp + offset_floats + i * stride, src + i * width, width * sizeof(float));
-    cl_mem m = clCreateBuffer(klcl_context_cl_context(ctx), CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR,
-                              count * sizeof(float), tmp, &err);
+        for (size_t i = 0; i < rows; i++)
+            memcpy(tmp + (offset + i * stride) * elem, (const unsigned char *)src + i * width * elem, width * elem);
+    cl_mem m = clCreateBuffer(klcl_context_cl_context(ctx), CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, bytes, tmp, &err);
     assert_int_equal(err, CL_SUCCESS);
     free(tmp);
     return m;
 }
 
-static float *read_matrix(cl_mem m, size_t rows, size_t width, size_t stride, size_t offset_floats, int check_pad)
+/* The rows x width matrix widened to fp32, with the padding checked when asked. */
+static float *read_matrix(cl_mem m, size_t rows, size_t width, size_t stride, size_t offset, klcl_dtype dtype,
+                          int check_pad)
 {
-    size_t count = offset_floats + rows * stride;
-    float *tmp = malloc(count * sizeof(float)), *out = malloc(rows * width * sizeof(float));
-    assert_true(tmp && out);
-    assert_int_equal(clEnqueueReadBuffer(klcl_context_cl_queue(ctx), m, CL_TRUE, 0, count * sizeof(float), tmp, 0,
-                                         NULL, NULL),
+    const size_t elem = klcl_dtype_size(dtype), bytes = (offset + rows * stride) * elem;
+    unsigned char *tmp = malloc(bytes), *dense = malloc(rows * width * elem);
+    assert_true(tmp && dense);
+    assert_int_equal(clEnqueueReadBuffer(klcl_context_cl_queue(ctx), m, CL_TRUE, 0, bytes, tmp, 0, NULL, NULL),
                      CL_SUCCESS);
-    for (size_t i = 0; i < rows; i++) {
-        memcpy(out + i * width, tmp + offset_floats + i * stride, width * sizeof(float));
-        if (check_pad)
-            for (size_t c = width; c < stride; c++) assert_true(tmp[offset_floats + i * stride + c] == -12345.0f);
+    for (size_t i = 0; i < rows; i++)
+        memcpy(dense + i * width * elem, tmp + (offset + i * stride) * elem, width * elem);
+    if (check_pad) {
+        for (size_t k = 0; k < offset * elem; k++) assert_int_equal(tmp[k], PAD_BYTE);
+        for (size_t i = 0; i < rows; i++)
+            for (size_t k = (offset + i * stride + width) * elem; k < (offset + (i + 1) * stride) * elem; k++)
+                assert_int_equal(tmp[k], PAD_BYTE);
     }
-    if (check_pad)
-        for (size_t k = 0; k < offset_floats; k++) assert_true(tmp[k] == -12345.0f);
+    float *out = widened(dense, rows * width, dtype);
     free(tmp);
+    free(dense);
     return out;
 }
 
@@ -522,11 +668,12 @@ static void test_mem_tensors(void **state)
     data_reference(&d, &desc, 1, 1, 1, 1);
     const size_t off = 4, pad = 3;
     cl_int err;
-    cl_mem hs = mem_matrix(d.hs, N, Ds, Ds + pad, off), ws = mem_matrix(d.ws, V, Ds, Ds + pad, off);
-    cl_mem bs = mem_matrix(d.bs, 1, V, V, off), ht = mem_matrix(d.ht, N, Dt, Dt, 0);
-    cl_mem wt = mem_matrix(d.wt, V, Dt, Dt + 1, 0), bt = mem_matrix(d.bt, 1, V, V, 0);
-    cl_mem dh = mem_matrix(NULL, N, Ds, Ds + pad, off), dw = mem_matrix(NULL, V, Ds, Ds + pad, off);
-    cl_mem db = mem_matrix(NULL, 1, V, V, off);
+    const klcl_dtype f32 = KLCL_DTYPE_F32;
+    cl_mem hs = mem_matrix(d.hs, N, Ds, Ds + pad, off, f32), ws = mem_matrix(d.ws, V, Ds, Ds + pad, off, f32);
+    cl_mem bs = mem_matrix(d.bs, 1, V, V, off, f32), ht = mem_matrix(d.ht, N, Dt, Dt, 0, f32);
+    cl_mem wt = mem_matrix(d.wt, V, Dt, Dt + 1, 0, f32), bt = mem_matrix(d.bt, 1, V, V, 0, f32);
+    cl_mem dh = mem_matrix(NULL, N, Ds, Ds + pad, off, f32), dw = mem_matrix(NULL, V, Ds, Ds + pad, off, f32);
+    cl_mem db = mem_matrix(NULL, 1, V, V, off, f32);
     cl_mem labels = clCreateBuffer(klcl_context_cl_context(ctx), CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR,
                                    N * sizeof(int32_t), d.labels, &err);
     assert_int_equal(err, CL_SUCCESS);
@@ -551,10 +698,10 @@ static void test_mem_tensors(void **state)
     assert_int_equal(info.chunk_rows, N);
     assert_int_equal(info.chunks, 1);
     assert_true(tu_loss_close(r.loss, d.loss));
-    float *g = read_matrix(dh, N, Ds, Ds + pad, off, 1);
+    float *g = read_matrix(dh, N, Ds, Ds + pad, off, f32, 1);
     check_grad("cl_mem", "grad_hidden", g, d.dh, d.dh_tol, N * Ds, Ds);
     free(g);
-    g = read_matrix(db, 1, V, V, off, 1);
+    g = read_matrix(db, 1, V, V, off, f32, 1);
     check_grad("cl_mem", "grad_bias", g, d.db, d.db_tol, V, V);
     free(g);
 
@@ -572,13 +719,13 @@ static void test_mem_tensors(void **state)
         d.db[k] *= 2.0;
         d.db_tol[k] *= 2.0;
     }
-    g = read_matrix(dw, V, Ds, Ds + pad, off, 1);
+    g = read_matrix(dw, V, Ds, Ds + pad, off, f32, 1);
     check_grad("cl_mem, accumulated", "grad_weight", g, d.dw, d.dw_tol, V * Ds, Ds);
     free(g);
-    g = read_matrix(db, 1, V, V, off, 1);
+    g = read_matrix(db, 1, V, V, off, f32, 1);
     check_grad("cl_mem, accumulated", "grad_bias", g, d.db, d.db_tol, V, V);
     free(g);
-    g = read_matrix(dh, N, Ds, Ds + pad, off, 1); /* overwritten, not accumulated */
+    g = read_matrix(dh, N, Ds, Ds + pad, off, f32, 1); /* overwritten, not accumulated */
     check_grad("cl_mem, second call", "grad_hidden", g, d.dh, d.dh_tol, N * Ds, Ds);
     free(g);
 
@@ -610,7 +757,7 @@ static void test_host_accumulate_and_stride(void **state)
     for (size_t k = 0; k < V * Ds; k++) dw[k] = (float)d.dw[k]; /* a previous micro-batch's gradient */
     for (size_t k = 0; k < V; k++) db[k] = (float)d.db[k];
     run_opts o = {0, 1, 1, 1, 8};
-    klcl_fused_batch b = host_batch(&d, &o, NULL, dw, db, NULL);
+    klcl_fused_batch b = host_batch(&d, &o, NULL, NULL, dw, db, NULL);
     b.student.hidden = klcl_host_tensor(hs, stride);
     b.grad_hidden = klcl_host_tensor(dh, stride);
     klcl_fused_options opt = {8, 1};
@@ -644,6 +791,244 @@ static void test_host_accumulate_and_stride(void **state)
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
+/* fp16 and bf16 tensors                                                                                    */
+
+/* Odd widths: the conversions' element-by-element tails run, and half-precision rows start at offsets that
+ * are not multiples of 16 bytes. */
+static void half_shape(size_t *rows, size_t *vocab, size_t *ds, size_t *dt)
+{
+    *rows = small_shapes ? 13 : 45;
+    *vocab = small_shapes ? 67 : 301;
+    *ds = small_shapes ? 11 : 21;
+    *dt = small_shapes ? 9 : 19;
+}
+
+/* Each case against the reference on the widened inputs, with the fp32 tolerances: the student's layer,
+ * the teacher's layer or logits, and the gradients each in half precision or fp32, for kl, ce and jsd
+ * (a centred gradient), every reduction but none, and chunks that do not divide N. */
+static void test_half_precision(void **state)
+{
+    (void)state;
+    size_t N, V, Ds, Dt;
+    half_shape(&N, &V, &Ds, &Dt);
+    const klcl_dtype types[] = {KLCL_DTYPE_F16, KLCL_DTYPE_BF16}, f32 = KLCL_DTYPE_F32;
+    for (size_t t = 0; t < 2; t++) {
+        const klcl_dtype dt = types[t];
+        tu_seed(20 + t);
+        fused_data d;
+        data_make(&d, N, V, Ds, Dt);
+        half_data h;
+        half_make(&d, dt, &h);
+        const struct {
+            klcl_loss loss;
+            int teacher_hidden;
+            half_opts hp;
+            size_t chunk;
+        } cases[] = {
+            {KLCL_LOSS_KL, 1, {&h, 1, 1, f32}, 7},
+            {KLCL_LOSS_KL, 0, {&h, 1, 1, dt}, 10},
+            {KLCL_LOSS_CE, -1, {&h, 1, 0, dt}, 4},
+            {KLCL_LOSS_JSD, 1, {&h, 0, 1, dt}, 11}, /* an fp32 student holding the rounded values */
+            {KLCL_LOSS_JSD, 0, {&h, 1, 0, f32}, 6},
+        };
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            const half_opts *hp = &cases[c].hp;
+            klcl_loss_desc desc = desc_for(cases[c].loss, (klcl_reduction)(1 + c % 3));
+            run_opts o = {cases[c].teacher_hidden, 1, 1, 1, cases[c].chunk};
+            char what[160];
+            snprintf(what, sizeof what, "%s %s: student %s, teacher %s %s, gradients %s, chunk %zu",
+                     klcl_loss_name(desc.loss), klcl_reduction_name(desc.reduction),
+                     klcl_dtype_name(hp->student ? dt : f32), o.teacher_hidden ? "layer" : "logits",
+                     klcl_dtype_name(hp->teacher ? dt : f32), klcl_dtype_name(hp->grad), o.chunk);
+            run_checked(&d, &desc, &o, hp, what);
+        }
+        half_free(&h);
+        data_free(&d);
+    }
+}
+
+/* Rounds the reference's gradient (a previous micro-batch's) to `dtype`: the start value of an accumulating
+ * call, returned as its bits; the reference becomes what the call must give, start + gradient, with the
+ * same tolerance (the start is exact in fp32). */
+static uint16_t *accumulate_start(double *ref, size_t n, klcl_dtype dtype)
+{
+    float *start = malloc(n * sizeof(float));
+    assert_non_null(start);
+    for (size_t k = 0; k < n; k++) start[k] = (float)ref[k];
+    uint16_t *bits = round_to(start, n, dtype);
+    for (size_t k = 0; k < n; k++) ref[k] += start[k];
+    free(start);
+    return bits;
+}
+
+/* Host tensors: fp16 hidden states with a padded odd stride (NaN in the padding), a bf16 head; fp16
+ * grad_hidden with the same stride (padding left alone); bf16 grad_weight and fp16 grad_bias accumulated
+ * onto a previous gradient in fp32 over chunks that do not divide N and rounded once. */
+static void test_half_host_accumulate_and_stride(void **state)
+{
+    (void)state;
+    size_t N, V, Ds, Dt;
+    half_shape(&N, &V, &Ds, &Dt);
+    tu_seed(22);
+    fused_data d;
+    data_make(&d, N, V, Ds, Dt);
+    const klcl_dtype f16 = KLCL_DTYPE_F16, bf16 = KLCL_DTYPE_BF16;
+    uint16_t *hs_dense = round_to(d.hs, N * Ds, f16), *ws = round_to(d.ws, V * Ds, bf16);
+    klcl_loss_desc desc = desc_for(KLCL_LOSS_KL, KLCL_REDUCTION_MEAN);
+    data_reference(&d, &desc, 1, 1, 1, 1);
+    const size_t stride = Ds + 3;
+    uint16_t *hs = malloc(N * stride * sizeof(uint16_t)), *dh = malloc(N * stride * sizeof(uint16_t));
+    assert_true(hs && dh);
+    for (size_t i = 0; i < N; i++)
+        for (size_t c = 0; c < stride; c++) {
+            hs[i * stride + c] = c < Ds ? hs_dense[i * Ds + c] : 0x7e00; /* NaN */
+            dh[i * stride + c] = 0x7777;
+        }
+    uint16_t *dw = accumulate_start(d.dw, V * Ds, bf16), *db = accumulate_start(d.db, V, f16);
+    run_opts o = {0, 1, 1, 1, 8};
+    klcl_fused_batch b = host_batch(&d, &o, NULL, NULL, dw, db, NULL);
+    b.student.hidden = klcl_host_tensor(hs, stride);
+    b.student.hidden.dtype = f16;
+    b.student.weight = klcl_host_tensor(ws, 0);
+    b.student.weight.dtype = bf16;
+    b.grad_hidden = klcl_host_tensor(dh, stride);
+    b.grad_hidden.dtype = f16;
+    b.grad_weight.dtype = bf16;
+    b.grad_bias.dtype = f16;
+    klcl_fused_options opt = {8, 1};
+    klcl_result r;
+    klcl_status st = klcl_compute_fused(ctx, &desc, &b, &opt, &r, NULL);
+    if (st != KLCL_OK) fail_msg("%s", klcl_last_error(ctx));
+    assert_true(tu_loss_close(r.loss, d.loss));
+    uint16_t *g = malloc(N * Ds * sizeof(uint16_t));
+    assert_non_null(g);
+    for (size_t i = 0; i < N; i++)
+        for (size_t c = 0; c < stride; c++) {
+            if (c < Ds) g[i * Ds + c] = dh[i * stride + c];
+            else assert_int_equal(dh[i * stride + c], 0x7777);
+        }
+    check_output(f16, "half host stride", "grad_hidden", g, d.dh, d.dh_tol, N * Ds, Ds);
+    check_output(bf16, "half host accumulate", "grad_weight", dw, d.dw, d.dw_tol, V * Ds, Ds);
+    check_output(f16, "half host accumulate", "grad_bias", db, d.db, d.db_tol, V, V);
+    free(hs_dense);
+    free(ws);
+    free(hs);
+    free(dh);
+    data_free(&d);
+}
+
+/* A gradient in a cl_mem (padding checked) against the reference. */
+static void check_mem(cl_mem m, size_t rows, size_t width, size_t stride, size_t offset, klcl_dtype dtype,
+                      const char *what, const char *name, const double *ref, const double *tol)
+{
+    float *x = read_matrix(m, rows, width, stride, offset, dtype, 1);
+    check_grad_as(dtype, what, name, x, ref, tol, rows * width, width);
+    free(x);
+}
+
+/* cl_mem tensors of both half types with element offsets that are odd multiples of 2 bytes and padded
+ * strides, teacher logits included; then an accumulating call in chunks of 6 that starts from the first
+ * call's rounded gradients. */
+static void test_half_mem_tensors(void **state)
+{
+    (void)state;
+    size_t N, V, Ds, Dt;
+    half_shape(&N, &V, &Ds, &Dt);
+    tu_seed(23);
+    fused_data d;
+    data_make(&d, N, V, Ds, Dt);
+    const klcl_dtype f16 = KLCL_DTYPE_F16, bf16 = KLCL_DTYPE_BF16;
+    uint16_t *hb = round_to(d.hs, N * Ds, bf16), *wb = round_to(d.ws, V * Ds, f16), *bb = round_to(d.bs, V, bf16);
+    uint16_t *tb = round_to(d.teacher_logits, N * V, f16);
+    klcl_loss_desc desc = desc_for(KLCL_LOSS_JSD, KLCL_REDUCTION_BATCHMEAN);
+    data_reference(&d, &desc, 1, 1, 1, 1);
+    cl_mem hs = mem_matrix(hb, N, Ds, Ds + 1, 3, bf16), ws = mem_matrix(wb, V, Ds, Ds + 2, 1, f16);
+    cl_mem bs = mem_matrix(bb, 1, V, V, 5, bf16), tl = mem_matrix(tb, N, V, V + 1, 7, f16);
+    cl_mem dh = mem_matrix(NULL, N, Ds, Ds + 3, 1, f16), dw = mem_matrix(NULL, V, Ds, Ds + 1, 3, bf16);
+    cl_mem db = mem_matrix(NULL, 1, V, V, 3, f16);
+    klcl_fused_batch b = KLCL_FUSED_BATCH_INIT;
+    b.rows = N;
+    b.student = (klcl_linear){Ds, V, klcl_mem_tensor(hs, 6, Ds + 1), klcl_mem_tensor(ws, 2, Ds + 2),
+                              klcl_mem_tensor(bs, 10, 0)};
+    b.teacher_logits = klcl_mem_tensor(tl, 14, V + 1);
+    b.labels = klcl_host_tensor(d.labels, 0);
+    b.mask = klcl_host_tensor(d.mask, 0);
+    b.grad_hidden = klcl_mem_tensor(dh, 2, Ds + 3);
+    b.grad_weight = klcl_mem_tensor(dw, 6, Ds + 1);
+    b.grad_bias = klcl_mem_tensor(db, 6, 0);
+    b.student.hidden.dtype = b.student.bias.dtype = b.grad_weight.dtype = bf16;
+    b.student.weight.dtype = b.teacher_logits.dtype = b.grad_hidden.dtype = b.grad_bias.dtype = f16;
+    klcl_fused_options opt = KLCL_FUSED_OPTIONS_INIT;
+    klcl_result r;
+    klcl_status st = klcl_compute_fused(ctx, &desc, &b, &opt, &r, NULL);
+    if (st != KLCL_OK) fail_msg("%s", klcl_last_error(ctx));
+    assert_true(tu_loss_close(r.loss, d.loss));
+    check_mem(dh, N, Ds, Ds + 3, 1, f16, "half cl_mem", "grad_hidden", d.dh, d.dh_tol);
+    float *first_dw = read_matrix(dw, V, Ds, Ds + 1, 3, bf16, 1), *first_db = read_matrix(db, 1, V, V, 3, f16, 1);
+    check_grad_as(bf16, "half cl_mem", "grad_weight", first_dw, d.dw, d.dw_tol, V * Ds, Ds);
+    check_grad_as(f16, "half cl_mem", "grad_bias", first_db, d.db, d.db_tol, V, V);
+
+    opt.chunk_rows = 6;
+    opt.accumulate = 1;
+    st = klcl_compute_fused(ctx, &desc, &b, &opt, &r, NULL);
+    if (st != KLCL_OK) fail_msg("%s", klcl_last_error(ctx));
+    for (size_t k = 0; k < V * Ds; k++) d.dw[k] += first_dw[k];
+    for (size_t k = 0; k < V; k++) d.db[k] += first_db[k];
+    check_mem(dw, V, Ds, Ds + 1, 3, bf16, "half cl_mem, accumulated", "grad_weight", d.dw, d.dw_tol);
+    check_mem(db, 1, V, V, 3, f16, "half cl_mem, accumulated", "grad_bias", d.db, d.db_tol);
+    free(first_dw);
+    free(first_db);
+    cl_mem all[] = {hs, ws, bs, tl, dh, dw, db};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) clReleaseMemObject(all[i]);
+    uint16_t *bits[] = {hb, wb, bb, tb};
+    for (size_t i = 0; i < sizeof bits / sizeof bits[0]; i++) free(bits[i]);
+    data_free(&d);
+}
+
+/* What a half-precision operand costs in device memory, as klcl_fused_info reports it: a cl_mem head its
+ * fp32 copy (V x D x 4 bytes), cl_mem hidden states one chunk's (chunk x D x 4). */
+static void test_half_device_bytes(void **state)
+{
+    (void)state;
+    size_t N, V, Ds, Dt;
+    half_shape(&N, &V, &Ds, &Dt);
+    tu_seed(24);
+    fused_data d;
+    data_make(&d, N, V, Ds, Dt);
+    half_data h;
+    half_make(&d, KLCL_DTYPE_F16, &h);
+    const klcl_dtype f32 = KLCL_DTYPE_F32, f16 = KLCL_DTYPE_F16;
+    cl_mem hs32 = mem_matrix(d.hs, N, Ds, Ds, 0, f32), ws32 = mem_matrix(d.ws, V, Ds, Ds, 0, f32);
+    cl_mem hs16 = mem_matrix(h.hs, N, Ds, Ds, 0, f16), ws16 = mem_matrix(h.ws, V, Ds, Ds, 0, f16);
+    cl_mem dh = mem_matrix(NULL, N, Ds, Ds, 0, f32), dw = mem_matrix(NULL, V, Ds, Ds, 0, f32);
+    klcl_loss_desc desc = desc_for(KLCL_LOSS_KL, KLCL_REDUCTION_MEAN);
+    klcl_fused_batch b = KLCL_FUSED_BATCH_INIT;
+    b.rows = N;
+    b.student = (klcl_linear){Ds, V, klcl_mem_tensor(hs32, 0, 0), klcl_mem_tensor(ws32, 0, 0), {0}};
+    b.teacher_logits = klcl_host_tensor(d.teacher_logits, 0);
+    b.grad_hidden = klcl_mem_tensor(dh, 0, 0);
+    b.grad_weight = klcl_mem_tensor(dw, 0, 0);
+    const size_t chunk = 5;
+    klcl_fused_options opt = {chunk, 0};
+    klcl_fused_info info[4];
+    for (int k = 0; k < 4; k++) {
+        b.student.weight = k == 2 || k == 3 ? klcl_mem_tensor(ws16, 0, 0) : klcl_mem_tensor(ws32, 0, 0);
+        b.student.hidden = k == 3 ? klcl_mem_tensor(hs16, 0, 0) : klcl_mem_tensor(hs32, 0, 0);
+        b.student.weight.dtype = k >= 2 ? f16 : f32;
+        b.student.hidden.dtype = k == 3 ? f16 : f32;
+        klcl_status st = klcl_compute_fused(ctx, &desc, &b, &opt, NULL, &info[k]);
+        if (st != KLCL_OK) fail_msg("%s", klcl_last_error(ctx));
+    }
+    /* call 0 grows the context's scratch to this shape; calls 1 to 3 differ by the fp32 copies only */
+    assert_int_equal(info[2].device_bytes - info[1].device_bytes, V * Ds * sizeof(float));
+    assert_int_equal(info[3].device_bytes - info[2].device_bytes, chunk * Ds * sizeof(float));
+    cl_mem all[] = {hs32, ws32, hs16, ws16, dh, dw};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) clReleaseMemObject(all[i]);
+    half_free(&h);
+    data_free(&d);
+}
+
+/* ------------------------------------------------------------------------------------------------------ */
 /* Argument errors: status, and a message naming the argument                                              */
 
 static void expect(klcl_status got, klcl_status want, const char *needle)
@@ -663,7 +1048,7 @@ static void test_errors(void **state)
     data_make(&d, N, V, D, D);
     klcl_loss_desc desc = desc_for(KLCL_LOSS_KL, KLCL_REDUCTION_MEAN);
     run_opts o = {1, 1, 1, 1, 0};
-    const klcl_fused_batch good = host_batch(&d, &o, NULL, NULL, NULL, NULL);
+    const klcl_fused_batch good = host_batch(&d, &o, NULL, NULL, NULL, NULL, NULL);
     klcl_fused_batch b = good;
     klcl_fused_options opt = KLCL_FUSED_OPTIONS_INIT;
 
@@ -690,11 +1075,15 @@ static void test_errors(void **state)
     b.student.weight.host = NULL;
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_NULL_POINTER, "batch->student.weight");
     b = good;
-    b.student.weight.dtype = KLCL_DTYPE_BF16; /* half-precision weights and hidden states: not yet */
-    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_UNSUPPORTED, "batch->student.weight.dtype");
-    b = good;
     b.student.hidden.dtype = (klcl_dtype)9;
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_INVALID_VALUE, "batch->student.hidden.dtype");
+    b = good;
+    b.grad_bias = klcl_host_tensor(d.bs, 0);
+    b.grad_bias.dtype = (klcl_dtype)-1;
+    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_INVALID_VALUE, "batch->grad_bias.dtype");
+    b = good;
+    b.labels.dtype = KLCL_DTYPE_F16; /* labels, mask and row_loss have fixed types */
+    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_INVALID_VALUE, "batch->labels.dtype");
     b = good;
     b.student.dim = 0;
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_INVALID_SHAPE, "batch->student.dim");
@@ -747,6 +1136,10 @@ static void test_errors(void **state)
     cl_int err;
     cl_mem small = clCreateBuffer(klcl_context_cl_context(ctx), CL_MEM_READ_WRITE, V * D * sizeof(float) - 4, NULL, &err);
     assert_int_equal(err, CL_SUCCESS);
+    const float zero = 0.0f; /* read as a head by the call that is valid */
+    assert_int_equal(clEnqueueFillBuffer(klcl_context_cl_queue(ctx), small, &zero, sizeof zero, 0,
+                                         V * D * sizeof(float) - 4, 0, NULL, NULL),
+                     CL_SUCCESS);
     b = good;
     b.student.weight = klcl_mem_tensor(small, 0, 0);
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_BUFFER_TOO_SMALL, "batch->student.weight");
@@ -757,6 +1150,14 @@ static void test_errors(void **state)
     b.grad_hidden = klcl_mem_tensor(small, 0, 0);
     b.grad_hidden.host = out;
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_INVALID_VALUE, "batch->grad_hidden");
+    b = good;
+    b.student.weight = klcl_mem_tensor(small, 2, 0); /* 2 bytes is aligned for fp16 and bf16 */
+    b.student.weight.dtype = KLCL_DTYPE_F16;
+    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_OK, NULL);
+    b.student.weight.offset = 3;
+    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_MISALIGNED, "batch->student.weight.offset");
+    b.student.weight.offset = V * D * sizeof(float) - 4 - V * D * 2 + 2;
+    expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_BUFFER_TOO_SMALL, "batch->student.weight");
     b = good;
     b.mask = klcl_mem_tensor(small, V * D * sizeof(float) - 4 - 2, 0);
     expect(klcl_compute_fused(ctx, &desc, &b, NULL, NULL, NULL), KLCL_ERR_BUFFER_TOO_SMALL, "batch->mask");
@@ -798,6 +1199,10 @@ int main(void)
         cmocka_unit_test(test_loss_only_and_none),
         cmocka_unit_test(test_mem_tensors),
         cmocka_unit_test(test_host_accumulate_and_stride),
+        cmocka_unit_test(test_half_precision),
+        cmocka_unit_test(test_half_host_accumulate_and_stride),
+        cmocka_unit_test(test_half_mem_tensors),
+        cmocka_unit_test(test_half_device_bytes),
         cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
