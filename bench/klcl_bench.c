@@ -4,14 +4,18 @@
  * tensor holds about --mib MiB), then times, as the median of --reps runs after one warm-up:
  *   read       a streaming read of the bytes the loss must read (teacher + student): the bandwidth limit;
  *   exp        one exponential per logit read (the online softmax's minimum): the exp-throughput limit;
- *              each limit is the faster of a GPU-style (strided) and a CPU-style (chunked) access pattern;
- *   klcl ops   kl forward; kl, ce and jsd forward with gradient (cl_mem tensors, no host transfers);
+ *              each limit is the fastest of a GPU-style (strided) and a CPU-style (chunked) access pattern,
+ *              with 8- and 16-wide vectors;
+ *   klcl ops   kl forward; kl, ce and jsd forward with gradient (cl_mem tensors, no host transfers), for
+ *              each element type of --dtype (inputs and gradient in that type; the same N as fp32);
  *   reference  the CPU reference on a few rows, as a rate per logit, for the speed-up.
- * Per case it prints useful bytes per second (inputs read once, gradient written once), the fraction of the
- * streaming limit, logits per second, the fraction of the exp limit, and the speed-up over the reference.
+ * Per case it prints useful bytes per second (inputs read once, gradient written once, in the case's type),
+ * the fraction of the streaming limit over those bytes, logits per second, the fraction of the exp limit,
+ * and the speed-up over the reference. Before the sweep it times a new process getting ready (context,
+ * kernels built or loaded from the caches, one small call): twice, the second with every cache warm.
  *
- *   klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--csv FILE] [--json FILE]
- *              [--format table|csv|json] [--tune]
+ *   klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--dtype f32,bf16] [--csv FILE]
+ *              [--json FILE] [--format table|csv|json] [--tune]
  *
  * --csv and --json write the results to a file as well; --format picks what goes to standard output (the
  * table by default). --tune runs `klcl tune` first (the klcl tool next to this program), whose entry in the
@@ -19,7 +23,7 @@
  * crashes on some size needs.
  * The JSON schema is in README.md ("klcl-bench JSON").
  */
-#define _POSIX_C_SOURCE 200809L /* fork, execv, readlink */
+#define _POSIX_C_SOURCE 200809L /* fork, execv, readlink, popen */
 
 #include <klcl.h>
 
@@ -47,18 +51,20 @@ static const bench_op ops[] = {
     {"ce+grad", KLCL_LOSS_CE, 1},
     {"jsd+grad", KLCL_LOSS_JSD, 1},
 };
-enum { OP_COUNT = sizeof ops / sizeof ops[0], MAX_REPS = 101, REF_ROWS = 4, MAX_VOCABS = 16 };
+enum { OP_COUNT = sizeof ops / sizeof ops[0], MAX_REPS = 101, REF_ROWS = 4, MAX_VOCABS = 16, MAX_DTYPES = 3 };
 enum { FORMAT_TABLE, FORMAT_CSV, FORMAT_JSON };
 
 /* One measured operation, kept for the JSON written at the end. */
 typedef struct bench_case {
     const char *op;
+    klcl_dtype dtype;
     size_t rows, vocab;
     double seconds, gbps, frac_read, logit_rate, frac_exp, speedup;
 } bench_case;
 
 /* The two limits at one vocabulary. */
 typedef struct bench_limit {
+    klcl_dtype dtype; /* the read limit is over the inputs' bytes in this type */
     size_t rows, vocab;
     double read_seconds, read_gbps, exp_seconds, exp_rate;
 } bench_limit;
@@ -88,12 +94,15 @@ static void die(const char *what, long code)
     exit(code < 0 ? 3 : 2);
 }
 
+#define USAGE                                                                                          \
+    "usage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--dtype f32,bf16] [--csv FILE] " \
+    "[--json FILE] [--format table|csv|json] [--tune]\n"
+
 static void usage_error(const char *fmt, const char *arg)
 {
     fprintf(stderr, "klcl-bench: ");
     fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nusage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--csv FILE] "
-                    "[--json FILE] [--format table|csv|json] [--tune]\n");
+    fprintf(stderr, "\n%s", USAGE);
     exit(2);
 }
 
@@ -160,8 +169,9 @@ static void device_text(cl_device_id dev, cl_device_info what, char *out, size_t
 }
 
 static void write_json(FILE *f, int argc, char **argv, cl_device_id dev, const char *device_name, cl_uint units,
-                       size_t wg, klcl_work_group_source wg_source, double mib, int reps, const bench_limit *lim,
-                       size_t nlim, const bench_case *cases, size_t ncases)
+                       size_t wg, klcl_work_group_source wg_source, double mib, int reps, double startup_first,
+                       double startup_warm, double platforms_ms, const bench_limit *lim, size_t nlim, const bench_case *cases,
+                       size_t ncases)
 {
     char vendor[256], driver[256], version[256], platform_name[256], platform_version[256];
     cl_platform_id plat = NULL;
@@ -198,9 +208,13 @@ static void write_json(FILE *f, int argc, char **argv, cl_device_id dev, const c
     json_str(f, platform_version);
     fprintf(f, ", \"compute_units\": %u, \"work_group\": %zu, \"work_group_source\": \"%s\"},\n", units, wg,
             klcl_work_group_source_name(wg_source));
-    fprintf(f, "  \"mib_per_tensor\": %.6g,\n  \"reps\": %d,\n  \"limits\": [\n", mib, reps);
+    fprintf(f, "  \"mib_per_tensor\": %.6g,\n  \"reps\": %d,\n  \"startup\": {", mib, reps);
+    json_num(f, "first_ms", startup_first, ", ");
+    json_num(f, "warm_ms", startup_warm, ", ");
+    json_num(f, "opencl_platforms_ms", platforms_ms, "},\n  \"limits\": [\n");
     for (size_t i = 0; i < nlim; i++) {
-        fprintf(f, "    {\"rows\": %zu, \"vocab\": %zu, ", lim[i].rows, lim[i].vocab);
+        fprintf(f, "    {\"dtype\": \"%s\", \"rows\": %zu, \"vocab\": %zu, ", klcl_dtype_name(lim[i].dtype),
+                lim[i].rows, lim[i].vocab);
         json_num(f, "read_seconds", lim[i].read_seconds, ", ");
         json_num(f, "read_bytes_per_s", lim[i].read_gbps * 1e9, ", ");
         json_num(f, "exp_seconds", lim[i].exp_seconds, ", ");
@@ -209,8 +223,8 @@ static void write_json(FILE *f, int argc, char **argv, cl_device_id dev, const c
     fprintf(f, "  ],\n  \"cases\": [\n");
     for (size_t i = 0; i < ncases; i++) {
         const bench_case *c = &cases[i];
-        fprintf(f, "    {\"op\": \"%s\", \"dtype\": \"f32\", \"rows\": %zu, \"vocab\": %zu, ", c->op, c->rows,
-                c->vocab);
+        fprintf(f, "    {\"op\": \"%s\", \"dtype\": \"%s\", \"rows\": %zu, \"vocab\": %zu, ", c->op,
+                klcl_dtype_name(c->dtype), c->rows, c->vocab);
         json_num(f, "median_seconds", c->seconds, ", ");
         json_num(f, "useful_bytes_per_s", c->gbps * 1e9, ", ");
         json_num(f, "fraction_of_read_limit", c->frac_read, ", ");
@@ -221,12 +235,13 @@ static void write_json(FILE *f, int argc, char **argv, cl_device_id dev, const c
     fprintf(f, "  ]\n}\n");
 }
 
-/* Median seconds of a limit kernel over n floats (n a multiple of 8). */
-static double time_kernel(cl_command_queue q, cl_kernel k, cl_mem x, size_t n, cl_mem out, size_t items, int reps)
+/* Median seconds of a limit kernel over n floats read as vectors of `width`. */
+static double time_kernel(cl_command_queue q, cl_kernel k, cl_mem x, size_t n, size_t width, cl_mem out,
+                          size_t items, int reps)
 {
-    cl_ulong n8 = n / 8;
+    cl_ulong nw = n / width;
     clSetKernelArg(k, 0, sizeof x, &x);
-    clSetKernelArg(k, 1, sizeof n8, &n8);
+    clSetKernelArg(k, 1, sizeof nw, &nw);
     clSetKernelArg(k, 2, sizeof out, &out);
     double t[MAX_REPS];
     for (int r = -1; r < reps; r++) {
@@ -239,13 +254,89 @@ static double time_kernel(cl_command_queue q, cl_kernel k, cl_mem x, size_t n, c
     return median(t, reps);
 }
 
-/* A limit: the faster of its two access patterns (strided suits GPUs, chunked suits CPUs). */
-static double time_limit(cl_command_queue q, cl_kernel strided, cl_kernel chunked, cl_mem x, size_t n, cl_mem out,
-                         cl_uint units, int reps)
+/* A limit: the fastest of its kernels k[4], two access patterns (strided suits GPUs, chunked suits CPUs)
+ * at vector widths 8 and 16 (limits.cl). */
+static double time_limit(cl_command_queue q, const cl_kernel *k, cl_mem x, size_t n, cl_mem out, cl_uint units,
+                         int reps)
 {
-    double a = time_kernel(q, strided, x, n, out, (size_t)units * 256, reps);
-    double b = time_kernel(q, chunked, x, n, out, (size_t)units * 4, reps);
-    return a < b ? a : b;
+    double best = INFINITY;
+    for (int i = 0; i < 4; i++) {
+        const double t = time_kernel(q, k[i], x, n, i < 2 ? 8 : 16, out, (size_t)units * (i % 2 ? 4 : 256), reps);
+        if (t < best) best = t;
+    }
+    return best;
+}
+
+/* The child side of the start-up measurement (--startup-probe). Prints two figures in milliseconds: the
+ * OpenCL platforms' own loading (the first clGetPlatformIDs of a process, which loads the drivers: any
+ * OpenCL program pays it), then klcl getting ready after it: a context, its kernels built or loaded from
+ * the caches, and one small kl call with gradient. */
+static int startup_probe(const char *device)
+{
+    double t0 = now();
+    cl_uint np = 0;
+    clGetPlatformIDs(0, NULL, &np);
+    const double platforms_ms = 1e3 * (now() - t0);
+    t0 = now();
+    klcl_context_options o = KLCL_CONTEXT_OPTIONS_INIT;
+    o.device = device ? device : "opencl";
+    klcl_context *ctx = NULL;
+    if (klcl_context_create(&o, &ctx) != KLCL_OK) return 2;
+    float t[64], s[64], g[64];
+    for (int i = 0; i < 64; i++) t[i] = s[i] = (float)(i % 7);
+    klcl_loss_desc desc;
+    klcl_loss_desc_init(&desc, KLCL_LOSS_KL);
+    klcl_batch b = KLCL_BATCH_INIT;
+    b.rows = 1;
+    b.vocab = 64;
+    b.teacher = klcl_host_tensor(t, 0);
+    b.student = klcl_host_tensor(s, 0);
+    b.grad = klcl_host_tensor(g, 0);
+    klcl_status st = klcl_compute(ctx, &desc, &b, NULL);
+    const double ms = 1e3 * (now() - t0);
+    klcl_context_destroy(ctx);
+    if (st != KLCL_OK) return 2;
+    printf("%.3f %.3f\n", platforms_ms, ms);
+    return 0;
+}
+
+/* Milliseconds a new process of this program takes to get ready (startup_probe), after the OpenCL
+ * platforms' loading (*platforms_ms); NAN when it fails. */
+static double time_startup(const char *device, double *platforms_ms)
+{
+    char path[4096], cmd[8300];
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n <= 0 || strchr(path, '\'') || (device && strchr(device, '\''))) return NAN;
+    path[n] = '\0';
+    snprintf(cmd, sizeof cmd, "'%s' --startup-probe%s%s%s", path, device ? " --device '" : "", device ? device : "",
+             device ? "'" : "");
+    fflush(NULL);
+    FILE *p = popen(cmd, "r");
+    if (!p) return NAN;
+    double ms = NAN;
+    *platforms_ms = NAN;
+    if (fscanf(p, "%lf %lf", platforms_ms, &ms) != 2) ms = NAN;
+    return pclose(p) == 0 ? ms : NAN;
+}
+
+static int parse_dtypes(const char *v, klcl_dtype *out)
+{
+    int n = 0;
+    for (const char *p = v; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        klcl_dtype d;
+        if (len == 3 && !strncmp(p, "f32", 3)) d = KLCL_DTYPE_F32;
+        else if (len == 3 && !strncmp(p, "f16", 3)) d = KLCL_DTYPE_F16;
+        else if (len == 4 && !strncmp(p, "bf16", 4)) d = KLCL_DTYPE_BF16;
+        else usage_error("--dtype %s: expected a comma-separated list of f32, f16 and bf16", v);
+        for (int i = 0; i < n; i++)
+            if (out[i] == d) usage_error("--dtype %s: a type is listed twice", v);
+        out[n++] = d;
+        p = end ? end + 1 : p + len;
+        if (end && !*p) usage_error("--dtype %s: expected a comma-separated list of f32, f16 and bf16", v);
+    }
+    return n;
 }
 
 int main(int argc, char **argv)
@@ -255,26 +346,28 @@ int main(int argc, char **argv)
     int reps = 5, format = FORMAT_TABLE, tune = 0;
     size_t vocabs[MAX_VOCABS] = {4096, 16384, 32000, 65536, 131072, 262144};
     size_t nv = 6;
+    klcl_dtype dtypes[MAX_DTYPES] = {KLCL_DTYPE_F32, KLCL_DTYPE_BF16};
+    int nd = 2, probe = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end = NULL;
-        if (!strcmp(a, "--tune")) {
-            tune = 1;
+        if (!strcmp(a, "--tune") || !strcmp(a, "--startup-probe")) {
+            *(a[2] == 't' ? &tune : &probe) = 1;
             continue;
         }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            printf("usage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--csv FILE] "
-                   "[--json FILE] [--format table|csv|json] [--tune]\n");
+            printf("%s", USAGE);
             return 0;
         }
         if (strcmp(a, "--device") && strcmp(a, "--mib") && strcmp(a, "--reps") && strcmp(a, "--csv") &&
-            strcmp(a, "--json") && strcmp(a, "--format") && strcmp(a, "--vocab"))
+            strcmp(a, "--json") && strcmp(a, "--format") && strcmp(a, "--vocab") && strcmp(a, "--dtype"))
             usage_error("unknown argument '%s'", a);
         if (!v || !*v) usage_error("%s needs a value", a);
         i++;
         if (!strcmp(a, "--device")) device = v;
         else if (!strcmp(a, "--csv")) csv_path = v;
         else if (!strcmp(a, "--json")) json_path = v;
+        else if (!strcmp(a, "--dtype")) nd = parse_dtypes(v, dtypes);
         else if (!strcmp(a, "--mib")) {
             mib = strtod(v, &end);
             if (*end || !(mib > 0.0) || mib > 1e6) usage_error("--mib %s: must be a number above 0", v);
@@ -299,6 +392,7 @@ int main(int argc, char **argv)
             }
         }
     }
+    if (probe) return startup_probe(device);
     /* Text for a person goes to stdout with the table, else to stderr, keeping stdout parseable. */
     FILE *text = format == FORMAT_TABLE ? stdout : stderr;
 
@@ -315,6 +409,11 @@ int main(int argc, char **argv)
         run_tuner(o.device, text != stdout);
         fprintf(text, "\n");
     }
+    /* Before this process holds the device: the first child may build or fill the caches, the second finds
+     * them warm. */
+    double platforms_ms;
+    const double startup_first = time_startup(device, &platforms_ms);
+    const double startup_warm = time_startup(device, &platforms_ms);
     klcl_context *ctx = NULL;
     st = klcl_context_create(&o, &ctx);
     if (st != KLCL_OK) die(klcl_status_string(st), st);
@@ -333,11 +432,14 @@ int main(int argc, char **argv)
     const char *src = klcl_bench_kernel_sources[0];
     cl_program prog = clCreateProgramWithSource(cc, 1, &src, &klcl_bench_kernel_lengths[0], &err);
     if (!prog || clBuildProgram(prog, 1, &dev, NULL, NULL, NULL) != CL_SUCCESS) die("limit kernels do not build", -11);
-    cl_kernel k_read[2], k_exp[2];
-    const char *names[4] = {"read_strided", "read_chunked", "exp_strided", "exp_chunked"};
-    for (int i = 0; i < 2; i++) {
-        k_read[i] = clCreateKernel(prog, names[i], &err);
-        k_exp[i] = clCreateKernel(prog, names[2 + i], &err);
+    cl_kernel k_read[4], k_exp[4];
+    const char *names[4] = {"strided8", "chunked8", "strided16", "chunked16"};
+    for (int i = 0; i < 4; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "read_%s", names[i]);
+        k_read[i] = clCreateKernel(prog, name, &err);
+        snprintf(name, sizeof name, "exp_%s", names[i]);
+        k_exp[i] = clCreateKernel(prog, name, &err);
         if (!k_read[i] || !k_exp[i]) die("limit kernels missing", err);
     }
     size_t wg = 0;
@@ -350,13 +452,17 @@ int main(int argc, char **argv)
                "~%.0f MiB per tensor\n",
                klcl_version_string(), klcl_context_device_name(ctx), units, wg, klcl_work_group_source_name(wg_source),
                reps, mib);
-        printf("limits per V: 'read' streams teacher+student once; 'exp' does one exp per logit read\n\n");
-        printf("%-9s %6s %7s %9s %9s %7s %9s %7s %9s\n", "op", "N", "V", "ms", "GB/s", "of read", "Glogit/s",
-               "of exp", "vs ref");
+        printf("a new process: ready in %.1f ms with warm caches (first: %.1f ms): context, kernels, one small call,\n"
+               "  after the OpenCL platforms' own loading (%.1f ms, paid by any OpenCL program)\n",
+               startup_warm, startup_first, platforms_ms);
+        printf("limits per V: 'read' streams teacher+student once (in the type of the rows below it); 'exp' does one "
+               "exp per logit read\n\n");
+        printf("%-9s %-5s %6s %7s %9s %9s %7s %9s %7s %9s\n", "op", "type", "N", "V", "ms", "GB/s", "of read",
+               "Glogit/s", "of exp", "vs ref");
     }
-    bench_case cases[MAX_VOCABS * OP_COUNT];
-    bench_limit limits[MAX_VOCABS];
-    size_t ncases = 0;
+    bench_case cases[MAX_VOCABS * MAX_DTYPES * OP_COUNT];
+    bench_limit limits[MAX_VOCABS * MAX_DTYPES];
+    size_t ncases = 0, nlimits = 0;
 
     cl_mem partial = clCreateBuffer(cc, CL_MEM_READ_WRITE, (size_t)units * 256 * sizeof(float), NULL, &err);
     for (size_t iv = 0; iv < nv; iv++) {
@@ -380,62 +486,95 @@ int main(int argc, char **argv)
         cl_mem grad = clCreateBuffer(cc, CL_MEM_READ_WRITE, n * sizeof(float), NULL, &err);
         cl_mem ybuf = clCreateBuffer(cc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, rows * sizeof(int32_t), labels, &err);
         if (!logits || !grad || !ybuf) die("device allocation failed: lower --mib", err);
-
-        double t_read = time_limit(q, k_read[0], k_read[1], logits, 2 * n, partial, units, reps);
-        double t_exp = time_limit(q, k_exp[0], k_exp[1], logits, 2 * n, partial, units, reps);
-        double read_gbps = 2.0 * (double)n * 4.0 / t_read * 1e-9;
+        double t_exp = time_limit(q, k_exp, logits, 2 * n, partial, units, reps);
         double exp_rate = 2.0 * (double)n / t_exp * 1e-9; /* logits per second */
-        limits[iv] = (bench_limit){rows, vocab, t_read, read_gbps, t_exp, exp_rate};
-        if (table) {
-            printf("%-9s %6zu %7zu %9.3f %9.2f %7s %9.3f %7s %9s\n", "read", rows, vocab, 1e3 * t_read, read_gbps,
-                   "1.00", 2.0 * (double)n / t_read * 1e-9, "", "");
-            printf("%-9s %6zu %7zu %9.3f %9s %7s %9.3f %7s %9s\n", "exp", rows, vocab, 1e3 * t_exp, "", "", exp_rate,
-                   "1.00", "");
-        }
-
-        for (int op = 0; op < OP_COUNT; op++) {
-            klcl_loss_desc desc;
-            klcl_loss_desc_init(&desc, ops[op].loss);
-            klcl_batch b = KLCL_BATCH_INIT;
-            b.rows = rows;
-            b.vocab = vocab;
-            b.student = klcl_mem_tensor(logits, n * sizeof(float), 0);
-            if (ops[op].loss != KLCL_LOSS_CE) b.teacher = klcl_mem_tensor(logits, 0, 0);
-            else b.labels = klcl_mem_tensor(ybuf, 0, 0);
-            if (ops[op].with_grad) b.grad = klcl_mem_tensor(grad, 0, 0);
-            double t[MAX_REPS];
-            for (int r = -1; r < reps; r++) {
-                double t0 = now();
-                st = klcl_compute(ctx, &desc, &b, NULL);
-                if (st != KLCL_OK) die(klcl_last_error(ctx), st);
-                if (r >= 0) t[r] = now() - t0;
+        for (int id = 0; id < nd; id++) {
+            const klcl_dtype dt = dtypes[id];
+            const size_t elem = klcl_dtype_size(dt);
+            /* The rows in this type: converted on the host (rounded to nearest even), uploaded once. */
+            void *hd = host;
+            cl_mem in = logits;
+            if (dt != KLCL_DTYPE_F32) {
+                if (!(hd = malloc(2 * n * elem)) || klcl_convert(host, KLCL_DTYPE_F32, hd, dt, 2 * n) != KLCL_OK)
+                    die("out of host memory", 2);
+                in = clCreateBuffer(cc, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, 2 * n * elem, hd, &err);
+                if (!in) die("device allocation failed: lower --mib", err);
             }
-            double sec = median(t, reps);
-            /* The reference on REF_ROWS rows, as a rate per logit. */
-            klcl_batch rb = KLCL_BATCH_INIT;
-            size_t rr = rows < REF_ROWS ? rows : REF_ROWS;
-            float *rgrad = ops[op].with_grad ? malloc(rr * vocab * sizeof(float)) : NULL;
-            rb.rows = rr;
-            rb.vocab = vocab;
-            rb.student = klcl_host_tensor(host + n, 0);
-            if (ops[op].loss != KLCL_LOSS_CE) rb.teacher = klcl_host_tensor(host, 0);
-            else rb.labels = klcl_host_tensor(labels, 0);
-            if (rgrad) rb.grad = klcl_host_tensor(rgrad, 0);
-            double t0 = now();
-            if (klcl_compute(ref, &desc, &rb, NULL) != KLCL_OK) die(klcl_last_error(ref), 2);
-            double ref_per_logit = (now() - t0) / (double)(rr * vocab);
-            free(rgrad);
+            /* The read limit over the same bytes: 2 n elements of this type are 2 n elem / 4 floats. */
+            double t_read = time_limit(q, k_read, logits, 2 * n * elem / 4, partial, units, reps);
+            double read_gbps = 2.0 * (double)n * (double)elem / t_read * 1e-9;
+            limits[nlimits++] = (bench_limit){dt, rows, vocab, t_read, read_gbps, t_exp, exp_rate};
+            if (table) {
+                printf("%-9s %-5s %6zu %7zu %9.3f %9.2f %7s %9.3f %7s %9s\n", "read", klcl_dtype_name(dt), rows, vocab,
+                       1e3 * t_read, read_gbps, "1.00", 2.0 * (double)n / t_read * 1e-9, "", "");
+                if (id == 0)
+                    printf("%-9s %-5s %6zu %7zu %9.3f %9s %7s %9.3f %7s %9s\n", "exp", "", rows, vocab, 1e3 * t_exp, "",
+                           "", exp_rate, "1.00", "");
+            }
+            for (int op = 0; op < OP_COUNT; op++) {
+                klcl_loss_desc desc;
+                klcl_loss_desc_init(&desc, ops[op].loss);
+                klcl_batch b = KLCL_BATCH_INIT;
+                b.rows = rows;
+                b.vocab = vocab;
+                b.student = klcl_mem_tensor(in, n * elem, 0);
+                b.student.dtype = dt;
+                if (ops[op].loss != KLCL_LOSS_CE) {
+                    b.teacher = klcl_mem_tensor(in, 0, 0);
+                    b.teacher.dtype = dt;
+                } else {
+                    b.labels = klcl_mem_tensor(ybuf, 0, 0);
+                }
+                if (ops[op].with_grad) {
+                    b.grad = klcl_mem_tensor(grad, 0, 0);
+                    b.grad.dtype = dt;
+                }
+                double t[MAX_REPS];
+                for (int r = -1; r < reps; r++) {
+                    double t0 = now();
+                    st = klcl_compute(ctx, &desc, &b, NULL);
+                    if (st != KLCL_OK) die(klcl_last_error(ctx), st);
+                    if (r >= 0) t[r] = now() - t0;
+                }
+                double sec = median(t, reps);
+                /* The reference on REF_ROWS rows of the same type, as a rate per logit. */
+                klcl_batch rb = KLCL_BATCH_INIT;
+                size_t rr = rows < REF_ROWS ? rows : REF_ROWS;
+                void *rgrad = ops[op].with_grad ? malloc(rr * vocab * elem) : NULL;
+                rb.rows = rr;
+                rb.vocab = vocab;
+                rb.student = klcl_host_tensor((const char *)hd + n * elem, 0);
+                rb.student.dtype = dt;
+                if (ops[op].loss != KLCL_LOSS_CE) {
+                    rb.teacher = klcl_host_tensor(hd, 0);
+                    rb.teacher.dtype = dt;
+                } else {
+                    rb.labels = klcl_host_tensor(labels, 0);
+                }
+                if (rgrad) {
+                    rb.grad = klcl_host_tensor(rgrad, 0);
+                    rb.grad.dtype = dt;
+                }
+                double t0 = now();
+                if (klcl_compute(ref, &desc, &rb, NULL) != KLCL_OK) die(klcl_last_error(ref), 2);
+                double ref_per_logit = (now() - t0) / (double)(rr * vocab);
+                free(rgrad);
 
-            int inputs = ops[op].loss == KLCL_LOSS_CE ? 1 : 2;
-            double bytes = (double)n * 4.0 * (inputs + (ops[op].with_grad ? 1 : 0));
-            double gbps = bytes / sec * 1e-9, logit_rate = (double)n * inputs / sec * 1e-9;
-            double speedup = ref_per_logit * (double)n / sec;
-            cases[ncases++] = (bench_case){ops[op].name, rows,       vocab,
-                                           sec,          gbps,       gbps / read_gbps,
-                                           logit_rate,   logit_rate / exp_rate, speedup};
-            if (table)
-                printf("%-9s %6zu %7zu %9.3f %9.2f %7.2f %9.3f %7.2f %8.1fx\n", ops[op].name, rows, vocab, 1e3 * sec,
-                       gbps, gbps / read_gbps, logit_rate, logit_rate / exp_rate, speedup);
+                int inputs = ops[op].loss == KLCL_LOSS_CE ? 1 : 2;
+                double bytes = (double)n * (double)elem * (inputs + (ops[op].with_grad ? 1 : 0));
+                double gbps = bytes / sec * 1e-9, logit_rate = (double)n * inputs / sec * 1e-9;
+                double speedup = ref_per_logit * (double)n / sec;
+                cases[ncases++] = (bench_case){ops[op].name, dt,         rows,        vocab, sec, gbps, gbps / read_gbps,
+                                               logit_rate,   logit_rate / exp_rate, speedup};
+                if (table)
+                    printf("%-9s %-5s %6zu %7zu %9.3f %9.2f %7.2f %9.3f %7.2f %8.1fx\n", ops[op].name,
+                           klcl_dtype_name(dt), rows, vocab, 1e3 * sec, gbps, gbps / read_gbps, logit_rate,
+                           logit_rate / exp_rate, speedup);
+            }
+            if (dt != KLCL_DTYPE_F32) {
+                clReleaseMemObject(in);
+                free(hd);
+            }
         }
         if (table) printf("\n");
         clReleaseMemObject(logits);
@@ -454,22 +593,22 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < ncases; i++) {
             const bench_case *c = &cases[i];
             const bench_limit *l = &limits[0];
-            for (size_t j = 0; j < nv; j++)
-                if (limits[j].vocab == c->vocab) l = &limits[j];
-            fprintf(f, "\"%s\",%s,%zu,%zu,%.6g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,f32,%zu\n",
+            for (size_t j = 0; j < nlimits; j++)
+                if (limits[j].vocab == c->vocab && limits[j].dtype == c->dtype) l = &limits[j];
+            fprintf(f, "\"%s\",%s,%zu,%zu,%.6g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,%s,%zu\n",
                     klcl_context_device_name(ctx), c->op, c->rows, c->vocab, c->seconds, c->gbps, l->read_gbps,
-                    c->frac_read, c->logit_rate, l->exp_rate, c->frac_exp, c->speedup, wg);
+                    c->frac_read, c->logit_rate, l->exp_rate, c->frac_exp, c->speedup, klcl_dtype_name(c->dtype), wg);
         }
     }
     FILE *json_out[2] = {json, format == FORMAT_JSON ? stdout : NULL};
     for (int k = 0; k < 2; k++)
         if (json_out[k])
             write_json(json_out[k], argc, argv, dev, klcl_context_device_name(ctx), units, wg, wg_source, mib, reps,
-                       limits, nv, cases, ncases);
+                       startup_first, startup_warm, platforms_ms, limits, nlimits, cases, ncases);
     if (csv && fclose(csv) != 0) die("--csv: writing the file failed", 2);
     if (json && fclose(json) != 0) die("--json: writing the file failed", 2);
     clReleaseMemObject(partial);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 4; i++) {
         clReleaseKernel(k_read[i]);
         clReleaseKernel(k_exp[i]);
     }

@@ -6,7 +6,9 @@ table of ratios (PyTorch time / klcl time: above 1 means klcl is faster) with ge
     ./build/klcl-bench --csv /tmp/klcl.csv && /usr/bin/python3 bench/torch_compare.py /tmp/klcl.csv
 
 Runs on the CPU, or on CUDA with --cuda. Not part of the tests: it needs python3-torch.
-PyTorch computes each loss the way a training script does (log_softmax, then the loss), in fp32."""
+PyTorch computes each loss the way a training script does (log_softmax, then the loss), in the case's
+element type (the CSV's dtype column: f32, bf16 or f16); a type this PyTorch cannot compute on this device
+is reported as such and left out of the means."""
 import argparse
 import csv
 import math
@@ -46,6 +48,8 @@ def jsd_grad(t, s, y, beta=0.5):
     return s.grad
 
 
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
 OPS = {"kl": kl_forward, "kl+grad": kl_grad, "ce+grad": ce_grad, "jsd+grad": jsd_grad}
 
 
@@ -79,30 +83,36 @@ def main():
     rows = list(csv.DictReader(open(args.klcl_csv)))
     print(f"klcl on {rows[0]['device']} against PyTorch {torch.__version__} on {dev} "
           f"({torch.get_num_threads()} threads); ratio = PyTorch time / klcl time")
-    head = f"{'op':<9} {'N':>6} {'V':>7} {'klcl ms':>9} {'torch ms':>9} {'ratio':>7}"
+    head = f"{'op':<9} {'type':<5} {'N':>6} {'V':>7} {'klcl ms':>9} {'torch ms':>9} {'ratio':>7}"
     if compiled:
         head += f" {'compiled ms':>11} {'ratio':>7}"
     print(head)
     ratios, out = {}, []
     for r in rows:
-        op, n, v = r["op"], int(r["rows"]), int(r["vocab"])
-        if op not in OPS:
+        op, n, v, dt = r["op"], int(r["rows"]), int(r["vocab"]), r.get("dtype", "f32")
+        if op not in OPS or dt not in DTYPES:
             continue
         g = torch.Generator().manual_seed(1)
-        # The same distribution as klcl-bench: uniform in [-6, 6).
-        t = (torch.rand(n, v, generator=g) * 12 - 6).to(dev)
-        s = (torch.rand(n, v, generator=g) * 12 - 6).to(dev)
+        # The same distribution as klcl-bench: uniform in [-6, 6), in the case's type.
+        t = (torch.rand(n, v, generator=g) * 12 - 6).to(dev, DTYPES[dt])
+        s = (torch.rand(n, v, generator=g) * 12 - 6).to(dev, DTYPES[dt])
         y = ((torch.arange(n) * 7919) % v).to(dev)
         klcl_s = float(r["seconds"])
-        eager = median_seconds(OPS[op], (t, s, y), args.reps, sync)
-        line = f"{op:<9} {n:>6} {v:>7} {1e3 * klcl_s:>9.2f} {1e3 * eager:>9.2f} {eager / klcl_s:>7.2f}"
-        rec = {"op": op, "rows": n, "vocab": v, "klcl_s": klcl_s, "torch_s": eager, "ratio": eager / klcl_s}
-        ratios.setdefault(op, []).append(eager / klcl_s)
+        try:
+            eager = median_seconds(OPS[op], (t, s, y), args.reps, sync)
+        except RuntimeError as e:  # e.g. a half type this PyTorch has no CPU kernel for
+            print(f"{op:<9} {dt:<5} {n:>6} {v:>7} {1e3 * klcl_s:>9.2f}  PyTorch cannot: {str(e).splitlines()[0][:60]}")
+            continue
+        line = f"{op:<9} {dt:<5} {n:>6} {v:>7} {1e3 * klcl_s:>9.2f} {1e3 * eager:>9.2f} {eager / klcl_s:>7.2f}"
+        rec = {"op": op, "dtype": dt, "rows": n, "vocab": v, "klcl_s": klcl_s, "torch_s": eager,
+               "ratio": eager / klcl_s}
+        key = op if dt == "f32" else f"{op} {dt}"
+        ratios.setdefault(key, []).append(eager / klcl_s)
         if compiled:
             comp = median_seconds(compiled[op], (t, s, y), args.reps, sync)
             line += f" {1e3 * comp:>11.2f} {comp / klcl_s:>7.2f}"
             rec.update(compiled_s=comp, compiled_ratio=comp / klcl_s)
-            ratios.setdefault(op + " (compiled)", []).append(comp / klcl_s)
+            ratios.setdefault(key + " (compiled)", []).append(comp / klcl_s)
         print(line)
         out.append(rec)
         del t, s, y
