@@ -13,8 +13,13 @@ import json
 import sys
 
 
+def label(op, dtype):
+    return op if dtype in (None, "", "f32") else f"{op} {dtype}"
+
+
 def load(path):
-    """Rows of {op, vocab, frac_read, frac_exp} and a title, from klcl-bench's CSV or JSON."""
+    """Rows of {op, vocab, frac_read, frac_exp} and a title, from klcl-bench's CSV or JSON; an op in another
+    element type than fp32 is labelled with it ("kl bf16")."""
     with open(path, newline="") as f:
         text = f.read()
     if text.lstrip().startswith("{"):
@@ -24,7 +29,7 @@ def load(path):
         dev = doc["device"]
         title = (f"{dev['name']} ({dev['platform']} {dev['driver']}), "
                  f"work-group {dev['work_group']} ({dev['work_group_source']})")
-        rows = [{"op": c["op"], "vocab": int(c["vocab"]), "frac_read": c["fraction_of_read_limit"],
+        rows = [{"op": label(c["op"], c.get("dtype")), "vocab": int(c["vocab"]), "frac_read": c["fraction_of_read_limit"],
                  "frac_exp": c["fraction_of_exp_limit"]} for c in doc["cases"]]
         return rows, f"klcl {doc['klcl_version']} on {title}"
     reader = csv.DictReader(text.splitlines())
@@ -34,7 +39,7 @@ def load(path):
     rows, device = [], ""
     for r in reader:
         device = r["device"]
-        rows.append({"op": r["op"], "vocab": int(r["vocab"]), "frac_read": float(r["frac_bandwidth"]),
+        rows.append({"op": label(r["op"], r.get("dtype")), "vocab": int(r["vocab"]), "frac_read": float(r["frac_bandwidth"]),
                      "frac_exp": float(r["frac_exp"])})
     return rows, f"klcl on {device}"
 

@@ -593,8 +593,8 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
     cl_command_queue cq = ctx->queue;
     cl_int err;
 
-    klcl_status st = klcl_program_variant(ctx, b->teacher.dtype, b->student.dtype,
-                                          want_grad ? b->grad.dtype : KLCL_DTYPE_F32, &prog);
+    klcl_status st = klcl_program_group(ctx, b->teacher.dtype, b->student.dtype,
+                                        want_grad ? b->grad.dtype : KLCL_DTYPE_F32, (int)klcl_effective_loss(desc), &prog);
     if (st != KLCL_OK) return st;
     if ((st = klcl_scratch_reserve(ctx, SCRATCH_DUMMY, 64)) != KLCL_OK) goto done;
 
@@ -787,8 +787,10 @@ klcl_status klcl_compute_async(klcl_context *ctx, const klcl_loss_desc *desc, co
     const klcl_program *prog = NULL;
     cl_event ev = NULL;
     if (async->event) *async->event = NULL;
-    st = klcl_program_variant(ctx, batch->teacher.dtype, batch->student.dtype,
-                              tensor_given(&batch->grad) ? batch->grad.dtype : KLCL_DTYPE_F32, &prog);
+    const klcl_dtype gdt = tensor_given(&batch->grad) ? batch->grad.dtype : KLCL_DTYPE_F32;
+    st = klcl_program_group(ctx, batch->teacher.dtype, batch->student.dtype, gdt, (int)klcl_effective_loss(desc), &prog);
+    if (st == KLCL_OK) /* the reduction kernel */
+        st = klcl_program_group(ctx, batch->teacher.dtype, batch->student.dtype, gdt, KLCL_GROUP_SHARED, &prog);
     if (st != KLCL_OK) return st;
     launch L;
     if ((st = klcl_scratch_reserve(ctx, SCRATCH_DUMMY, 64)) != KLCL_OK ||

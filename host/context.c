@@ -115,7 +115,7 @@ klcl_status klcl_context_prepare(klcl_context *ctx)
 {
     if (!ctx) return KLCL_ERR_NULL_POINTER;
     ctx->error[0] = '\0';
-    return ctx->is_reference ? KLCL_OK : klcl_program_build(ctx);
+    return ctx->is_reference ? KLCL_OK : klcl_program_build_all(ctx);
 }
 
 int klcl_context_is_reference(const klcl_context *ctx)

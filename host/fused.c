@@ -639,7 +639,10 @@ static klcl_status fused_compute(klcl_context *ctx, const klcl_loss_desc *desc, 
     ctx->verify = 0; /* klcl_compute's verify mode would read the student logits after the gradient overwrote them */
     size_t chunks = 0;
     klcl_status st;
-    if ((st = klcl_program_build(ctx)) != KLCL_OK || (st = run_labels(&r)) != KLCL_OK ||
+    const klcl_program *shared; /* the conversion kernels */
+    if ((st = klcl_program_group(ctx, KLCL_DTYPE_F32, KLCL_DTYPE_F32, KLCL_DTYPE_F32, KLCL_GROUP_SHARED, &shared)) !=
+            KLCL_OK ||
+        (st = run_labels(&r)) != KLCL_OK ||
         (st = run_buffers(&r)) != KLCL_OK || (st = run_whole_views(&r)) != KLCL_OK)
         goto done;
     for (size_t r0 = 0; r0 < b->rows; r0 += r.chunk, chunks++)
@@ -697,7 +700,7 @@ klcl_status klcl_fused_warm(klcl_context *ctx)
     enum { BIG = 512 };
     fused_call f = {ctx, {NULL}, 0, 0};
     cl_mem a, c;
-    klcl_status st = klcl_program_build(ctx);
+    klcl_status st = klcl_program_build_all(ctx);
     if (st != KLCL_OK || (st = call_alloc(&f, BIG * BIG * sizeof(float), "warm-up", &a)) != KLCL_OK ||
         (st = call_alloc(&f, BIG * BIG * sizeof(float), "warm-up", &c)) != KLCL_OK)
         goto done;

@@ -58,8 +58,13 @@ enum { SCRATCH_TEACHER, SCRATCH_TEACHER_2, SCRATCH_STUDENT, SCRATCH_STUDENT_2, S
        SCRATCH_COUNT };
 
 /* The kernels of one element-type combination (teacher, student, gradient), index klcl_variant_index. */
+/* Kernel groups, one program each, built on first use: one per loss (its row and gradient kernels), and
+ * the shared group (reduction, sparse and conversion kernels). kernels_cl/common.cl mirrors the number. */
+enum { KLCL_GROUP_SHARED = KLCL_LOSS_COUNT, KLCL_GROUP_COUNT };
+_Static_assert(KLCL_GROUP_SHARED == 9, "KLCL_GROUP_SHARED differs from kernels_cl/common.cl");
+
 typedef struct klcl_program {
-    cl_program program;
+    cl_program program[KLCL_GROUP_COUNT];
     cl_kernel rows_kernel[KLCL_LOSS_COUNT];
     cl_kernel grad_kernel[KLCL_LOSS_COUNT];
     cl_kernel reduce_kernel; /* the device-side reduction of asynchronous calls */
@@ -67,9 +72,9 @@ typedef struct klcl_program {
     cl_kernel widen_kernel, narrow_kernel;
     /* Sparse teacher (sparse.c, kernels_cl/sparse.cl): row kernel, dense and top-k gradient kernels. */
     cl_kernel sparse_rows_kernel, sparse_grad_dense_kernel, sparse_grad_topk_kernel;
-    int built;
-    klcl_status status; /* a failed build is kept, with its message */
-    char error[1024];
+    unsigned built;                        /* bit g: group g is built */
+    klcl_status status[KLCL_GROUP_COUNT]; /* a failed build is kept, with its message */
+    char error[KLCL_GROUP_COUNT][256];
 } klcl_program;
 
 enum { KLCL_VARIANT_COUNT = KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT };
@@ -159,11 +164,15 @@ enum { KLCL_WORK_GROUP_LIMIT = 4096 }; /* the largest size the table and KLCL_WO
  * atomically; other rows and columns are kept. Errors name the file (on ctx). */
 klcl_status klcl_tune_table_store(klcl_context *ctx, const char *const *names, const char *const *values, size_t n);
 
-/* Program layer (program.c): builds the fp32 kernels once, choosing the work-group size. */
+/* Program layer (program.c): chooses the work-group size once per context, building the fp32 kl group to
+ * clamp it to what the kernels allow. */
 klcl_status klcl_program_build(klcl_context *ctx);
-/* The kernels for an element-type combination, built on first use (after klcl_program_build). */
-klcl_status klcl_program_variant(klcl_context *ctx, klcl_dtype t, klcl_dtype s, klcl_dtype g,
-                                 const klcl_program **out);
+/* Kernel group `group` (a klcl_loss, or KLCL_GROUP_SHARED) for an element-type combination, built on
+ * first use; *out holds every group built so far for that combination. */
+klcl_status klcl_program_group(klcl_context *ctx, klcl_dtype t, klcl_dtype s, klcl_dtype g, int group,
+                               const klcl_program **out);
+/* Every fp32 group (klcl_context_prepare). */
+klcl_status klcl_program_build_all(klcl_context *ctx);
 void klcl_program_release(klcl_context *ctx);
 
 /* Buffer layer (buffers.c). */

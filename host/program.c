@@ -97,27 +97,29 @@ static void keep_build_log(klcl_context *ctx, cl_program program)
     ctx->build_log[n] = '\0';
 }
 
-static void release_variant(klcl_program *v)
+static void release_group(klcl_program *v, int group)
 {
-    for (int i = 0; i < KLCL_LOSS_COUNT; i++) {
-        if (v->rows_kernel[i]) clReleaseKernel(v->rows_kernel[i]);
-        if (v->grad_kernel[i]) clReleaseKernel(v->grad_kernel[i]);
-        v->rows_kernel[i] = v->grad_kernel[i] = NULL;
+    if (group == KLCL_GROUP_SHARED) {
+        klcl_sparse_kernels_release(v);
+        cl_kernel *single[] = {&v->reduce_kernel, &v->widen_kernel, &v->narrow_kernel};
+        for (size_t i = 0; i < sizeof single / sizeof single[0]; i++) {
+            if (*single[i]) clReleaseKernel(*single[i]);
+            *single[i] = NULL;
+        }
+    } else {
+        if (v->rows_kernel[group]) clReleaseKernel(v->rows_kernel[group]);
+        if (v->grad_kernel[group]) clReleaseKernel(v->grad_kernel[group]);
+        v->rows_kernel[group] = v->grad_kernel[group] = NULL;
     }
-    klcl_sparse_kernels_release(v);
-    cl_kernel *single[] = {&v->reduce_kernel, &v->widen_kernel, &v->narrow_kernel};
-    for (size_t i = 0; i < sizeof single / sizeof single[0]; i++) {
-        if (*single[i]) clReleaseKernel(*single[i]);
-        *single[i] = NULL;
-    }
-    if (v->program) clReleaseProgram(v->program);
-    v->program = NULL;
-    v->built = 0;
+    if (v->program[group]) clReleaseProgram(v->program[group]);
+    v->program[group] = NULL;
+    v->built &= ~(1u << group);
 }
 
 void klcl_program_release(klcl_context *ctx)
 {
-    for (int i = 0; i < KLCL_VARIANT_COUNT; i++) release_variant(&ctx->variants[i]);
+    for (int i = 0; i < KLCL_VARIANT_COUNT; i++)
+        for (int g = 0; g < KLCL_GROUP_COUNT; g++) release_group(&ctx->variants[i], g);
     ctx->built = 0;
 }
 
@@ -128,65 +130,70 @@ static size_t floor_pow2(size_t x)
     return p;
 }
 
-/* One build of variant `index` with work-group size wg; on success *kernel_limit is the smallest
- * CL_KERNEL_WORK_GROUP_SIZE of its row kernels on this device, *from_cache whether it came from the
- * binary cache. */
-static klcl_status build_once(klcl_context *ctx, const char *src, int index, size_t wg, size_t *kernel_limit,
-                              int use_cache, int *from_cache)
+/* One build of group `group` of variant `index` with work-group size wg; on success *kernel_limit is the
+ * smallest CL_KERNEL_WORK_GROUP_SIZE of its work-group kernels on this device, *from_cache whether it came
+ * from the binary cache. */
+static klcl_status build_once(klcl_context *ctx, const char *src, int index, int group, size_t wg,
+                              size_t *kernel_limit, int use_cache, int *from_cache)
 {
     cl_int err;
-    char options[256];
+    char options[320];
     cl_device_fp_config fp64 = 0; /* long row sums fold into double where the device has it */
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_DOUBLE_FP_CONFIG, sizeof fp64, &fp64, NULL) != CL_SUCCESS) fp64 = 0;
-    int n = snprintf(options, sizeof options, "-DKLCL_WG=%zu -DKLCL_HOST_LAYOUT=%d%s", wg, KLCL_HOST_LAYOUT,
-                     fp64 ? " -DKLCL_HAS_FP64" : "");
-    if (index != 0) /* element types other than fp32 (the fp32 options stay as they always were) */
-        snprintf(options + n, sizeof options - (size_t)n, " -DKLCL_T_DTYPE=%d -DKLCL_S_DTYPE=%d -DKLCL_G_DTYPE=%d",
-                 index / (KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT), index / KLCL_DTYPE_COUNT % KLCL_DTYPE_COUNT,
-                 index % KLCL_DTYPE_COUNT);
+    snprintf(options, sizeof options,
+             "-DKLCL_WG=%zu -DKLCL_HOST_LAYOUT=%d%s -DKLCL_GROUP=%d -DKLCL_T_DTYPE=%d -DKLCL_S_DTYPE=%d "
+             "-DKLCL_G_DTYPE=%d",
+             wg, KLCL_HOST_LAYOUT, fp64 ? " -DKLCL_HAS_FP64" : "", group,
+             index / (KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT), index / KLCL_DTYPE_COUNT % KLCL_DTYPE_COUNT,
+             index % KLCL_DTYPE_COUNT);
     klcl_program *v = &ctx->variants[index];
-    release_variant(v);
-    v->program = use_cache ? klcl_cache_load(ctx, src, options) : NULL;
-    *from_cache = v->program != NULL;
-    if (!v->program) {
-        v->program = clCreateProgramWithSource(ctx->cl_ctx, 1, &src, NULL, &err);
-        if (!v->program) return klcl_fail_cl(ctx, err, "clCreateProgramWithSource");
-        err = clBuildProgram(v->program, 1, &ctx->device, options, NULL, NULL);
-        keep_build_log(ctx, v->program);
+    release_group(v, group);
+    cl_program *prog = &v->program[group];
+    *prog = use_cache ? klcl_cache_load(ctx, src, options) : NULL;
+    *from_cache = *prog != NULL;
+    if (!*prog) {
+        *prog = clCreateProgramWithSource(ctx->cl_ctx, 1, &src, NULL, &err);
+        if (!*prog) return klcl_fail_cl(ctx, err, "clCreateProgramWithSource");
+        err = clBuildProgram(*prog, 1, &ctx->device, options, NULL, NULL);
+        keep_build_log(ctx, *prog);
         if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clBuildProgram (log: klcl_build_log)");
-        klcl_cache_store(ctx, src, options, v->program);
+        /* A tuner's candidate (wg_forced) is not stored: most sizes it tries are never used again, and on a
+         * CPU device handing a binary out compiles every kernel of the group. */
+        if (!ctx->wg_forced) klcl_cache_store(ctx, src, options, *prog);
     }
     *kernel_limit = wg;
-    v->reduce_kernel = clCreateKernel(v->program, "klcl_reduce", &err);
-    if (!v->reduce_kernel) return klcl_fail_cl(ctx, err, "clCreateKernel (reduction kernel)");
-    v->widen_kernel = clCreateKernel(v->program, "klcl_widen", &err);
-    if (!v->widen_kernel) return klcl_fail_cl(ctx, err, "clCreateKernel (widening kernel)");
-    v->narrow_kernel = clCreateKernel(v->program, "klcl_narrow", &err);
-    if (!v->narrow_kernel) return klcl_fail_cl(ctx, err, "clCreateKernel (narrowing kernel)");
-    for (int i = 0; i < KLCL_LOSS_COUNT; i++) {
-        char name[64];
-        snprintf(name, sizeof name, "klcl_rows_%s", klcl_loss_name((klcl_loss)i));
-        v->rows_kernel[i] = clCreateKernel(v->program, name, &err);
-        if (!v->rows_kernel[i]) return klcl_fail_cl(ctx, err, "clCreateKernel (row kernel)");
-        snprintf(name, sizeof name, "klcl_grad_%s", klcl_loss_name((klcl_loss)i));
-        v->grad_kernel[i] = clCreateKernel(v->program, name, &err);
-        if (!v->grad_kernel[i]) return klcl_fail_cl(ctx, err, "clCreateKernel (gradient kernel)");
-        size_t limit = 0;
-        err = clGetKernelWorkGroupInfo(v->rows_kernel[i], ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof limit,
-                                       &limit, NULL);
-        if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
-        if (limit < *kernel_limit) *kernel_limit = limit;
+    if (group == KLCL_GROUP_SHARED) {
+        struct {
+            cl_kernel *k;
+            const char *name;
+        } ks[] = {{&v->reduce_kernel, "klcl_reduce"}, {&v->widen_kernel, "klcl_widen"}, {&v->narrow_kernel, "klcl_narrow"}};
+        for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
+            *ks[i].k = clCreateKernel(*prog, ks[i].name, &err);
+            if (!*ks[i].k) return klcl_fail_cl(ctx, err, "clCreateKernel (shared kernels)");
+        }
+        return klcl_sparse_kernels_create(ctx, v, kernel_limit);
     }
-    return klcl_sparse_kernels_create(ctx, v, kernel_limit);
+    char name[64];
+    snprintf(name, sizeof name, "klcl_rows_%s", klcl_loss_name((klcl_loss)group));
+    v->rows_kernel[group] = clCreateKernel(*prog, name, &err);
+    if (!v->rows_kernel[group]) return klcl_fail_cl(ctx, err, "clCreateKernel (row kernel)");
+    snprintf(name, sizeof name, "klcl_grad_%s", klcl_loss_name((klcl_loss)group));
+    v->grad_kernel[group] = clCreateKernel(*prog, name, &err);
+    if (!v->grad_kernel[group]) return klcl_fail_cl(ctx, err, "clCreateKernel (gradient kernel)");
+    err = clGetKernelWorkGroupInfo(v->rows_kernel[group], ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
+                                   sizeof *kernel_limit, kernel_limit, NULL);
+    if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
+    if (*kernel_limit > wg) *kernel_limit = wg;
+    return KLCL_OK;
 }
 
 /* A build that came from the cache and then failed (a binary the driver took but cannot use) is
  * repeated from source: the cache may make a start faster, never make it fail. */
-static klcl_status build_with(klcl_context *ctx, const char *src, int index, size_t wg, size_t *kernel_limit,
-                              int *from_cache)
+static klcl_status build_with(klcl_context *ctx, const char *src, int index, int group, size_t wg,
+                              size_t *kernel_limit, int *from_cache)
 {
-    klcl_status st = build_once(ctx, src, index, wg, kernel_limit, 1, from_cache);
-    if (st != KLCL_OK && *from_cache) st = build_once(ctx, src, index, wg, kernel_limit, 0, from_cache);
+    klcl_status st = build_once(ctx, src, index, group, wg, kernel_limit, 1, from_cache);
+    if (st != KLCL_OK && *from_cache) st = build_once(ctx, src, index, group, wg, kernel_limit, 0, from_cache);
     return st;
 }
 
@@ -217,7 +224,7 @@ klcl_status klcl_program_build(klcl_context *ctx)
     if (st != KLCL_OK) return st; /* not kept: the file may appear later */
     for (;;) {
         size_t limit = 0;
-        st = build_with(ctx, src, 0, wg, &limit, &ctx->from_cache);
+        st = build_with(ctx, src, 0, KLCL_LOSS_KL, wg, &limit, &ctx->from_cache);
         if (st != KLCL_OK || limit >= wg || wg == WG_MIN) break;
         wg = floor_pow2(limit); /* clamp to the kernel's own limit on this device and rebuild */
     }
@@ -235,40 +242,48 @@ klcl_status klcl_program_build(klcl_context *ctx)
     const char *fuse = getenv("KLCL_FUSE_GRAD");
     ctx->fuse_grad = fuse && (fuse[0] == '0' || fuse[0] == '1') && !fuse[1] ? fuse[0] == '1'
                                                                                : (type & CL_DEVICE_TYPE_CPU) != 0;
-    ctx->variants[0].built = 1;
+    ctx->variants[0].built = 1u << KLCL_LOSS_KL;
     ctx->built = 1;
     return KLCL_OK;
 }
 
-klcl_status klcl_program_variant(klcl_context *ctx, klcl_dtype t, klcl_dtype s, klcl_dtype g,
-                                 const klcl_program **out)
+klcl_status klcl_program_group(klcl_context *ctx, klcl_dtype t, klcl_dtype s, klcl_dtype g, int group,
+                               const klcl_program **out)
 {
     klcl_status st = klcl_program_build(ctx);
     if (st != KLCL_OK) return st;
-    klcl_program *v = &ctx->variants[klcl_variant_index(t, s, g)];
-    if (v->built) {
-        *out = v;
-        return KLCL_OK;
-    }
-    if (v->status != KLCL_OK) return klcl_fail(ctx, v->status, "%s", v->error);
+    const int index = klcl_variant_index(t, s, g);
+    klcl_program *v = &ctx->variants[index];
+    *out = v;
+    if (v->built & (1u << group)) return KLCL_OK;
+    if (v->status[group] != KLCL_OK) return klcl_fail(ctx, v->status[group], "%s", v->error[group]);
     char *src = NULL;
     if ((st = load_sources(ctx, &src)) != KLCL_OK) return st;
     size_t limit = 0;
     int from_cache = 0;
-    st = build_with(ctx, src, klcl_variant_index(t, s, g), ctx->wg, &limit, &from_cache);
+    st = build_with(ctx, src, index, group, ctx->wg, &limit, &from_cache);
     free(src);
     if (st == KLCL_OK && limit < ctx->wg)
         st = klcl_fail(ctx, (klcl_status)CL_INVALID_WORK_GROUP_SIZE,
-                       "kernels for %s teacher, %s student, %s gradient allow work-groups of %zu, not %zu: set "
-                       "KLCL_WORK_GROUP=%zu", klcl_dtype_name(t), klcl_dtype_name(s), klcl_dtype_name(g), limit,
-                       ctx->wg, floor_pow2(limit));
+                       "%s kernels for %s teacher, %s student, %s gradient allow work-groups of %zu, not %zu: set "
+                       "KLCL_WORK_GROUP=%zu", group == KLCL_GROUP_SHARED ? "shared" : klcl_loss_name((klcl_loss)group),
+                       klcl_dtype_name(t), klcl_dtype_name(s), klcl_dtype_name(g), limit, ctx->wg, floor_pow2(limit));
     if (st != KLCL_OK) {
-        release_variant(v);
-        v->status = st;
-        snprintf(v->error, sizeof v->error, "%s", ctx->error);
+        release_group(v, group);
+        v->status[group] = st;
+        snprintf(v->error[group], sizeof v->error[group], "%.255s", ctx->error);
         return st;
     }
-    v->built = 1;
-    *out = v;
+    if (index == 0) ctx->from_cache = ctx->from_cache && from_cache;
+    v->built |= 1u << group;
     return KLCL_OK;
+}
+
+klcl_status klcl_program_build_all(klcl_context *ctx)
+{
+    const klcl_program *p;
+    klcl_status st = KLCL_OK;
+    for (int g = 0; g < KLCL_GROUP_COUNT && st == KLCL_OK; g++)
+        st = klcl_program_group(ctx, KLCL_DTYPE_F32, KLCL_DTYPE_F32, KLCL_DTYPE_F32, g, &p);
+    return st;
 }

@@ -24,7 +24,7 @@ klcl_status klcl_sparse_kernels_create(klcl_context *ctx, klcl_program *v, size_
         {&v->sparse_grad_topk_kernel, "klcl_sparse_grad_topk"},
     };
     for (size_t i = 0; i < sizeof ks / sizeof ks[0]; i++) {
-        *ks[i].k = clCreateKernel(v->program, ks[i].name, &err);
+        *ks[i].k = clCreateKernel(v->program[KLCL_GROUP_SHARED], ks[i].name, &err);
         if (!*ks[i].k) return klcl_fail_cl(ctx, err, "clCreateKernel (sparse kernels)");
     }
     size_t limit = 0;
@@ -489,7 +489,7 @@ static klcl_status device_compute_sparse(klcl_context *ctx, const klcl_loss_desc
     const size_t s_elem = klcl_dtype_size(b->student.dtype), g_elem = klcl_dtype_size(gdt);
     const klcl_program *prog = NULL;
     float *row_loss = NULL;
-    klcl_status st = klcl_program_variant(ctx, KLCL_DTYPE_F32, b->student.dtype, gdt, &prog);
+    klcl_status st = klcl_program_group(ctx, KLCL_DTYPE_F32, b->student.dtype, gdt, KLCL_GROUP_SHARED, &prog);
     if (st != KLCL_OK) return st;
 
     /* 1/denominator of the whole call, before any chunk writes its gradient. */

@@ -176,12 +176,16 @@ KLCL_API void klcl_context_destroy(klcl_context *ctx);
  * Built programs are cached on disk as device binaries, keyed by a hash of the kernel source, the build
  * options, the device name and vendor, the driver, device and platform versions, and the cache format;
  * written to a temporary file and renamed; any failure to read or write the cache is a miss. Folder:
- * $KLCL_CACHE_DIR, else $XDG_CACHE_HOME/klcl, else $HOME/.cache/klcl. On by default for GPUs and
- * accelerators; off for CPU devices, which cache their own per-kernel builds, unless KLCL_CACHE=on;
- * KLCL_CACHE=off turns it off everywhere. */
+ * $KLCL_CACHE_DIR, else $XDG_CACHE_HOME/klcl, else $HOME/.cache/klcl. On by default; KLCL_CACHE=off
+ * turns it off.
+ *
+ * The kernels are built in groups, one program each: every loss's row and gradient kernels, and the
+ * shared ones (reductions, sparse teacher, conversions). klcl_context_prepare builds every fp32 group;
+ * without it a context builds the groups its calls use, when they first use them. */
 KLCL_API klcl_status klcl_context_prepare(klcl_context *ctx);
 
-/* 1 when the context's program came from the binary cache (after klcl_context_prepare or a compute). */
+/* 1 when every fp32 kernel group the context has built came from the binary cache (after
+ * klcl_context_prepare or a compute). */
 KLCL_API int klcl_context_cache_hit(const klcl_context *ctx);
 
 /* Whether the context computes with the CPU reference (1) or an OpenCL device (0). */

@@ -1,7 +1,11 @@
 /* Helpers shared by every klcl kernel; the host prepends this file to the others.
  *
  * Build-time defines (set by the host, part of every cache key):
- *   KLCL_WG  work-group size of the row kernels, a power of two.
+ *   KLCL_WG     work-group size of the row kernels, a power of two.
+ *   KLCL_GROUP  which kernels this program holds: one loss's (its klcl_loss number: row and gradient
+ *               kernels), or KLCL_GROUP_SHARED (the reduction, sparse and conversion kernels); absent or
+ *               negative: every kernel (a standalone compiler, oclgrind). A process builds only the groups
+ *               it uses, and a small program loads from a binary cache in a fraction of a whole one's time.
  *
  * Rows are read as 8-wide vectors: vector k (logits 8k .. 8k+7) belongs to work-item k mod KLCL_WG, so a
  * work-group of 1 streams a row contiguously (CPU devices) and a wide one makes coalesced 32-byte loads
@@ -13,6 +17,12 @@
  * exp((x - m)/tau) is evaluated as exp2((x - m) * k) with k = log2(e) / tau. */
 
 #define KLCL_NEG_INF (-INFINITY)
+
+#define KLCL_GROUP_SHARED 9 /* host/internal.h mirrors it */
+#ifndef KLCL_GROUP
+#define KLCL_GROUP (-1)
+#endif
+#define KLCL_IN_GROUP(g) (KLCL_GROUP < 0 || KLCL_GROUP == (g))
 
 /* Element types, one program per combination (build defines, part of every cache key): KLCL_T_DTYPE and
  * KLCL_S_DTYPE for the teacher and student logits, KLCL_G_DTYPE for the gradient; 0 fp32, 1 fp16, 2 bf16

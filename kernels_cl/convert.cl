@@ -10,6 +10,7 @@
  * (fp16 from its bits, since PoCL's vload_half8 faults on rows that are not 16-byte aligned), narrowing
  * rounds to nearest even, as the row kernels do for half logits and gradients. */
 
+#if KLCL_IN_GROUP(KLCL_GROUP_SHARED)
 __kernel void klcl_widen(__global const ushort *src, ulong src_offset, ulong src_stride, int dtype,
                          __global float *dst, ulong dst_offset, ulong dst_stride, ulong width)
 {
@@ -40,3 +41,4 @@ __kernel void klcl_narrow(__global const float *src, ulong src_offset, ulong src
         else klcl_store1_2(s[i], i, d);
     }
 }
+#endif

@@ -705,6 +705,7 @@ inline void grad_body(const int loss, GRAD_ARGS)
  * rows not skipped (work-item i takes rows i, i + KLCL_WG, ... in order, then a fixed tree), writes the
  * reduced loss as one fp32 and 1/denominator for the gradient kernel. Deterministic; it may differ in the
  * last bits from the host's double sum of a synchronous call. */
+#if KLCL_IN_GROUP(KLCL_GROUP_SHARED)
 __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_reduce(
     __global const float *row_loss, ulong rl_off, __global const int *row_flags, ulong rows, int reduction,
     __global float *loss_out, ulong loss_off, int has_loss_out, __global float *inv_denom_out)
@@ -740,6 +741,7 @@ __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_reduce(
         inv_denom_out[0] = (float)((acc_t)1 / den);
     }
 }
+#endif
 
 #define KLCL_LOSS_KERNELS(name, id)                                                                    \
     __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_rows_##name(ROW_ARGS)      \
@@ -751,12 +753,30 @@ __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_reduce(
     }                                                                                                  \
     __kernel void klcl_grad_##name(GRAD_ARGS) { grad_body(id, GRAD_ARG_NAMES); }
 
+#if KLCL_IN_GROUP(LOSS_KL)
 KLCL_LOSS_KERNELS(kl, LOSS_KL)
+#endif
+#if KLCL_IN_GROUP(LOSS_RKL)
 KLCL_LOSS_KERNELS(rkl, LOSS_RKL)
+#endif
+#if KLCL_IN_GROUP(LOSS_SOFT_CE)
 KLCL_LOSS_KERNELS(soft_ce, LOSS_SOFT_CE)
+#endif
+#if KLCL_IN_GROUP(LOSS_CE)
 KLCL_LOSS_KERNELS(ce, LOSS_CE)
+#endif
+#if KLCL_IN_GROUP(LOSS_JSD)
 KLCL_LOSS_KERNELS(jsd, LOSS_JSD)
+#endif
+#if KLCL_IN_GROUP(LOSS_SKL)
 KLCL_LOSS_KERNELS(skl, LOSS_SKL)
+#endif
+#if KLCL_IN_GROUP(LOSS_SRKL)
 KLCL_LOSS_KERNELS(srkl, LOSS_SRKL)
+#endif
+#if KLCL_IN_GROUP(LOSS_TVD)
 KLCL_LOSS_KERNELS(tvd, LOSS_TVD)
+#endif
+#if KLCL_IN_GROUP(LOSS_KD)
 KLCL_LOSS_KERNELS(kd, LOSS_KD)
+#endif

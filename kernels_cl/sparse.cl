@@ -211,6 +211,7 @@ inline void sp_rescale1(float *s, float *b, float m_old, float m_new, float k2)
         __global float *row_loss, ulong rl_off, __global float *row_stats, __global int *row_flags,     \
         ulong row0
 
+#if KLCL_IN_GROUP(KLCL_GROUP_SHARED)
 __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_sparse_rows(SP_ROW_ARGS)
 {
     __local uint sorted[SP_K_MAX];
@@ -596,3 +597,4 @@ __kernel void klcl_sparse_grad_topk(__global const S_ELEM *student, ulong s_off,
     }
     STORE_G1(ds, (uint)t, grad + g_off + row * g_stride);
 }
+#endif

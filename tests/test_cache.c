@@ -20,7 +20,7 @@ static int setup(void **state)
     snprintf(dir, sizeof dir, "/tmp/klcl-cache-test-XXXXXX");
     assert_non_null(mkdtemp(dir));
     setenv("KLCL_CACHE_DIR", dir, 1);
-    setenv("KLCL_CACHE", "on", 1); /* CPU devices (PoCL) are off by default */
+    setenv("KLCL_CACHE", "on", 1); /* the default, unless the environment running the tests says otherwise */
     unsetenv("KLCL_WORK_GROUP");
     return 0;
 }
@@ -43,6 +43,9 @@ static int teardown(void **state)
     unsetenv("KLCL_WORK_GROUP");
     return 0;
 }
+
+/* One cache file per kernel group a context builds: the nine losses' and the shared kernels. */
+enum { GROUPS = 10 };
 
 /* The cache files in dir: count, and the path of the last one. */
 static int cache_files(char *last, size_t cap)
@@ -96,7 +99,7 @@ static void test_store_then_hit(void **state)
     (void)state;
     klcl_context *a, *b;
     assert_false(prepared(&a));
-    assert_int_equal(cache_files(NULL, 0), 1);
+    assert_int_equal(cache_files(NULL, 0), GROUPS);
     assert_true(prepared(&b));
     static float ga[5 * 203], gb[5 * 203];
     double la, lb;
@@ -115,7 +118,7 @@ static void test_damaged_file_is_a_miss(void **state)
     prepared(&a);
     klcl_context_destroy(a);
     char path[512];
-    assert_int_equal(cache_files(path, sizeof path), 1);
+    assert_int_equal(cache_files(path, sizeof path), GROUPS);
     /* Garbage of the same size, then a truncated file: both misses that rebuild and rewrite. */
     FILE *f = fopen(path, "r+b");
     assert_non_null(f);
@@ -176,6 +179,19 @@ static void test_options_are_in_the_key(void **state)
     setenv("KLCL_WORK_GROUP", "2", 1); /* another -DKLCL_WG: another binary */
     assert_false(prepared(&a));
     klcl_context_destroy(a);
+    assert_int_equal(cache_files(NULL, 0), 2 * GROUPS);
+}
+
+/* Without klcl_context_prepare a context builds only what its calls use: the kl group (which settles the
+ * work-group size) and kd's, not the other eight. */
+static void test_only_used_groups(void **state)
+{
+    (void)state;
+    klcl_context *a = tu_device_context(0);
+    static float g[5 * 203];
+    double loss;
+    compute(a, g, &loss); /* kd */
+    klcl_context_destroy(a);
     assert_int_equal(cache_files(NULL, 0), 2);
 }
 
@@ -186,6 +202,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_damaged_file_is_a_miss, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwritable_and_off, setup, teardown),
         cmocka_unit_test_setup_teardown(test_options_are_in_the_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_only_used_groups, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -162,6 +162,9 @@ static klcl_batch host_batch(size_t rows)
 static int group_setup(void **state)
 {
     (void)state;
+    /* Builds from source: a failure injected into clBuildProgram must reach the source build, not a binary
+     * from the cache (tests/test_cache.c covers the cache's failures). */
+    setenv("KLCL_CACHE", "off", 1);
     const char *env = getenv("KLCL_DEVICE");
     saved_device = env ? strdup(env) : NULL;
     tu_seed(20240607);
@@ -834,17 +837,27 @@ static void test_allocation_failure(void **state)
 static void test_launch_failure(void **state)
 {
     (void)state;
-    /* Launch 0 is the row kernel, launch 1 the gradient kernel (ROWS rows: one launch each). */
-    for (int k = 0; k < 2; k++) {
-        f_launch.skip = k;
-        f_launch.fail = 1;
-        klcl_loss_desc d = valid_desc(KLCL_LOSS_KL);
-        klcl_batch b = host_batch(ROWS);
-        klcl_result r;
-        expect_status(dev, klcl_compute(dev, &d, &b, &r), CL_OUT_OF_RESOURCES, "clEnqueueNDRangeKernel",
-                      __LINE__);
-        assert_int_equal(f_launch.fail, 0);
-        EXPECT_USABLE(dev);
+    /* With the gradient written by the row kernel (fused, CPU devices' default) a call makes one launch;
+     * with the separate gradient kernel (GPUs' default), launch 0 is the row kernel and launch 1 the
+     * gradient kernel (ROWS rows: one launch each). */
+    for (int fused = 1; fused >= 0; fused--) {
+        setenv("KLCL_FUSE_GRAD", fused ? "1" : "0", 1);
+        klcl_context *ctx = own = tu_device_context(0);
+        assert_int_equal(klcl_context_prepare(ctx), KLCL_OK); /* the setting is read when the kernels build */
+        unsetenv("KLCL_FUSE_GRAD");
+        for (int k = 0; k < (fused ? 1 : 2); k++) {
+            f_launch.skip = k;
+            f_launch.fail = 1;
+            klcl_loss_desc d = valid_desc(KLCL_LOSS_KL);
+            klcl_batch b = host_batch(ROWS);
+            klcl_result r;
+            expect_status(ctx, klcl_compute(ctx, &d, &b, &r), CL_OUT_OF_RESOURCES, "clEnqueueNDRangeKernel",
+                          __LINE__);
+            assert_int_equal(f_launch.fail, 0);
+            EXPECT_USABLE(ctx);
+        }
+        klcl_context_destroy(ctx);
+        own = NULL;
     }
 }
 
