@@ -48,45 +48,58 @@
 #define S_ELEM KLCL_CAT(KLCL_ELEM_, KLCL_S_DTYPE)
 #define G_ELEM KLCL_CAT(KLCL_ELEM_, KLCL_G_DTYPE)
 
-inline float8 klcl_load8_0(uint k, __global const float *p) { return vload8(k, p); }
-/* fp16 bits to fp32, exactly: normals rebias the exponent, subnormals are an integer times 2^-24 (so no
+/* Vector loads (klcl_load<W>_<dtype>: vector k, widened to fp32) and stores (klcl_store<W>_<dtype>: fp32
+ * rounded to the type) for vector widths W = 8 and 16.
+ * fp16 bits to fp32, exactly: normals rebias the exponent, subnormals are an integer times 2^-24 (so no
  * denormal arithmetic is involved), infinities and NaN keep their payload. vload_half8 would do the same,
  * but PoCL 3.1 compiles it as an aligned 16-byte load, which faults on rows whose byte offset is not a
- * multiple of 16 (odd widths); a ushort8 load has no such requirement. */
-inline float8 klcl_load8_1(uint k, __global const half *p)
-{
-    const uint8 h = convert_uint8(vload8(k, (__global const ushort *)p));
-    const uint8 em = h & (uint8)(0x7fffu), sign = (h & (uint8)(0x8000u)) << 16;
-    const uint8 normal = (em << 13) + (uint8)(112u << 23), special = (em << 13) | (uint8)(0x7f800000u);
-    const uint8 sub = as_uint8(convert_float8(em) * 0x1p-24f);
-    return as_float8(sign | select(select(normal, special, em >= (uint8)(0x7c00u)), sub, em < (uint8)(0x400u)));
-}
-inline float8 klcl_load8_2(uint k, __global const ushort *p) { return as_float8(convert_uint8(vload8(k, p)) << 16); }
+ * multiple of 16 (odd widths); a ushort load has no such requirement.
+ * fp32 to fp16 bits, round to nearest even (what vstore_half_rte does, written out for the same PoCL
+ * alignment fault as loads): normals by integer rounding of the rebiased bits (a carry into the exponent
+ * is right, up to infinity), subnormals by rounding x 2^24 to an integer, NaN kept quiet. */
+#define KLCL_VECTOR_IO(W)                                                                                \
+    inline float##W klcl_load##W##_0(uint k, __global const float *p) { return vload##W(k, p); }         \
+    inline float##W klcl_load##W##_1(uint k, __global const half *p)                                    \
+    {                                                                                                    \
+        const uint##W h = convert_uint##W(vload##W(k, (__global const ushort *)p));                      \
+        const uint##W em = h & (uint##W)(0x7fffu), sign = (h & (uint##W)(0x8000u)) << 16;                \
+        const uint##W normal = (em << 13) + (uint##W)(112u << 23);                                       \
+        const uint##W special = (em << 13) | (uint##W)(0x7f800000u);                                     \
+        const uint##W sub = as_uint##W(convert_float##W(em) * 0x1p-24f);                                 \
+        return as_float##W(sign | select(select(normal, special, em >= (uint##W)(0x7c00u)), sub,         \
+                                         em < (uint##W)(0x400u)));                                       \
+    }                                                                                                    \
+    inline float##W klcl_load##W##_2(uint k, __global const ushort *p)                                  \
+    {                                                                                                    \
+        return as_float##W(convert_uint##W(vload##W(k, p)) << 16);                                       \
+    }                                                                                                    \
+    inline void klcl_store##W##_0(float##W x, uint k, __global float *p) { vstore##W(x, k, p); }         \
+    inline void klcl_store##W##_1(float##W x, uint k, __global half *p)                                 \
+    {                                                                                                    \
+        const uint##W b = as_uint##W(x), a = b & (uint##W)(0x7fffffffu);                                 \
+        const uint##W sign = (b >> 16) & (uint##W)(0x8000u), r = a - (uint##W)(112u << 23);              \
+        const uint##W normal = (r + (uint##W)(0xfffu) + ((r >> 13) & (uint##W)(1u))) >> 13;              \
+        const uint##W sub = convert_uint##W##_rte(as_float##W(a) * 0x1p24f);                            \
+        uint##W h = select(normal, sub, a < (uint##W)(0x38800000u));                                     \
+        h = select(h, (uint##W)(0x7c00u), a >= (uint##W)(0x477ff000u));                                  \
+        h = select(h, (uint##W)(0x7e00u), a > (uint##W)(0x7f800000u));                                   \
+        vstore##W(convert_ushort##W(sign | h), k, (__global ushort *)p);                                 \
+    }                                                                                                    \
+    inline void klcl_store##W##_2(float##W x, uint k, __global ushort *p)                               \
+    {                                                                                                    \
+        const uint##W b = as_uint##W(x);                                                                 \
+        const uint##W rounded = (b + (uint##W)(0x7fffu) + ((b >> 16) & (uint##W)(1u))) >> 16;            \
+        vstore##W(convert_ushort##W(select(rounded, (b >> 16) | (uint##W)(0x40u), as_uint##W(isnan(x)))), \
+                  k, p);                                                                                 \
+    }
+
+KLCL_VECTOR_IO(8)
+KLCL_VECTOR_IO(16)
+
 inline float klcl_load1_0(uint i, __global const float *p) { return p[i]; }
 inline float klcl_load1_1(uint i, __global const half *p) { return vload_half(i, p); }
 inline float klcl_load1_2(uint i, __global const ushort *p) { return as_float((uint)p[i] << 16); }
 
-inline void klcl_store8_0(float8 x, uint k, __global float *p) { vstore8(x, k, p); }
-/* fp32 to fp16 bits, round to nearest even (what vstore_half8_rte does, written out for the same PoCL
- * alignment fault as loads): normals by integer rounding of the rebiased bits (a carry into the exponent
- * is right, up to infinity), subnormals by rounding x 2^24 to an integer, NaN kept quiet. */
-inline void klcl_store8_1(float8 x, uint k, __global half *p)
-{
-    const uint8 b = as_uint8(x), a = b & (uint8)(0x7fffffffu), sign = (b >> 16) & (uint8)(0x8000u);
-    const uint8 r = a - (uint8)(112u << 23);
-    const uint8 normal = (r + (uint8)(0xfffu) + ((r >> 13) & (uint8)(1u))) >> 13;
-    const uint8 sub = convert_uint8_rte(as_float8(a) * 0x1p24f);
-    uint8 h = select(normal, sub, a < (uint8)(0x38800000u));
-    h = select(h, (uint8)(0x7c00u), a >= (uint8)(0x477ff000u));
-    h = select(h, (uint8)(0x7e00u), a > (uint8)(0x7f800000u));
-    vstore8(convert_ushort8(sign | h), k, (__global ushort *)p);
-}
-inline void klcl_store8_2(float8 x, uint k, __global ushort *p)
-{
-    const uint8 b = as_uint8(x);
-    const uint8 rounded = (b + (uint8)(0x7fffu) + ((b >> 16) & (uint8)(1u))) >> 16;
-    vstore8(convert_ushort8(select(rounded, (b >> 16) | (uint8)(0x40u), as_uint8(isnan(x)))), k, p);
-}
 inline void klcl_store1_0(float x, uint i, __global float *p) { p[i] = x; }
 inline void klcl_store1_1(float x, uint i, __global half *p) { vstore_half_rte(x, i, p); }
 inline void klcl_store1_2(float x, uint i, __global ushort *p)
@@ -102,6 +115,21 @@ inline void klcl_store1_2(float x, uint i, __global ushort *p)
 #define LOAD_T1(i, p, cols) ((i) < (cols) ? KLCL_CAT(klcl_load1_, KLCL_T_DTYPE)(i, p) : KLCL_NEG_INF)
 #define LOAD_S1(i, p, cols) ((i) < (cols) ? KLCL_CAT(klcl_load1_, KLCL_S_DTYPE)(i, p) : KLCL_NEG_INF)
 #define STORE_G8(x, k, p) KLCL_CAT(klcl_store8_, KLCL_G_DTYPE)(x, k, p)
+/* The same at the row kernels' vector width KLCL_VW (8 or 16, a build define: 16 where the device's
+ * preferred float vector is that wide, as on a CPU with 512-bit vectors). */
+#ifndef KLCL_VW
+#define KLCL_VW 8
+#endif
+#define floatV KLCL_CAT(float, KLCL_VW)
+#define intV KLCL_CAT(int, KLCL_VW)
+#define uintV KLCL_CAT(uint, KLCL_VW)
+#define vstoreV KLCL_CAT(vstore, KLCL_VW)
+#define LOAD_TV(k, p) KLCL_CAT(KLCL_CAT(klcl_load, KLCL_VW), KLCL_CAT(_, KLCL_T_DTYPE))(k, p)
+#define LOAD_SV(k, p) KLCL_CAT(KLCL_CAT(klcl_load, KLCL_VW), KLCL_CAT(_, KLCL_S_DTYPE))(k, p)
+#define STORE_GV(x, k, p) KLCL_CAT(KLCL_CAT(klcl_store, KLCL_VW), KLCL_CAT(_, KLCL_G_DTYPE))(x, k, p)
+#define KLCL_LANES_8 (uint8)(0, 1, 2, 3, 4, 5, 6, 7)
+#define KLCL_LANES_16 (uint16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#define KLCL_LANES KLCL_CAT(KLCL_LANES_, KLCL_VW) /* lane j holds logit KLCL_VW k + j */
 #define STORE_G1(x, i, p) KLCL_CAT(klcl_store1_, KLCL_G_DTYPE)(x, i, p)
 
 /* Layout of the per-row statistics the row kernel writes and the gradient kernel reads
@@ -166,6 +194,10 @@ inline void argmax_merge(float *val, uint *idx, float val2, uint idx2)
 
 KLCL_ELEMENT_HELPERS(float, 1)
 KLCL_ELEMENT_HELPERS(float8, 8)
+KLCL_ELEMENT_HELPERS(float16, 16)
+#define softcapV KLCL_CAT(softcap, KLCL_VW)
+#define xlogratioV KLCL_CAT(xlogratio, KLCL_VW)
+#define log_mixV KLCL_CAT(log_mix, KLCL_VW)
 
 /* Lane reductions in a fixed order (the same bits on every run). */
 inline float hsum8(float8 x)
@@ -177,3 +209,8 @@ inline float hmax8(float8 x)
 {
     return fmax(fmax(fmax(x.s0, x.s1), fmax(x.s2, x.s3)), fmax(fmax(x.s4, x.s5), fmax(x.s6, x.s7)));
 }
+
+inline float hsum16(float16 x) { return hsum8(x.lo) + hsum8(x.hi); }
+inline float hmax16(float16 x) { return fmax(hmax8(x.lo), hmax8(x.hi)); }
+#define hsumV KLCL_CAT(hsum, KLCL_VW)
+#define hmaxV KLCL_CAT(hmax, KLCL_VW)
