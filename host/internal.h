@@ -116,6 +116,7 @@ struct klcl_context {
     int from_cache; /* the fp32 program came from the binary cache */
     size_t wg; /* work-group size of the row kernels */
     int fuse_grad; /* synchronous calls: the row kernels write the gradient too (program.c) */
+    int vw;        /* floats per vector load of the row and gradient kernels: 8 or 16 (program.c) */
     klcl_program variants[KLCL_VARIANT_COUNT];
     size_t wg_forced; /* non-zero: klcl_tune's candidate, set before the build (tune.c) */
     size_t wg_default; /* the built-in default the last build started from */

@@ -7,9 +7,10 @@
  *               negative: every kernel (a standalone compiler, oclgrind). A process builds only the groups
  *               it uses, and a small program loads from a binary cache in a fraction of a whole one's time.
  *
- * Rows are read as 8-wide vectors: vector k (logits 8k .. 8k+7) belongs to work-item k mod KLCL_WG, so a
- * work-group of 1 streams a row contiguously (CPU devices) and a wide one makes coalesced 32-byte loads
- * (GPUs); the last vocab mod 8 logits are read one by one.
+ * The row kernels read rows as vectors of KLCL_VW floats (8 or 16): vector k (logits KLCL_VW k ..
+ * KLCL_VW k + KLCL_VW - 1) belongs to work-item k mod KLCL_WG, so a work-group of 1 streams a row
+ * contiguously (CPU devices) and a wide one makes coalesced loads (GPUs); the last vocab mod KLCL_VW
+ * logits are read one by one. The sparse and conversion kernels read 8 at a time.
  *
  * Softmax statistics are kept against the running maximum m of the (softcapped) logits x:
  *   S = sum_v exp((x_v - m) / tau),   lse(x / tau) = m / tau + log S,

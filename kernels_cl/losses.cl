@@ -20,7 +20,8 @@
  * the row sum (RS_AUX) taken in pass 2 and g_r kept in RS_G_REF; kl, soft_ce, ce and kd have closed forms.
  *
  * Every loss is its own kernel, generated from one body with the loss as a compile-time constant; the
- * per-logit math is written once (KLCL_LOSS_HELPERS) for 8-wide vectors and for the scalar tail. */
+ * per-logit math is written once (KLCL_LOSS_HELPERS) for vectors of KLCL_VW floats and for the scalar
+ * tail. */
 
 #define LOSS_KL 0
 #define LOSS_RKL 1
@@ -132,7 +133,7 @@ typedef struct row_softmax {
     }
 
 KLCL_LOSS_HELPERS(float, int, 1)
-KLCL_LOSS_HELPERS(float8, int8, 8)
+KLCL_LOSS_HELPERS(floatV, intV, V)
 
 #define ONE_PASS(loss) ((loss) == LOSS_KL || (loss) == LOSS_RKL || (loss) == LOSS_SOFT_CE || (loss) == LOSS_CE || (loss) == LOSS_KD)
 #define USES_CTS(loss) ((loss) == LOSS_KL || (loss) == LOSS_SOFT_CE || (loss) == LOSS_KD)
@@ -205,7 +206,7 @@ KLCL_LOSS_HELPERS(float8, int8, 8)
     }
 
 KLCL_ROW_LANES(float, 1, float)
-KLCL_ROW_LANES(float8, 8, float)
+KLCL_ROW_LANES(floatV, V, float)
 
 /* Long rows are summed in two levels: blocks of ACC_BLOCK vectors in fp32 lanes, folded into one
  * accumulator per work-item, in double where the device has it. A single fp32 running sum over a long
@@ -224,17 +225,17 @@ typedef float acc_t;
 #endif
 KLCL_ROW_LANES(acc_t, A, acc_t)
 
-inline void lanes_fold8(row_lanesA *acc, row_lanes8 *blk)
+inline void lanes_foldV(row_lanesA *acc, row_lanesV *blk)
 {
-    acc->st += hsum8(blk->st);
-    acc->bt += hsum8(blk->bt);
-    acc->cts += hsum8(blk->cts);
-    acc->ss += hsum8(blk->ss);
-    acc->bs += hsum8(blk->bs);
-    acc->cst += hsum8(blk->cst);
-    acc->ss1 += hsum8(blk->ss1);
-    acc->dsum += hsum8(blk->dsum);
-    const float8 z = (float8)(0.0f);
+    acc->st += hsumV(blk->st);
+    acc->bt += hsumV(blk->bt);
+    acc->cts += hsumV(blk->cts);
+    acc->ss += hsumV(blk->ss);
+    acc->bs += hsumV(blk->bs);
+    acc->cst += hsumV(blk->cst);
+    acc->ss1 += hsumV(blk->ss1);
+    acc->dsum += hsumV(blk->dsum);
+    const floatV z = (floatV)(0.0f);
     blk->st = blk->bt = blk->cts = blk->ss = blk->bs = blk->cst = blk->ss1 = blk->dsum = z;
 }
 
@@ -294,22 +295,22 @@ inline void lanes_load(__local const float *lf, uint i, float *mt, float *ms, ro
 
 /* The first index, in the order a work-item reads its vectors kb, kb + KLCL_WG, ... < ke, whose logit
  * equals v (the block's maximum, so one exists): the argmax with ties to the lowest index. */
-#define KLCL_FIRST_INDEX(X, ELEM, LOAD8)                                                               \
-    inline uint first_index8_##X(__global const ELEM *p, uint kb, uint ke, float v)                     \
+#define KLCL_FIRST_INDEX(X, ELEM, LOADV)                                                               \
+    inline uint first_indexV_##X(__global const ELEM *p, uint kb, uint ke, float v)                     \
     {                                                                                                  \
         for (uint kk = kb; kk < ke; kk += KLCL_WG) {                                                   \
-            float x[8];                                                                                \
-            vstore8(LOAD8(kk, p), 0, x);                                                               \
-            for (uint j = 0; j < 8; j++)                                                               \
-                if (x[j] == v) return kk * 8 + j;                                                      \
+            float x[KLCL_VW];                                                                                \
+            vstoreV(LOADV(kk, p), 0, x);                                                               \
+            for (uint j = 0; j < KLCL_VW; j++)                                                               \
+                if (x[j] == v) return kk * KLCL_VW + j;                                                      \
         }                                                                                              \
         return UINT_MAX;                                                                               \
     }
-KLCL_FIRST_INDEX(S, S_ELEM, LOAD_S8)
-KLCL_FIRST_INDEX(T, T_ELEM, LOAD_T8)
+KLCL_FIRST_INDEX(S, S_ELEM, LOAD_SV)
+KLCL_FIRST_INDEX(T, T_ELEM, LOAD_TV)
 
 /* Writes the s_cols columns of a student-shaped gradient row from the row's statistics, columns
- * first, first + step, ... (8-wide vectors, then the tail): the loss's columns [0, vocab) (teacher
+ * first, first + step, ... (KLCL_VW-wide vectors, then the tail): the loss's columns [0, vocab) (teacher
  * columns past t_cols read as -inf), zeros for student columns a truncated loss does not use; or, when
  * `compute` is 0, `fill` everywhere (0 for a skipped row, NaN for an invalid one). Element-wise: whoever
  * calls it, and with whatever step, the same bits. */
@@ -318,18 +319,18 @@ inline void grad_row(const int loss, __global const T_ELEM *t, __global const S_
                      float g_ref, loss_params P, float inv_denom, int compute, float fill)
 {
     if (!compute) {
-        for (uint kk = first; kk < s_cols / 8; kk += step) STORE_G8((float8)(fill), kk, g);
-        for (uint v = s_cols / 8 * 8 + first; v < s_cols; v += step) STORE_G1(fill, v, g);
+        for (uint kk = first; kk < s_cols / KLCL_VW; kk += step) STORE_GV((floatV)(fill), kk, g);
+        for (uint v = s_cols / KLCL_VW * KLCL_VW + first; v < s_cols; v += step) STORE_G1(fill, v, g);
         return;
     }
-    const uint nvec = min(vocab, min(t_cols, s_cols)) / 8;
-    const int8 lane = (int8)(0, 1, 2, 3, 4, 5, 6, 7);
+    const uint nvec = min(vocab, min(t_cols, s_cols)) / KLCL_VW;
+    const intV lane = KLCL_CAT(as_int, KLCL_VW)(KLCL_LANES);
     for (uint kk = first; kk < nvec; kk += step) {
-        const float8 rt = loss != LOSS_CE ? LOAD_T8(kk, t) : (float8)(0.0f);
-        const float8 ds = grad_8(loss, rt, LOAD_S8(kk, s), (int8)(kk * 8) + lane, y, R, aux, g_ref, P);
-        STORE_G8(ds * inv_denom, kk, g);
+        const floatV rt = loss != LOSS_CE ? LOAD_TV(kk, t) : (floatV)(0.0f);
+        const floatV ds = grad_V(loss, rt, LOAD_SV(kk, s), (intV)(kk * KLCL_VW) + lane, y, R, aux, g_ref, P);
+        STORE_GV(ds * inv_denom, kk, g);
     }
-    for (uint v = nvec * 8 + first; v < s_cols; v += step) {
+    for (uint v = nvec * KLCL_VW + first; v < s_cols; v += step) {
         float ds = 0.0f;
         if (v < vocab) {
             const float rt = loss != LOSS_CE ? LOAD_T1(v, t, t_cols) : 0.0f;
@@ -347,7 +348,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     const loss_params P = PARAMS_FROM_ARGS;
     const int uses_teacher = loss != LOSS_CE;
     /* Whole vectors where both rows have columns; the rest one by one, -inf past a row's width. */
-    const uint nvec = min(vocab, min(t_cols, s_cols)) / 8;
+    const uint nvec = min(vocab, min(t_cols, s_cols)) / KLCL_VW;
     __global float *stats = row_stats + row * RS_COUNT;
     __global int *rflags = row_flags + row * RF_COUNT;
 
@@ -382,7 +383,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     __global const T_ELEM *t = teacher + t_off + lrow * t_stride;
     __global const S_ELEM *s = student + s_off + lrow * s_stride;
 
-    /* Pass 1: softmax sums and argmax, 8 logits at a time in blocks of ACC_BLOCK vectors, then the tail
+    /* Pass 1: softmax sums and argmax, KLCL_VW logits at a time in blocks of ACC_BLOCK vectors, then the tail
      * one by one. Within a block nothing is horizontal and nothing branches: the exponentials are taken
      * against the maxima known when the block starts (from the work-item's first vector at the start),
      * the block's own maxima are kept lane-wise, and only at the block's end are the sums moved to a
@@ -394,74 +395,74 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
      * its first index of that value. */
     float mt = KLCL_NEG_INF, ms = KLCL_NEG_INF;
     if (lid < nvec) {
-        ms = softcap1(hmax8(LOAD_S8(lid, s)), cap);
-        if (has_teacher) mt = softcap1(hmax8(LOAD_T8(lid, t)), cap);
+        ms = softcap1(hmaxV(LOAD_SV(lid, s)), cap);
+        if (has_teacher) mt = softcap1(hmaxV(LOAD_TV(lid, t)), cap);
     }
     /* kd also sums exp(x_s - ms) at tau = 1: the headroom holds for the larger of the two scales. */
     const float k_room = loss == LOSS_KD ? fmax(k, M_LOG2E_F) : k;
     row_lanesA acc = {0, 0, 0, 0, 0, 0, 0, 0};
-    row_lanes8 blk = {(float8)(0.0f), (float8)(0.0f), (float8)(0.0f), (float8)(0.0f),
-                      (float8)(0.0f), (float8)(0.0f), (float8)(0.0f), (float8)(0.0f)};
+    row_lanesV blk = {(floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f),
+                      (floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f)};
     float atv = KLCL_NEG_INF, asv = KLCL_NEG_INF;
     uint ati = UINT_MAX, asi = UINT_MAX;
     uint bad = 0, count = 0; /* count: logits per work-item in acc */
     /* The flags of `bad`, kept lane-wise in the vector loop (an OR per vector, no horizontal test) and
      * folded after it: NaN or +inf in the student (2) or teacher (1) is "not below +inf"; mass against
      * probability 0 (4 for kl, soft_ce and kd; 8 for rkl) is a finite logit facing -inf. */
-    int8 bad_s8 = (int8)(0), bad_t8 = (int8)(0), bad_48 = (int8)(0);
+    intV bad_sv = (intV)(0), bad_tv = (intV)(0), bad_zv = (intV)(0);
     for (uint kb = lid; kb < nvec; kb += ACC_BLOCK * KLCL_WG) {
         const uint ke = min(nvec, kb + ACC_BLOCK * KLCL_WG);
         const uint in_block = (ke - kb + KLCL_WG - 1) / KLCL_WG;
-        float8 bmt8 = (float8)(KLCL_NEG_INF), bms8 = (float8)(KLCL_NEG_INF);
+        floatV bmtv = (floatV)(KLCL_NEG_INF), bmsv = (floatV)(KLCL_NEG_INF);
         for (uint kk = kb; kk < ke; kk += KLCL_WG) {
-            const float8 rs = LOAD_S8(kk, s);
-            bad_s8 |= ~(rs < (float8)(INFINITY));
-            bms8 = fmax(bms8, rs);
-            const float8 xs = softcap8(rs, cap);
-            float8 xt = (float8)(0.0f);
+            const floatV rs = LOAD_SV(kk, s);
+            bad_sv |= ~(rs < (floatV)(INFINITY));
+            bmsv = fmax(bmsv, rs);
+            const floatV xs = softcapV(rs, cap);
+            floatV xt = (floatV)(0.0f);
             if (has_teacher) {
-                const float8 rt = LOAD_T8(kk, t);
-                bad_t8 |= ~(rt < (float8)(INFINITY));
-                bmt8 = fmax(bmt8, rt);
-                xt = softcap8(rt, cap);
-                if (USES_CTS(loss)) bad_48 |= (xs == (float8)(KLCL_NEG_INF)) & (xt != (float8)(KLCL_NEG_INF));
-                if (loss == LOSS_RKL) bad_48 |= (xt == (float8)(KLCL_NEG_INF)) & (xs != (float8)(KLCL_NEG_INF));
+                const floatV rt = LOAD_TV(kk, t);
+                bad_tv |= ~(rt < (floatV)(INFINITY));
+                bmtv = fmax(bmtv, rt);
+                xt = softcapV(rt, cap);
+                if (USES_CTS(loss)) bad_zv |= (xs == (floatV)(KLCL_NEG_INF)) & (xt != (floatV)(KLCL_NEG_INF));
+                if (loss == LOSS_RKL) bad_zv |= (xt == (floatV)(KLCL_NEG_INF)) & (xs != (floatV)(KLCL_NEG_INF));
             }
-            lanes_add8(loss, &blk, mt, ms, xt, xs, k, has_teacher);
+            lanes_addV(loss, &blk, mt, ms, xt, xs, k, has_teacher);
         }
-        const float bms = hmax8(bms8), bmt = hmax8(bmt8);
+        const float bms = hmaxV(bmsv), bmt = hmaxV(bmtv);
         const float ms_new = fmax(ms, softcap1(bms, cap)), mt_new = fmax(mt, softcap1(bmt, cap));
         if (ms_new > ms || mt_new > mt) {
             const int again = (ms_new - ms) * k_room > BLOCK_HEADROOM || (mt_new - mt) * k_room > BLOCK_HEADROOM;
             if (!again) {
                 float bt_ = mt, bs_ = ms;
-                lanes_rescale8(loss, &blk, &bt_, &bs_, mt_new, ms_new, (float)in_block, k);
+                lanes_rescaleV(loss, &blk, &bt_, &bs_, mt_new, ms_new, (float)in_block, k);
             }
             lanes_rescaleA(loss, &acc, &mt, &ms, mt_new, ms_new, (float)count, k);
             if (again) {
-                blk.st = blk.bt = blk.cts = blk.ss = blk.bs = blk.cst = blk.ss1 = blk.dsum = (float8)(0.0f);
+                blk.st = blk.bt = blk.cts = blk.ss = blk.bs = blk.cst = blk.ss1 = blk.dsum = (floatV)(0.0f);
                 for (uint kk = kb; kk < ke; kk += KLCL_WG) {
-                    const float8 xs = softcap8(LOAD_S8(kk, s), cap);
-                    const float8 xt = has_teacher ? softcap8(LOAD_T8(kk, t), cap) : (float8)(0.0f);
-                    lanes_add8(loss, &blk, mt, ms, xt, xs, k, has_teacher);
+                    const floatV xs = softcapV(LOAD_SV(kk, s), cap);
+                    const floatV xt = has_teacher ? softcapV(LOAD_TV(kk, t), cap) : (floatV)(0.0f);
+                    lanes_addV(loss, &blk, mt, ms, xt, xs, k, has_teacher);
                 }
             }
         }
         if (bms > asv) {
             asv = bms;
-            asi = first_index8_S(s, kb, ke, bms);
+            asi = first_indexV_S(s, kb, ke, bms);
         }
         if (has_teacher && bmt > atv) {
             atv = bmt;
-            ati = first_index8_T(t, kb, ke, bmt);
+            ati = first_indexV_T(t, kb, ke, bmt);
         }
-        lanes_fold8(&acc, &blk);
-        count += 8 * in_block;
+        lanes_foldV(&acc, &blk);
+        count += KLCL_VW * in_block;
     }
-    bad |= (any(bad_t8) ? 1u : 0u) | (any(bad_s8) ? 2u : 0u) | (any(bad_48) ? (loss == LOSS_RKL ? 8u : 4u) : 0u);
+    bad |= (any(bad_tv) ? 1u : 0u) | (any(bad_sv) ? 2u : 0u) | (any(bad_zv) ? (loss == LOSS_RKL ? 8u : 4u) : 0u);
     row_lanes1 tail = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     uint in_tail = 0;
-    for (uint v = nvec * 8 + lid; v < vocab; v += KLCL_WG) {
+    for (uint v = nvec * KLCL_VW + lid; v < vocab; v += KLCL_WG) {
         const float rs = LOAD_S1(v, s, s_cols);
         bad |= (isnan(rs) || rs == INFINITY) ? 2u : 0u;
         argmax_merge(&asv, &asi, rs, v);
@@ -579,21 +580,21 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     float value = 0.0f, aux = 0.0f;
     if (!ONE_PASS(loss) || (IS_CENTERED(loss) && want_grad)) {
         /* Two levels again: blocks of ACC_BLOCK vectors folded into acc_t. */
-        float8 l8 = (float8)(0.0f), aux8 = (float8)(0.0f);
+        floatV lv = (floatV)(0.0f), auxv = (floatV)(0.0f);
         acc_t l_acc = 0, aux_acc = 0;
         uint n = 0;
         const uint nvec2 = invalid ? 0 : nvec, vocab2 = invalid ? 0 : vocab;
         for (uint kk = lid; kk < nvec2; kk += KLCL_WG) {
-            pass2_8(loss, teacher_ok, LOAD_T8(kk, t), LOAD_S8(kk, s), R, g_ref, P, &l8, &aux8);
+            pass2_V(loss, teacher_ok, LOAD_TV(kk, t), LOAD_SV(kk, s), R, g_ref, P, &lv, &auxv);
             if (++n == ACC_BLOCK) {
-                l_acc += hsum8(l8);
-                aux_acc += hsum8(aux8);
-                l8 = aux8 = (float8)(0.0f);
+                l_acc += hsumV(lv);
+                aux_acc += hsumV(auxv);
+                lv = auxv = (floatV)(0.0f);
                 n = 0;
             }
         }
-        float l1 = hsum8(l8), aux1 = hsum8(aux8);
-        for (uint v = nvec * 8 + lid; v < vocab2; v += KLCL_WG)
+        float l1 = hsumV(lv), aux1 = hsumV(auxv);
+        for (uint v = nvec * KLCL_VW + lid; v < vocab2; v += KLCL_WG)
             pass2_1(loss, teacher_ok, LOAD_T1(v, t, t_cols), LOAD_S1(v, s, s_cols), R, g_ref, P, &l1, &aux1);
         l4[lid] = (float4)((float)(l_acc + l1), (float)(aux_acc + aux1), 0.0f, 0.0f);
         barrier(CLK_LOCAL_MEM_FENCE);
