@@ -117,6 +117,8 @@ struct klcl_context {
     size_t wg; /* work-group size of the row kernels */
     int fuse_grad; /* synchronous calls: the row kernels write the gradient too (program.c) */
     int vw;        /* floats per vector load of the row and gradient kernels: 8 or 16 (program.c) */
+    int vw_forced, vw_default;          /* klcl_tune's candidate (set before the build); the built-in */
+    klcl_work_group_source vw_source;   /* where vw came from */
     klcl_program variants[KLCL_VARIANT_COUNT];
     size_t wg_forced; /* non-zero: klcl_tune's candidate, set before the build (tune.c) */
     size_t wg_default; /* the built-in default the last build started from */
@@ -160,6 +162,8 @@ int klcl_cache_dir(char *out, size_t cap, int create);
  * KLCL_WORK_GROUP, else this device's tuning-table entry, else `builtin`; records the source and the
  * default on ctx. */
 size_t klcl_work_group_request(klcl_context *ctx, size_t builtin);
+/* The vector width a build uses: ctx->vw_forced, else KLCL_VECTOR_WIDTH, else the table, else `builtin`. */
+int klcl_vector_width_request(klcl_context *ctx, int builtin);
 enum { KLCL_WORK_GROUP_LIMIT = 4096 }; /* the largest size the table and KLCL_WORK_GROUP accept */
 /* Sets this device's row of the tuning table: the n named columns (work_group and any others), written
  * atomically; other rows and columns are kept. Errors name the file (on ctx). */

@@ -123,19 +123,17 @@ void klcl_program_release(klcl_context *ctx)
     ctx->built = 0;
 }
 
-/* Floats per vector load of the row and gradient kernels: 16 on a CPU device whose preferred float vector
- * is that wide (512-bit vectors: PoCL computes 16-wide exponentials 1.6x faster than 8-wide there), else
- * 8 (GPUs: one 32-byte load per work-item, coalesced across the group). KLCL_VECTOR_WIDTH=8 or 16
- * overrides. */
+/* Floats per vector load of the row and gradient kernels: by default 16 on a CPU device whose preferred
+ * float vector is that wide (512-bit vectors: PoCL computes 16-wide exponentials 1.6x faster than 8-wide
+ * there), else 8 (GPUs: one 32-byte load per work-item, coalesced across the group); the tuner's
+ * candidate, KLCL_VECTOR_WIDTH or the tuning table first (tune.c). */
 static int vector_width(klcl_context *ctx, cl_device_type type)
 {
-    const char *env = getenv("KLCL_VECTOR_WIDTH");
-    if (env && (!strcmp(env, "8") || !strcmp(env, "16"))) return atoi(env);
     cl_uint preferred = 0;
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_PREFERRED_VECTOR_WIDTH_FLOAT, sizeof preferred, &preferred, NULL) !=
         CL_SUCCESS)
         preferred = 0;
-    return (type & CL_DEVICE_TYPE_CPU) && preferred >= 16 ? 16 : 8;
+    return klcl_vector_width_request(ctx, (type & CL_DEVICE_TYPE_CPU) && preferred >= 16 ? 16 : 8);
 }
 
 static size_t floor_pow2(size_t x)

@@ -195,8 +195,8 @@ static size_t parse_work_group(const char *s, int need_pow2)
     return (size_t)w;
 }
 
-/* This device's table entry, or 0. */
-static size_t table_lookup(const klcl_context *ctx)
+/* This device's entry in column `name` of the table (a power of two up to KLCL_WORK_GROUP_LIMIT), or 0. */
+static size_t table_lookup(const klcl_context *ctx, const char *name)
 {
     char path[4096];
     if (klcl_tune_table_path(path, sizeof path) != KLCL_OK) return 0;
@@ -205,7 +205,8 @@ static size_t table_lookup(const klcl_context *ctx)
     tune_key k;
     key_of(ctx, &k);
     long r = find_row(&t, &k);
-    size_t w = r < 0 ? 0 : parse_work_group(t.cells[(size_t)r * t.ncols + (size_t)column(&t, "work_group")], 1);
+    const int col = column(&t, name);
+    size_t w = r < 0 || col < 0 ? 0 : parse_work_group(t.cells[(size_t)r * t.ncols + (size_t)col], 1);
     table_free(&t);
     return w;
 }
@@ -224,12 +225,42 @@ size_t klcl_work_group_request(klcl_context *ctx, size_t builtin)
         ctx->wg_source = KLCL_WORK_GROUP_ENV;
         return w;
     }
-    if ((w = table_lookup(ctx)) != 0) {
+    if ((w = table_lookup(ctx, "work_group")) != 0) {
         ctx->wg_source = KLCL_WORK_GROUP_TABLE;
         return w;
     }
     ctx->wg_source = KLCL_WORK_GROUP_DEFAULT;
     return builtin;
+}
+
+int klcl_vector_width_request(klcl_context *ctx, int builtin)
+{
+    ctx->vw_default = builtin;
+    ctx->vw_source = KLCL_WORK_GROUP_FORCED;
+    if (ctx->vw_forced) return ctx->vw_forced;
+    const char *env = getenv("KLCL_VECTOR_WIDTH");
+    ctx->vw_source = KLCL_WORK_GROUP_ENV;
+    if (env && (!strcmp(env, "8") || !strcmp(env, "16"))) return atoi(env);
+    const size_t w = table_lookup(ctx, "vector_width");
+    ctx->vw_source = KLCL_WORK_GROUP_TABLE;
+    if (w == 8 || w == 16) return (int)w;
+    ctx->vw_source = KLCL_WORK_GROUP_DEFAULT;
+    return builtin;
+}
+
+klcl_status klcl_context_vector_width(klcl_context *ctx, int *width, klcl_work_group_source *source)
+{
+    if (!ctx) return KLCL_ERR_NULL_POINTER;
+    ctx->error[0] = '\0';
+    if (!width) return klcl_fail(ctx, KLCL_ERR_NULL_POINTER, "klcl_context_vector_width: width is NULL");
+    *width = 0;
+    if (source) *source = KLCL_WORK_GROUP_DEFAULT;
+    if (ctx->is_reference) return KLCL_OK;
+    klcl_status st = klcl_program_build(ctx);
+    if (st != KLCL_OK) return st;
+    *width = ctx->vw;
+    if (source) *source = ctx->vw_source;
+    return KLCL_OK;
 }
 
 const char *klcl_work_group_source_name(klcl_work_group_source source)
@@ -266,7 +297,7 @@ klcl_status klcl_tune_table_get(klcl_context *ctx, size_t *work_group)
     *work_group = 0;
     if (ctx->is_reference)
         return klcl_fail(ctx, KLCL_ERR_UNSUPPORTED, "the CPU reference has no work-group size to look up");
-    *work_group = table_lookup(ctx);
+    *work_group = table_lookup(ctx, "work_group");
     return KLCL_OK;
 }
 

@@ -1,5 +1,5 @@
-/* klcl_tune: times the row kernels at every power-of-two work-group size the device allows and stores the
- * fastest in the tuning table (tune.c).
+/* klcl_tune: times the row kernels at every power-of-two work-group size the device allows, then vector
+ * widths 8 and 16 at the fastest size, and stores the winners in the tuning table (tune.c).
  *
  * Every candidate is a context of its own with its size forced (ctx->wg_forced, set before the build),
  * all sharing one OpenCL queue, so that one set of cl_mem inputs serves them all and no host transfer is
@@ -140,6 +140,124 @@ static klcl_status check_options(const klcl_tune_options *o, klcl_tune_report *o
     return KLCL_OK;
 }
 
+/* What measure() times: kl forward and kl with gradient at each vocabulary, rows filling tensor_bytes per
+ * tensor (or `rows`). */
+typedef struct measure_setup {
+    const size_t *vocabs;
+    size_t nv, rows, tensor_bytes;
+    int reps;
+    double sample_seconds;
+} measure_setup;
+
+/* Times candidates cand[0..nc) on every case of m into cases[0..*case_count) (di: the built-in default,
+ * which sets the calls per sample) and gives each candidate the geometric mean of its case times in
+ * score[] (every case weighs alike, whatever its absolute time). */
+static klcl_status measure(klcl_context *base, klcl_context *const *cand, size_t nc, size_t di, const measure_setup *m,
+                           klcl_tune_case *cases, size_t *case_count, double *score, klcl_tune_report *out)
+{
+    klcl_status st = KLCL_OK;
+    cl_int err;
+    cl_mem teacher = NULL, student = NULL, grad = NULL;
+    float *host = NULL;
+    const int reps = m->reps;
+    *case_count = 0;
+    static const struct {
+        const char *name;
+        int with_grad;
+    } ops[] = {{"kl", 0}, {"kl+grad", 1}};
+    klcl_loss_desc desc;
+    klcl_loss_desc_init(&desc, KLCL_LOSS_KL);
+    for (size_t iv = 0; iv < m->nv; iv++) {
+        const size_t vocab = m->vocabs[iv];
+        size_t rows = m->rows ? m->rows : m->tensor_bytes / (vocab * sizeof(float));
+        if (rows < 1) rows = 1;
+        const size_t n = rows * vocab;
+        free(host);
+        if (!(host = malloc(2 * n * sizeof(float)))) {
+            st = report_fail(out, KLCL_ERR_OUT_OF_HOST_MEMORY, "%zu x %zu logits: out of host memory", rows, vocab);
+            goto done;
+        }
+        /* Logits uniform in [-6, 6), as klcl-bench draws them. */
+        uint64_t x = 0x2545F4914F6CDD1Dull;
+        for (size_t k = 0; k < 2 * n; k++) {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            host[k] = (float)((double)(x >> 40) / 16777216.0 * 12.0 - 6.0);
+        }
+        if (teacher) clReleaseMemObject(teacher);
+        if (student) clReleaseMemObject(student);
+        if (grad) clReleaseMemObject(grad);
+        const cl_mem_flags in = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
+        teacher = clCreateBuffer(base->cl_ctx, in, n * sizeof(float), host, &err);
+        student = teacher ? clCreateBuffer(base->cl_ctx, in, n * sizeof(float), host + n, &err) : NULL;
+        grad = student ? clCreateBuffer(base->cl_ctx, CL_MEM_READ_WRITE, n * sizeof(float), NULL, &err) : NULL;
+        if (!grad) {
+            st = report_fail(out, (klcl_status)err, "clCreateBuffer for %zu x %zu logits failed (%d): lower the rows",
+                             rows, vocab, err);
+            goto done;
+        }
+        for (int op = 0; op < 2; op++) {
+            klcl_tune_case *tc = &cases[(*case_count)++];
+            snprintf(tc->op, sizeof tc->op, "%s", ops[op].name);
+            tc->rows = rows;
+            tc->vocab = vocab;
+            klcl_batch b = KLCL_BATCH_INIT;
+            b.rows = rows;
+            b.vocab = vocab;
+            b.teacher = klcl_mem_tensor(teacher, 0, 0);
+            b.student = klcl_mem_tensor(student, 0, 0);
+            if (ops[op].with_grad) b.grad = klcl_mem_tensor(grad, 0, 0);
+
+            /* One untimed call each (first launches, scratch), then the calls per sample from the default. */
+            double first[KLCL_TUNE_MAX_CANDIDATES], t[KLCL_TUNE_MAX_CANDIDATES][MAX_REPS], one = 0.0;
+            for (size_t c = 0; c < nc && st == KLCL_OK; c++) st = time_calls(cand[c], &desc, &b, 1, &one);
+            if (st == KLCL_OK) st = time_calls(cand[di], &desc, &b, 1, &one);
+            if (st != KLCL_OK) goto compute_failed;
+            double want = ceil(m->sample_seconds / (one > 1e-9 ? one : 1e-9));
+            tc->calls = want < 1.0 ? 1 : want > MAX_CALLS ? MAX_CALLS : (size_t)want;
+
+            double best_first = INFINITY;
+            for (size_t c = 0; c < nc; c++) {
+                if ((st = time_calls(cand[c], &desc, &b, tc->calls, &first[c])) != KLCL_OK) goto compute_failed;
+                if (first[c] < best_first) best_first = first[c];
+            }
+            for (int r = 0; r < reps; r++)
+                for (size_t c = 0; c < nc; c++)
+                    if (first[c] <= DROP_FACTOR * best_first &&
+                        (st = time_calls(cand[c], &desc, &b, tc->calls, &t[c][r])) != KLCL_OK)
+                        goto compute_failed;
+            for (size_t c = 0; c < nc; c++) {
+                int kept = first[c] <= DROP_FACTOR * best_first;
+                tc->seconds[c] = kept ? median(t[c], reps) : first[c];
+                tc->samples[c] = kept ? reps : 1;
+            }
+            continue;
+        compute_failed:
+            report_fail(out, st, "timing %s at V = %zu: %s", ops[op].name, vocab, klcl_last_error(base));
+            for (size_t c = 0; c < nc; c++)
+                if (klcl_last_error(cand[c])[0]) {
+                    report_fail(out, st, "timing %s at V = %zu, work-group size %zu, vector width %d: %s",
+                                ops[op].name, vocab, cand[c]->wg, cand[c]->vw, klcl_last_error(cand[c]));
+                    break;
+                }
+            goto done;
+        }
+    }
+
+    for (size_t c = 0; c < nc; c++) {
+        double logs = 0.0;
+        for (size_t k = 0; k < *case_count; k++) logs += log(cases[k].seconds[c]);
+        score[c] = exp(logs / (double)*case_count);
+    }
+done:
+    if (teacher) clReleaseMemObject(teacher);
+    if (student) clReleaseMemObject(student);
+    if (grad) clReleaseMemObject(grad);
+    free(host);
+    return st;
+}
+
 klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_options *tune, klcl_tune_report *out)
 {
     if (!out) return KLCL_ERR_NULL_POINTER;
@@ -155,9 +273,7 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
     const double sample_seconds = o.sample_seconds > 0.0 ? o.sample_seconds : DEFAULT_SAMPLE_SECONDS;
     const size_t tensor_bytes = o.max_tensor_bytes ? o.max_tensor_bytes : DEFAULT_TENSOR_BYTES;
 
-    klcl_context *base = NULL, *cand[KLCL_TUNE_MAX_CANDIDATES] = {NULL};
-    cl_mem teacher = NULL, student = NULL, grad = NULL;
-    float *host = NULL;
+    klcl_context *base = NULL, *cand[KLCL_TUNE_MAX_CANDIDATES] = {NULL}, *vcand[2] = {NULL, NULL};
     st = klcl_context_create(ctx_opts, &base);
     if (st != KLCL_OK) {
         const char *spec = ctx_opts && ctx_opts->device ? ctx_opts->device : getenv("KLCL_DEVICE");
@@ -222,113 +338,67 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
         if (out->candidates[c] <= cand[0]->wg_default) di = c;
     out->default_work_group = out->candidates[di];
 
-    static const struct {
-        const char *name;
-        int with_grad;
-    } ops[] = {{"kl", 0}, {"kl+grad", 1}};
-    klcl_loss_desc desc;
-    klcl_loss_desc_init(&desc, KLCL_LOSS_KL);
-    for (size_t iv = 0; iv < nv; iv++) {
-        const size_t vocab = vocabs[iv];
-        size_t rows = o.rows ? o.rows : tensor_bytes / (vocab * sizeof(float));
-        if (rows < 1) rows = 1;
-        const size_t n = rows * vocab;
-        free(host);
-        if (!(host = malloc(2 * n * sizeof(float)))) {
-            st = report_fail(out, KLCL_ERR_OUT_OF_HOST_MEMORY, "%zu x %zu logits: out of host memory", rows, vocab);
-            goto done;
-        }
-        /* Logits uniform in [-6, 6), as klcl-bench draws them. */
-        uint64_t x = 0x2545F4914F6CDD1Dull;
-        for (size_t k = 0; k < 2 * n; k++) {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            host[k] = (float)((double)(x >> 40) / 16777216.0 * 12.0 - 6.0);
-        }
-        if (teacher) clReleaseMemObject(teacher);
-        if (student) clReleaseMemObject(student);
-        if (grad) clReleaseMemObject(grad);
-        const cl_mem_flags in = CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR;
-        teacher = clCreateBuffer(base->cl_ctx, in, n * sizeof(float), host, &err);
-        student = teacher ? clCreateBuffer(base->cl_ctx, in, n * sizeof(float), host + n, &err) : NULL;
-        grad = student ? clCreateBuffer(base->cl_ctx, CL_MEM_READ_WRITE, n * sizeof(float), NULL, &err) : NULL;
-        if (!grad) {
-            st = report_fail(out, (klcl_status)err, "clCreateBuffer for %zu x %zu logits failed (%d): lower the rows",
-                             rows, vocab, err);
-            goto done;
-        }
-        for (int op = 0; op < 2; op++) {
-            klcl_tune_case *tc = &out->cases[out->case_count++];
-            snprintf(tc->op, sizeof tc->op, "%s", ops[op].name);
-            tc->rows = rows;
-            tc->vocab = vocab;
-            klcl_batch b = KLCL_BATCH_INIT;
-            b.rows = rows;
-            b.vocab = vocab;
-            b.teacher = klcl_mem_tensor(teacher, 0, 0);
-            b.student = klcl_mem_tensor(student, 0, 0);
-            if (ops[op].with_grad) b.grad = klcl_mem_tensor(grad, 0, 0);
-
-            /* One untimed call each (first launches, scratch), then the calls per sample from the default. */
-            double first[KLCL_TUNE_MAX_CANDIDATES], t[KLCL_TUNE_MAX_CANDIDATES][MAX_REPS], one = 0.0;
-            for (size_t c = 0; c < nc && st == KLCL_OK; c++) st = time_calls(cand[c], &desc, &b, 1, &one);
-            if (st == KLCL_OK) st = time_calls(cand[di], &desc, &b, 1, &one);
-            if (st != KLCL_OK) goto compute_failed;
-            double want = ceil(sample_seconds / (one > 1e-9 ? one : 1e-9));
-            tc->calls = want < 1.0 ? 1 : want > MAX_CALLS ? MAX_CALLS : (size_t)want;
-
-            double best_first = INFINITY;
-            for (size_t c = 0; c < nc; c++) {
-                if ((st = time_calls(cand[c], &desc, &b, tc->calls, &first[c])) != KLCL_OK) goto compute_failed;
-                if (first[c] < best_first) best_first = first[c];
-            }
-            for (int r = 0; r < reps; r++)
-                for (size_t c = 0; c < nc; c++)
-                    if (first[c] <= DROP_FACTOR * best_first &&
-                        (st = time_calls(cand[c], &desc, &b, tc->calls, &t[c][r])) != KLCL_OK)
-                        goto compute_failed;
-            for (size_t c = 0; c < nc; c++) {
-                int kept = first[c] <= DROP_FACTOR * best_first;
-                tc->seconds[c] = kept ? median(t[c], reps) : first[c];
-                tc->samples[c] = kept ? reps : 1;
-            }
-            continue;
-        compute_failed:
-            report_fail(out, st, "timing %s at V = %zu: %s", ops[op].name, vocab, klcl_last_error(base));
-            for (size_t c = 0; c < nc; c++)
-                if (klcl_last_error(cand[c])[0]) {
-                    report_fail(out, st, "timing %s at V = %zu, work-group size %zu: %s", ops[op].name, vocab,
-                                out->candidates[c], klcl_last_error(cand[c]));
-                    break;
-                }
-            goto done;
-        }
-    }
-
-    /* The geometric mean weighs every case alike, whatever its absolute time. */
+    const measure_setup m = {vocabs, nv, o.rows, tensor_bytes, reps, sample_seconds};
+    if ((st = measure(base, cand, nc, di, &m, out->cases, &out->case_count, out->score, out)) != KLCL_OK) goto done;
     size_t best = 0;
-    for (size_t c = 0; c < nc; c++) {
-        double logs = 0.0;
-        for (size_t k = 0; k < out->case_count; k++) logs += log(out->cases[k].seconds[c]);
-        out->score[c] = exp(logs / (double)out->case_count);
+    for (size_t c = 0; c < nc; c++)
         if (out->score[c] < out->score[best]) best = c;
-    }
     out->best_work_group = out->candidates[best];
     out->best_score = out->score[best];
     out->default_score = out->score[di];
 
+    /* Vector widths 8 and 16 at the fastest work-group size, on the same cases. */
+    static const int widths[2] = {8, 16};
+    size_t nvc = 0, vdi = 0;
+    for (size_t i = 0; i < 2; i++) {
+        klcl_context *c = NULL;
+        st = klcl_context_create(&shared, &c);
+        if (st == KLCL_OK) {
+            c->wg_forced = out->best_work_group;
+            c->vw_forced = widths[i];
+            st = klcl_context_prepare(c);
+        }
+        if (st != KLCL_OK) {
+            report_fail(out, st, "vector width %d: %s", widths[i], c ? klcl_last_error(c) : klcl_status_string(st));
+            klcl_context_destroy(c);
+            goto done;
+        }
+        if (!computes_correctly(c)) {
+            out->rejected_vector_widths[out->rejected_vector_width_count++] = widths[i];
+            klcl_context_destroy(c);
+            continue;
+        }
+        if (widths[i] == c->vw_default) vdi = nvc;
+        out->vector_widths[nvc] = widths[i];
+        vcand[nvc++] = c;
+    }
+    out->vector_width_count = nvc;
+    if (nvc == 0) {
+        st = report_fail(out, KLCL_ERR_UNSUPPORTED, "no vector width computes the losses correctly on this device");
+        goto done;
+    }
+    klcl_tune_case vcases[KLCL_TUNE_MAX_CASES];
+    size_t nvcases = 0;
+    if ((st = measure(base, vcand, nvc, vdi, &m, vcases, &nvcases, out->vector_width_score, out)) != KLCL_OK)
+        goto done;
+    size_t vbest = 0;
+    for (size_t c = 0; c < nvc; c++)
+        if (out->vector_width_score[c] < out->vector_width_score[vbest]) vbest = c;
+    out->best_vector_width = out->vector_widths[vbest];
+    out->default_vector_width = out->vector_widths[vdi];
+
     if (!o.dry_run) {
-        char wg[32], best_ms[32], default_ms[32], date[32];
+        char wg[32], vw[32], best_ms[32], default_ms[32], date[32];
         snprintf(wg, sizeof wg, "%zu", out->best_work_group);
+        snprintf(vw, sizeof vw, "%d", out->best_vector_width);
         snprintf(best_ms, sizeof best_ms, "%.4f", 1e3 * out->best_score);
         snprintf(default_ms, sizeof default_ms, "%.4f", 1e3 * out->default_score);
         time_t secs = time(NULL);
         struct tm utc;
         if (!gmtime_r(&secs, &utc) || !strftime(date, sizeof date, "%Y-%m-%d", &utc)) date[0] = '\0';
-        const char *names[] = {"work_group", "best_ms", "default_ms", "date"};
-        const char *values[] = {wg, best_ms, default_ms, date};
-        st = klcl_tune_table_store(base, names, values, 4);
+        const char *names[] = {"work_group", "vector_width", "best_ms", "default_ms", "date"};
+        const char *values[] = {wg, vw, best_ms, default_ms, date};
+        st = klcl_tune_table_store(base, names, values, 5);
         if (st != KLCL_OK) {
             report_fail(out, st, "%s", klcl_last_error(base));
             goto done;
@@ -336,11 +406,8 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
         out->written = 1;
     }
 done:
-    if (teacher) clReleaseMemObject(teacher);
-    if (student) clReleaseMemObject(student);
-    if (grad) clReleaseMemObject(grad);
-    free(host);
     for (size_t c = 0; c < KLCL_TUNE_MAX_CANDIDATES; c++) klcl_context_destroy(cand[c]);
+    for (size_t c = 0; c < 2; c++) klcl_context_destroy(vcand[c]);
     klcl_context_destroy(base);
     return st;
 }

@@ -676,6 +676,12 @@ KLCL_API const char *klcl_work_group_source_name(klcl_work_group_source source);
  * returned). On the CPU reference: *size 0 and KLCL_WORK_GROUP_DEFAULT. `source` may be NULL. */
 KLCL_API klcl_status klcl_context_work_group(klcl_context *ctx, size_t *size, klcl_work_group_source *source);
 
+/* Floats per vector load of the context's row and gradient kernels (8 or 16): KLCL_VECTOR_WIDTH, else the
+ * tuning table's vector_width, else 16 on a CPU device whose preferred float vector is 16 wide and 8
+ * elsewhere. Builds the kernels first as klcl_context_work_group does; `source` as there. On the CPU
+ * reference: *width 0. */
+KLCL_API klcl_status klcl_context_vector_width(klcl_context *ctx, int *width, klcl_work_group_source *source);
+
 /* The tuning table's path ($KLCL_TUNE_FILE, else tuning.tsv in the cache folder) into out[cap].
  * KLCL_ERR_UNSUPPORTED when no folder can be named (none of KLCL_CACHE_DIR, XDG_CACHE_HOME, HOME is set),
  * KLCL_ERR_INVALID_VALUE when cap is too small. Thread-safe. */
@@ -736,6 +742,14 @@ typedef struct klcl_tune_report {
     size_t best_work_group;    /* the candidate with the lowest score */
     size_t default_work_group; /* what the built-in default gives on this device (after clamping) */
     double best_score, default_score;
+    /* Then vector widths (floats per load of the row and gradient kernels) at best_work_group, on the same
+     * cases: the widths timed, their scores, the widths rejected by the check, the fastest, the default. */
+    size_t vector_width_count;
+    int vector_widths[2];
+    double vector_width_score[2];
+    size_t rejected_vector_width_count;
+    int rejected_vector_widths[2];
+    int best_vector_width, default_vector_width;
     char table_path[1024];
     int written;               /* 1 when the winner was stored in the table */
     char error[512];           /* on failure: what went wrong, naming the option or the OpenCL call */
@@ -746,7 +760,8 @@ typedef struct klcl_tune_report {
  * fails or differs is rejected, never stored. A size that crashes the driver ends the process before
  * anything is stored: `klcl tune` therefore checks each size in a child process first. Then it times the
  * rest on the row kernels, for kl forward and kl with gradient at each vocabulary, picks the size with the
- * lowest geometric mean of the median times, and stores it in the tuning table (unless dry_run).
+ * lowest geometric mean of the median times, checks and times vector widths 8 and 16 at that size the
+ * same way, and stores both winners in the tuning table (unless dry_run).
  * `ctx_opts` picks the device as klcl_context_create does (NULL: the default); an adopted queue is used
  * for the timing. Candidates are interleaved sample by sample, so a machine that slows down mid-run
  * slows all of them. Takes seconds to minutes (about candidates x cases x (reps + 1) x sample_seconds,

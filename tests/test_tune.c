@@ -443,6 +443,26 @@ static void test_tiny_tune_run(void **state)
     assert_int_equal(source, KLCL_WORK_GROUP_TABLE);
     assert_int_equal(wg, r->best_work_group);
     assert_int_equal(table_get(), r->best_work_group);
+
+    /* Vector widths at the fastest size: both pass the check here, the stored one is the faster, a new
+     * context takes it from the table, and KLCL_VECTOR_WIDTH overrides it. */
+    assert_int_equal(r->vector_width_count, 2);
+    assert_int_equal(r->rejected_vector_width_count, 0);
+    assert_int_equal(r->vector_widths[0], 8);
+    assert_int_equal(r->vector_widths[1], 16);
+    assert_true(r->vector_width_score[0] > 0.0 && r->vector_width_score[1] > 0.0);
+    assert_int_equal(r->best_vector_width, r->vector_width_score[1] < r->vector_width_score[0] ? 16 : 8);
+    int width = 0;
+    for (int env = 0; env < 2; env++) {
+        if (env) setenv("KLCL_VECTOR_WIDTH", r->best_vector_width == 8 ? "16" : "8", 1);
+        klcl_context *c = NULL;
+        assert_int_equal(klcl_context_create(&co, &c), KLCL_OK);
+        assert_int_equal(klcl_context_vector_width(c, &width, &source), KLCL_OK);
+        assert_int_equal(source, env ? KLCL_WORK_GROUP_ENV : KLCL_WORK_GROUP_TABLE);
+        assert_int_equal(width, env ? 24 - r->best_vector_width : r->best_vector_width);
+        klcl_context_destroy(c);
+        unsetenv("KLCL_VECTOR_WIDTH");
+    }
     free(r);
 }
 

@@ -67,14 +67,16 @@ static int show(const char *device, int json)
         return EXIT_DEVICE;
     }
     size_t stored = 0, used = 0;
-    klcl_work_group_source source = KLCL_WORK_GROUP_DEFAULT;
+    int width = 0;
+    klcl_work_group_source source = KLCL_WORK_GROUP_DEFAULT, width_source = KLCL_WORK_GROUP_DEFAULT;
     if (klcl_context_is_reference(ctx)) {
         fprintf(stderr, CMD ": the CPU reference has no work-group size (pick an OpenCL device with --device)\n");
         klcl_context_destroy(ctx);
         return EXIT_USAGE;
     }
     if ((st = klcl_tune_table_get(ctx, &stored)) != KLCL_OK ||
-        (st = klcl_context_work_group(ctx, &used, &source)) != KLCL_OK) {
+        (st = klcl_context_work_group(ctx, &used, &source)) != KLCL_OK ||
+        (st = klcl_context_vector_width(ctx, &width, &width_source)) != KLCL_OK) {
         fprintf(stderr, CMD ": %s: %s\n", klcl_status_string(st), klcl_last_error(ctx));
         klcl_context_destroy(ctx);
         return device_exit(st);
@@ -91,7 +93,9 @@ static int show(const char *device, int json)
             printf(",\n  \"stored_work_group\": %zu", stored);
         else
             printf(",\n  \"stored_work_group\": null");
-        printf(",\n  \"work_group\": %zu,\n  \"source\": \"%s\"\n}\n", used, klcl_work_group_source_name(source));
+        printf(",\n  \"work_group\": %zu,\n  \"source\": \"%s\",\n  \"vector_width\": %d,\n  \"vector_width_source\": "
+               "\"%s\"\n}\n",
+               used, klcl_work_group_source_name(source), width, klcl_work_group_source_name(width_source));
     } else {
         printf("device      %s\n", klcl_context_device_name(ctx));
         printf("table       %s\n", path_st == KLCL_OK ? path : "(none: set KLCL_TUNE_FILE, KLCL_CACHE_DIR or HOME)");
@@ -100,6 +104,7 @@ static int show(const char *device, int json)
         else
             printf("entry       none for this device, driver and klcl version\n");
         printf("work group  %zu (%s)\n", used, klcl_work_group_source_name(source));
+        printf("vector      %d floats (%s)\n", width, klcl_work_group_source_name(width_source));
     }
     klcl_context_destroy(ctx);
     return EXIT_OK;
@@ -194,6 +199,15 @@ static void print_text(const klcl_tune_report *r, const size_checks *checks)
     printf("\n");
     printf("fastest: work-group %zu, %.3f ms geometric mean; default %zu: %.3f ms (%.2fx)\n", r->best_work_group,
            1e3 * r->best_score, r->default_work_group, 1e3 * r->default_score, r->default_score / r->best_score);
+    printf("vector widths at work-group %zu:", r->best_work_group);
+    for (size_t c = 0; c < r->vector_width_count; c++)
+        printf(" %d: %.3f ms%s", r->vector_widths[c], 1e3 * r->vector_width_score[c],
+               r->vector_widths[c] == r->best_vector_width ? " (fastest)"
+               : r->vector_widths[c] == r->default_vector_width ? " (default)"
+                                                                 : "");
+    for (size_t i = 0; i < r->rejected_vector_width_count; i++)
+        printf("; %d rejected (results differ from the CPU reference)", r->rejected_vector_widths[i]);
+    printf("\n");
     if (r->written)
         printf("stored in %s\n", r->table_path);
     else
@@ -210,8 +224,13 @@ static void print_json(const klcl_tune_report *r, const size_checks *checks)
     tool_json_string(stdout, r->table_path);
     printf(",\n  \"written\": %s,\n  \"best_work_group\": %zu,\n  \"default_work_group\": %zu,\n",
            r->written ? "true" : "false", r->best_work_group, r->default_work_group);
-    printf("  \"best_ms\": %.6g,\n  \"default_ms\": %.6g,\n  \"candidates\": [", 1e3 * r->best_score,
-           1e3 * r->default_score);
+    printf("  \"best_ms\": %.6g,\n  \"default_ms\": %.6g,\n", 1e3 * r->best_score, 1e3 * r->default_score);
+    printf("  \"best_vector_width\": %d,\n  \"default_vector_width\": %d,\n  \"vector_widths\": [",
+           r->best_vector_width, r->default_vector_width);
+    for (size_t c = 0; c < r->vector_width_count; c++)
+        printf("%s{\"vector_width\": %d, \"geomean_ms\": %.6g}", c ? ", " : "", r->vector_widths[c],
+               1e3 * r->vector_width_score[c]);
+    printf("],\n  \"candidates\": [");
     for (size_t c = 0; c < r->candidate_count; c++)
         printf("%s{\"work_group\": %zu, \"geomean_ms\": %.6g}", c ? ", " : "", r->candidates[c], 1e3 * r->score[c]);
     printf("],\n  \"rejected\": [");
