@@ -189,20 +189,18 @@ KLCL_LOSS_HELPERS(floatV, intV, V)
         const T ds = xs - ms;                                                                            \
         const T ws = ms == KLCL_NEG_INF ? (T)(0.0f) : exp2(ds * k);                                      \
         L->ss += ws;                                                                                     \
-        L->bs += ws > (T)(0.0f) ? ws * ds : (T)(0.0f);                                                   \
+        L->bs += ws * fmax(ds, (T)(-FLT_MAX)); /* -inf - ms is -inf, and 0 x -inf would be NaN */             \
         if (loss == LOSS_KD) L->ss1 += ms == KLCL_NEG_INF ? (T)(0.0f) : exp2(ds * M_LOG2E_F);           \
         if (loss == LOSS_CE) L->dsum += xs == (T)(KLCL_NEG_INF) ? (T)(KLCL_NEG_INF) : ds;                \
         if (!has_teacher) return;                                                                        \
         const T dt = xt - mt;                                                                            \
         const T wt = mt == KLCL_NEG_INF ? (T)(0.0f) : exp2(dt * k);                                      \
         L->st += wt;                                                                                     \
-        L->bt += wt > (T)(0.0f) ? wt * dt : (T)(0.0f);                                                   \
-        /* Tokens with mass against probability 0 are flagged (FLAG bits 4, 8 of `bad`) and kept out of    \
-         * the sums: their log-ratio is +inf whatever their weight has underflowed to. */                 \
-        if (USES_CTS(loss))                                                                              \
-            L->cts += ((wt > (T)(0.0f)) & (xs != (T)(KLCL_NEG_INF))) ? wt * ds : (T)(0.0f);              \
-        if (loss == LOSS_RKL)                                                                            \
-            L->cst += ((ws > (T)(0.0f)) & (xt != (T)(KLCL_NEG_INF))) ? ws * dt : (T)(0.0f);              \
+        L->bt += wt * fmax(dt, (T)(-FLT_MAX));                                                                \
+        /* Tokens with mass against probability 0 are flagged (FLAG bits 4, 8 of `bad`), which makes the   \
+         * row value +inf whatever their weight has underflowed to; what they add here is then unused. */  \
+        if (USES_CTS(loss)) L->cts += wt * fmax(ds, (T)(-FLT_MAX));                                           \
+        if (loss == LOSS_RKL) L->cst += ws * fmax(dt, (T)(-FLT_MAX));                                         \
     }
 
 KLCL_ROW_LANES(float, 1, float)
