@@ -1,5 +1,6 @@
 /* The program layer: kernel sources (embedded at build time, or read from KLCL_KERNEL_DIR), one build per
- * context, the work-group size chosen for the device and clamped to what the built kernels allow. */
+ * context, the work-group size chosen for the device and clamped to what the built kernels allow, and the
+ * row strategy of a call (team size and parts per row). */
 #include "internal.h"
 
 #include <stdio.h>
@@ -100,9 +101,11 @@ static void keep_build_log(klcl_context *ctx, cl_program program)
 static void release_variant(klcl_program *v)
 {
     for (int i = 0; i < KLCL_LOSS_COUNT; i++) {
-        if (v->rows_kernel[i]) clReleaseKernel(v->rows_kernel[i]);
-        if (v->grad_kernel[i]) clReleaseKernel(v->grad_kernel[i]);
-        v->rows_kernel[i] = v->grad_kernel[i] = NULL;
+        cl_kernel *per_loss[] = {&v->rows_kernel[i], &v->part_kernel[i], &v->merge_kernel[i], &v->grad_kernel[i]};
+        for (size_t j = 0; j < sizeof per_loss / sizeof per_loss[0]; j++) {
+            if (*per_loss[j]) clReleaseKernel(*per_loss[j]);
+            *per_loss[j] = NULL;
+        }
     }
     klcl_sparse_kernels_release(v);
     cl_kernel *single[] = {&v->reduce_kernel, &v->widen_kernel, &v->narrow_kernel};
@@ -128,6 +131,19 @@ static size_t floor_pow2(size_t x)
     return p;
 }
 
+/* The row strategy's limits: at most PARTS_MAX parts per row; an automatic split keeps at least
+ * SPLIT_MIN_COLUMNS columns per part, and SPLIT_MIN_VECTORS vectors per work-item of a work-group. */
+enum { PARTS_MAX = 1024, SPLIT_MIN_COLUMNS = 4096, SPLIT_MIN_VECTORS = 8 };
+
+/* KLCL_TEAM and KLCL_ROW_SPLIT: decimal digits only, from 1 to `limit`; 0 (the automatic choice) otherwise. */
+static size_t env_count(const char *name, size_t limit)
+{
+    const char *s = getenv(name);
+    if (!s || !*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 6) return 0;
+    unsigned long v = strtoul(s, NULL, 10);
+    return v >= 1 && v <= limit ? (size_t)v : 0;
+}
+
 /* One build of variant `index` with work-group size wg; on success *kernel_limit is the smallest
  * CL_KERNEL_WORK_GROUP_SIZE of its row kernels on this device, *from_cache whether it came from the
  * binary cache. */
@@ -138,8 +154,8 @@ static klcl_status build_once(klcl_context *ctx, const char *src, int index, siz
     char options[256];
     cl_device_fp_config fp64 = 0; /* long row sums fold into double where the device has it */
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_DOUBLE_FP_CONFIG, sizeof fp64, &fp64, NULL) != CL_SUCCESS) fp64 = 0;
-    int n = snprintf(options, sizeof options, "-DKLCL_WG=%zu -DKLCL_HOST_LAYOUT=%d%s", wg, KLCL_HOST_LAYOUT,
-                     fp64 ? " -DKLCL_HAS_FP64" : "");
+    int n = snprintf(options, sizeof options, "-DKLCL_WG=%zu -DKLCL_HOST_LAYOUT=%d -DKLCL_HOST_PART_WORDS=%d%s", wg,
+                     KLCL_HOST_LAYOUT, PART_STATE_WORDS, fp64 ? " -DKLCL_HAS_FP64" : "");
     if (index != 0) /* element types other than fp32 (the fp32 options stay as they always were) */
         snprintf(options + n, sizeof options - (size_t)n, " -DKLCL_T_DTYPE=%d -DKLCL_S_DTYPE=%d -DKLCL_G_DTYPE=%d",
                  index / (KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT), index / KLCL_DTYPE_COUNT % KLCL_DTYPE_COUNT,
@@ -164,18 +180,26 @@ static klcl_status build_once(klcl_context *ctx, const char *src, int index, siz
     v->narrow_kernel = clCreateKernel(v->program, "klcl_narrow", &err);
     if (!v->narrow_kernel) return klcl_fail_cl(ctx, err, "clCreateKernel (narrowing kernel)");
     for (int i = 0; i < KLCL_LOSS_COUNT; i++) {
-        char name[64];
-        snprintf(name, sizeof name, "klcl_rows_%s", klcl_loss_name((klcl_loss)i));
-        v->rows_kernel[i] = clCreateKernel(v->program, name, &err);
-        if (!v->rows_kernel[i]) return klcl_fail_cl(ctx, err, "clCreateKernel (row kernel)");
-        snprintf(name, sizeof name, "klcl_grad_%s", klcl_loss_name((klcl_loss)i));
-        v->grad_kernel[i] = clCreateKernel(v->program, name, &err);
-        if (!v->grad_kernel[i]) return klcl_fail_cl(ctx, err, "clCreateKernel (gradient kernel)");
-        size_t limit = 0;
-        err = clGetKernelWorkGroupInfo(v->rows_kernel[i], ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof limit,
-                                       &limit, NULL);
-        if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
-        if (limit < *kernel_limit) *kernel_limit = limit;
+        const struct {
+            cl_kernel *k;
+            const char *prefix, *what;
+            int fixed_size; /* reqd_work_group_size(KLCL_WG): bounds the work-group size */
+        } kinds[] = {{&v->rows_kernel[i], "klcl_rows_", "clCreateKernel (row kernel)", 1},
+                     {&v->part_kernel[i], "klcl_part_", "clCreateKernel (split-row kernel)", 1},
+                     {&v->merge_kernel[i], "klcl_merge_", "clCreateKernel (split-row merge kernel)", 0},
+                     {&v->grad_kernel[i], "klcl_grad_", "clCreateKernel (gradient kernel)", 0}};
+        for (size_t j = 0; j < sizeof kinds / sizeof kinds[0]; j++) {
+            char name[64];
+            snprintf(name, sizeof name, "%s%s", kinds[j].prefix, klcl_loss_name((klcl_loss)i));
+            *kinds[j].k = clCreateKernel(v->program, name, &err);
+            if (!*kinds[j].k) return klcl_fail_cl(ctx, err, kinds[j].what);
+            if (!kinds[j].fixed_size) continue;
+            size_t limit = 0;
+            err = clGetKernelWorkGroupInfo(*kinds[j].k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof limit, &limit,
+                                           NULL);
+            if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
+            if (limit < *kernel_limit) *kernel_limit = limit;
+        }
     }
     return klcl_sparse_kernels_create(ctx, v, kernel_limit);
 }
@@ -235,6 +259,13 @@ klcl_status klcl_program_build(klcl_context *ctx)
     const char *fuse = getenv("KLCL_FUSE_GRAD");
     ctx->fuse_grad = fuse && (fuse[0] == '0' || fuse[0] == '1') && !fuse[1] ? fuse[0] == '1'
                                                                                : (type & CL_DEVICE_TYPE_CPU) != 0;
+    cl_uint units = 1;
+    if (clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof units, &units, NULL) != CL_SUCCESS || !units)
+        units = 1;
+    ctx->compute_units = units;
+    ctx->is_cpu = (type & CL_DEVICE_TYPE_CPU) != 0;
+    ctx->team_env = env_count("KLCL_TEAM", KLCL_WORK_GROUP_LIMIT);
+    ctx->split_env = env_count("KLCL_ROW_SPLIT", PARTS_MAX);
     ctx->variants[0].built = 1;
     ctx->built = 1;
     return KLCL_OK;
@@ -270,5 +301,66 @@ klcl_status klcl_program_variant(klcl_context *ctx, klcl_dtype t, klcl_dtype s, 
     }
     v->built = 1;
     *out = v;
+    return KLCL_OK;
+}
+
+/* The row strategy (internal.h). Two shapes leave the one-work-group-per-row kernel idle:
+ *   few rows: each work-group holds one row, so fewer rows than the device runs at once leave compute
+ *     units empty (a single row of 262144 columns runs on one core of a CPU device). When rows is below
+ *     the device's parallelism, 2 x compute units on a CPU device (PoCL runs a work-group per core; two
+ *     per core even out the parts' lengths) and 4 x compute units elsewhere, each row is cut into
+ *     parts = ceil(target / rows) ranges of whole vectors, fewer when a part would drop below
+ *     SPLIT_MIN_COLUMNS columns or below SPLIT_MIN_VECTORS vectors per work-item: a short part costs
+ *     more in its launch and merge than it saves. Else 1.
+ *   short rows: with all KLCL_WG work-items on a row (part) of fewer than 4 vectors each
+ *     (columns / 8 < 4 KLCL_WG: a GPU's 256 work-items on V = 4096 read 2 vectors each), the merge tree
+ *     costs more than the reads, so a team of the smallest power of two >= columns / 32 (about 4 vectors
+ *     each, at least 1) takes each row and a work-group holds KLCL_WG / team rows. Else the whole group.
+ * KLCL_ROW_SPLIT=P and KLCL_TEAM=T replace either choice (tests, A/B timings): P is cut to the row's
+ * whole vectors, T to a power of two at most KLCL_WG. On CPU devices KLCL_WG is 1, so team is 1. The
+ * inputs are the call's, never a chunk's: every chunk of a streamed call is reduced alike, and the same
+ * call gives the same bits; a split row sums in another order than an unsplit one, so the two may differ
+ * in the last bits (docs/DEVICES.md). */
+klcl_strategy klcl_row_strategy(const klcl_context *ctx, size_t rows, size_t width, size_t vectors)
+{
+    klcl_strategy s = {ctx->wg, 1};
+    const size_t target = (ctx->is_cpu ? 2 : 4) * ctx->compute_units;
+    if (ctx->split_env) {
+        s.parts = ctx->split_env;
+    } else if (rows < target) {
+        const size_t per_part = SPLIT_MIN_COLUMNS > 8 * SPLIT_MIN_VECTORS * ctx->wg ? SPLIT_MIN_COLUMNS
+                                                                                     : 8 * SPLIT_MIN_VECTORS * ctx->wg;
+        const size_t most = width / per_part;
+        s.parts = (target + rows - 1) / rows;
+        if (s.parts > most) s.parts = most;
+    }
+    if (s.parts > vectors) s.parts = vectors;
+    if (s.parts > PARTS_MAX) s.parts = PARTS_MAX;
+    if (s.parts < 1) s.parts = 1;
+    const size_t columns = width / s.parts;
+    if (ctx->team_env) {
+        s.team = floor_pow2(ctx->team_env < ctx->wg ? ctx->team_env : ctx->wg);
+    } else if (columns / 8 < 4 * ctx->wg) {
+        const size_t need = (columns + 31) / 32;
+        s.team = 1;
+        while (s.team < need && s.team < ctx->wg) s.team *= 2;
+    }
+    return s;
+}
+
+klcl_status klcl_context_row_strategy(klcl_context *ctx, size_t rows, size_t vocab, size_t *team, size_t *parts)
+{
+    if (!ctx) return KLCL_ERR_NULL_POINTER;
+    ctx->error[0] = '\0';
+    if (team) *team = 0;
+    if (parts) *parts = 0;
+    if (rows == 0 || vocab == 0)
+        return klcl_fail(ctx, KLCL_ERR_INVALID_SHAPE, "klcl_context_row_strategy: rows and vocab must be above 0");
+    if (ctx->is_reference) return KLCL_OK;
+    klcl_status st = klcl_program_build(ctx);
+    if (st != KLCL_OK) return st;
+    const klcl_strategy s = klcl_row_strategy(ctx, rows, vocab, vocab / 8);
+    if (team) *team = s.team;
+    if (parts) *parts = s.parts;
     return KLCL_OK;
 }

@@ -3,9 +3,10 @@
  * Build-time defines (set by the host, part of every cache key):
  *   KLCL_WG  work-group size of the row kernels, a power of two.
  *
- * Rows are read as 8-wide vectors: vector k (logits 8k .. 8k+7) belongs to work-item k mod KLCL_WG, so a
- * work-group of 1 streams a row contiguously (CPU devices) and a wide one makes coalesced 32-byte loads
- * (GPUs); the last vocab mod 8 logits are read one by one.
+ * Rows are read as 8-wide vectors: vector k (logits 8k .. 8k+7) of a row, or of a part of a split row
+ * starting at vector k0, belongs to work-item (k - k0) mod team of the row's team of work-items, so one
+ * work-item streams a row contiguously (CPU devices) and a wide team makes coalesced 32-byte loads (GPUs);
+ * the last vocab mod 8 logits are read one by one.
  *
  * Softmax statistics are kept against the running maximum m of the (softcapped) logits x:
  *   S = sum_v exp((x_v - m) / tau),   lse(x / tau) = m / tau + log S,
