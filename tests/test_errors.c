@@ -831,6 +831,24 @@ static void test_allocation_failure(void **state)
     assert_true(k >= 2); /* at least the uploads were allocated */
 }
 
+/* A device context built with the environment variable `name` set to `value`, which is then restored (the
+ * strategy settings are read when the kernels are built). */
+static klcl_context *context_with_env(const char *name, const char *value)
+{
+    const char *was = getenv(name);
+    char *saved = was ? strdup(was) : NULL;
+    setenv(name, value, 1);
+    klcl_context *c = tu_device_context(0);
+    klcl_status st = klcl_context_prepare(c);
+    if (saved)
+        setenv(name, saved, 1);
+    else
+        unsetenv(name);
+    free(saved);
+    assert_int_equal(st, KLCL_OK);
+    return c;
+}
+
 /* Every kernel launch of a `loss` call fails in turn, the k-th call failing its k-th launch: each failure is
  * reported and leaves the context usable, and the call with no k-th launch succeeds. Returns the launches
  * a call makes. */
@@ -861,6 +879,14 @@ static void test_launch_failure(void **state)
     /* The row kernel, then the gradient kernel where the row kernel does not write the gradient itself (it
      * does on CPU devices). */
     assert_true(launches_fail_in_turn(dev, KLCL_LOSS_KL) >= 1);
+    /* A split row: jsd's parts and merge for pass 1, again for pass 2, then the gradient kernel (a split row's
+     * gradient always comes from it). */
+    klcl_context *split = context_with_env("KLCL_ROW_SPLIT", "2");
+    own = split;
+    size_t team = 0, parts = 0;
+    assert_int_equal(klcl_context_row_strategy(split, ROWS, VOCAB, &team, &parts), KLCL_OK);
+    assert_int_equal(parts, 2);
+    assert_int_equal(launches_fail_in_turn(split, KLCL_LOSS_JSD), 5);
 }
 
 static void test_create_context_failure(void **state)
