@@ -1,17 +1,22 @@
 /* klcl-bench: how close klcl's kernels come to this device's limits, measured in the same run.
  *
  * For each vocabulary V it fills N x V teacher and student logits on the device (N chosen so that one
- * tensor holds about --mib MiB), then times, as the median of --reps runs after one warm-up:
+ * tensor holds about --mib MiB), and then the few-row shapes N x --small-vocab for each N of --small-rows
+ * (rows too few to fill the device, which klcl splits across work-groups), then times, as the median of
+ * --reps runs after one warm-up:
  *   read       a streaming read of the bytes the loss must read (teacher + student): the bandwidth limit;
  *   exp        one exponential per logit read (the online softmax's minimum): the exp-throughput limit;
  *              each limit is the faster of a GPU-style (strided) and a CPU-style (chunked) access pattern;
  *   klcl ops   kl forward; kl, ce and jsd forward with gradient (cl_mem tensors, no host transfers);
  *   reference  the CPU reference on a few rows, as a rate per logit, for the speed-up.
  * Per case it prints useful bytes per second (inputs read once, gradient written once), the fraction of the
- * streaming limit, logits per second, the fraction of the exp limit, and the speed-up over the reference.
+ * streaming limit, logits per second, the fraction of the exp limit, the speed-up over the reference, and
+ * the row strategy klcl used (work-items per row, parts per row: klcl_context_row_strategy).
  *
- *   klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--csv FILE] [--json FILE]
- *              [--format table|csv|json] [--tune]
+ *   klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--small-rows N,N,...]
+ *              [--small-vocab V] [--csv FILE] [--json FILE] [--format table|csv|json] [--tune]
+ *
+ * --small-rows defaults to 1,2 and --small-vocab to 262144; --small-rows 0 leaves the few-row shapes out.
  *
  * --csv and --json write the results to a file as well; --format picks what goes to standard output (the
  * table by default). --tune runs `klcl tune` first (the klcl tool next to this program), whose entry in the
@@ -47,17 +52,18 @@ static const bench_op ops[] = {
     {"ce+grad", KLCL_LOSS_CE, 1},
     {"jsd+grad", KLCL_LOSS_JSD, 1},
 };
-enum { OP_COUNT = sizeof ops / sizeof ops[0], MAX_REPS = 101, REF_ROWS = 4, MAX_VOCABS = 16 };
+enum { OP_COUNT = sizeof ops / sizeof ops[0], MAX_REPS = 101, REF_ROWS = 4, MAX_VOCABS = 16, MAX_SMALL = 8 };
+enum { MAX_SHAPES = MAX_VOCABS + MAX_SMALL };
 enum { FORMAT_TABLE, FORMAT_CSV, FORMAT_JSON };
 
 /* One measured operation, kept for the JSON written at the end. */
 typedef struct bench_case {
     const char *op;
-    size_t rows, vocab;
+    size_t rows, vocab, team, parts;
     double seconds, gbps, frac_read, logit_rate, frac_exp, speedup;
 } bench_case;
 
-/* The two limits at one vocabulary. */
+/* The two limits at one shape. */
 typedef struct bench_limit {
     size_t rows, vocab;
     double read_seconds, read_gbps, exp_seconds, exp_rate;
@@ -88,12 +94,15 @@ static void die(const char *what, long code)
     exit(code < 0 ? 3 : 2);
 }
 
+#define USAGE                                                                                            \
+    "klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--small-rows N,N,...] "          \
+    "[--small-vocab V] [--csv FILE] [--json FILE] [--format table|csv|json] [--tune]"
+
 static void usage_error(const char *fmt, const char *arg)
 {
     fprintf(stderr, "klcl-bench: ");
     fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nusage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--csv FILE] "
-                    "[--json FILE] [--format table|csv|json] [--tune]\n");
+    fprintf(stderr, "\nusage: %s\n", USAGE);
     exit(2);
 }
 
@@ -209,8 +218,8 @@ static void write_json(FILE *f, int argc, char **argv, cl_device_id dev, const c
     fprintf(f, "  ],\n  \"cases\": [\n");
     for (size_t i = 0; i < ncases; i++) {
         const bench_case *c = &cases[i];
-        fprintf(f, "    {\"op\": \"%s\", \"dtype\": \"f32\", \"rows\": %zu, \"vocab\": %zu, ", c->op, c->rows,
-                c->vocab);
+        fprintf(f, "    {\"op\": \"%s\", \"dtype\": \"f32\", \"rows\": %zu, \"vocab\": %zu, \"team\": %zu, "
+                   "\"parts\": %zu, ", c->op, c->rows, c->vocab, c->team, c->parts);
         json_num(f, "median_seconds", c->seconds, ", ");
         json_num(f, "useful_bytes_per_s", c->gbps * 1e9, ", ");
         json_num(f, "fraction_of_read_limit", c->frac_read, ", ");
@@ -248,13 +257,34 @@ static double time_limit(cl_command_queue q, cl_kernel strided, cl_kernel chunke
     return a < b ? a : b;
 }
 
+/* A comma-separated list of whole numbers for option `opt` into out[max]; each must be positive (or, with
+ * allow_zero, the list may be the single value 0: none) and, with mult8, a multiple of 8. Returns the count. */
+static size_t parse_list(const char *opt, const char *v, size_t *out, size_t max, int mult8, int allow_zero)
+{
+    if (allow_zero && !strcmp(v, "0")) return 0;
+    size_t n = 0;
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s %%s: every value must be a positive %sin [1, 2^31 - 1], at most %zu, "
+             "separated by commas", opt, mult8 ? "multiple of 8 " : "number ", max);
+    for (const char *p = v; *p;) {
+        char *end = NULL;
+        unsigned long long x = strtoull(p, &end, 10);
+        if (n == max || end == p || *p == '-' || x == 0 || (mult8 && x % 8) || x > 0x7fffffff ||
+            (*end && *end != ','))
+            usage_error(msg, v);
+        out[n++] = (size_t)x;
+        p = *end ? end + 1 : end;
+    }
+    return n;
+}
+
 int main(int argc, char **argv)
 {
     const char *device = NULL, *csv_path = NULL, *json_path = NULL;
     double mib = 64.0;
     int reps = 5, format = FORMAT_TABLE, tune = 0;
     size_t vocabs[MAX_VOCABS] = {4096, 16384, 32000, 65536, 131072, 262144};
-    size_t nv = 6;
+    size_t nv = 6, small_rows[MAX_SMALL] = {1, 2}, nsmall = 2, small_vocab = 262144;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end = NULL;
@@ -263,12 +293,12 @@ int main(int argc, char **argv)
             continue;
         }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            printf("usage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--csv FILE] "
-                   "[--json FILE] [--format table|csv|json] [--tune]\n");
+            printf("usage: %s\n", USAGE);
             return 0;
         }
         if (strcmp(a, "--device") && strcmp(a, "--mib") && strcmp(a, "--reps") && strcmp(a, "--csv") &&
-            strcmp(a, "--json") && strcmp(a, "--format") && strcmp(a, "--vocab"))
+            strcmp(a, "--json") && strcmp(a, "--format") && strcmp(a, "--vocab") && strcmp(a, "--small-rows") &&
+            strcmp(a, "--small-vocab"))
             usage_error("unknown argument '%s'", a);
         if (!v || !*v) usage_error("%s needs a value", a);
         i++;
@@ -287,17 +317,26 @@ int main(int argc, char **argv)
             else if (!strcmp(v, "csv")) format = FORMAT_CSV;
             else if (!strcmp(v, "json")) format = FORMAT_JSON;
             else usage_error("--format %s: expected table, csv or json", v);
+        } else if (!strcmp(a, "--vocab")) {
+            nv = parse_list(a, v, vocabs, MAX_VOCABS, 1, 0);
+        } else if (!strcmp(a, "--small-rows")) {
+            nsmall = parse_list(a, v, small_rows, MAX_SMALL, 0, 1);
         } else {
-            nv = 0;
-            for (const char *p = v; *p;) {
-                if (nv == MAX_VOCABS) usage_error("--vocab %s: at most 16 values", v);
-                unsigned long long x = strtoull(p, &end, 10);
-                if (end == p || *p == '-' || x == 0 || x % 8 || x > 0x7fffffff || (*end && *end != ','))
-                    usage_error("--vocab %s: every value must be a positive multiple of 8, separated by commas", v);
-                vocabs[nv++] = (size_t)x;
-                p = *end ? end + 1 : end;
-            }
+            size_t sv[1];
+            parse_list(a, v, sv, 1, 1, 0);
+            small_vocab = sv[0];
         }
+    }
+    /* The shapes: --mib's rows at each vocabulary, then the few-row ones. */
+    size_t shape_rows[MAX_SHAPES], shape_vocab[MAX_SHAPES], nshapes = 0;
+    for (size_t i = 0; i < nv; i++) {
+        size_t rows = (size_t)(mib * 1048576.0 / 4.0 / (double)vocabs[i]);
+        shape_rows[nshapes] = rows < 1 ? 1 : rows;
+        shape_vocab[nshapes++] = vocabs[i];
+    }
+    for (size_t i = 0; i < nsmall; i++) {
+        shape_rows[nshapes] = small_rows[i];
+        shape_vocab[nshapes++] = small_vocab;
     }
     /* Text for a person goes to stdout with the table, else to stderr, keeping stdout parseable. */
     FILE *text = format == FORMAT_TABLE ? stdout : stderr;
@@ -350,20 +389,21 @@ int main(int argc, char **argv)
                "~%.0f MiB per tensor\n",
                klcl_version_string(), klcl_context_device_name(ctx), units, wg, klcl_work_group_source_name(wg_source),
                reps, mib);
-        printf("limits per V: 'read' streams teacher+student once; 'exp' does one exp per logit read\n\n");
-        printf("%-9s %6s %7s %9s %9s %7s %9s %7s %9s\n", "op", "N", "V", "ms", "GB/s", "of read", "Glogit/s",
-               "of exp", "vs ref");
+        printf("limits per shape: 'read' streams teacher+student once; 'exp' does one exp per logit read; team: "
+               "work-items per row, parts: work-groups per row\n\n");
+        printf("%-9s %6s %7s %9s %9s %7s %9s %7s %9s %5s %5s\n", "op", "N", "V", "ms", "GB/s", "of read", "Glogit/s",
+               "of exp", "vs ref", "team", "parts");
     }
-    bench_case cases[MAX_VOCABS * OP_COUNT];
-    bench_limit limits[MAX_VOCABS];
+    bench_case cases[MAX_SHAPES * OP_COUNT];
+    bench_limit limits[MAX_SHAPES];
     size_t ncases = 0;
 
     cl_mem partial = clCreateBuffer(cc, CL_MEM_READ_WRITE, (size_t)units * 256 * sizeof(float), NULL, &err);
-    for (size_t iv = 0; iv < nv; iv++) {
-        const size_t vocab = vocabs[iv];
-        size_t rows = (size_t)(mib * 1048576.0 / 4.0 / (double)vocab);
-        if (rows < 1) rows = 1;
+    for (size_t iv = 0; iv < nshapes; iv++) {
+        const size_t vocab = shape_vocab[iv], rows = shape_rows[iv];
         const size_t n = rows * vocab;
+        size_t team = 0, parts = 0;
+        if (klcl_context_row_strategy(ctx, rows, vocab, &team, &parts) != KLCL_OK) die(klcl_last_error(ctx), 3);
         /* Teacher and student back to back in one buffer, so the limit kernels read exactly both. */
         float *host = malloc(2 * n * sizeof(float));
         int32_t *labels = malloc(rows * sizeof(int32_t));
@@ -430,12 +470,11 @@ int main(int argc, char **argv)
             double bytes = (double)n * 4.0 * (inputs + (ops[op].with_grad ? 1 : 0));
             double gbps = bytes / sec * 1e-9, logit_rate = (double)n * inputs / sec * 1e-9;
             double speedup = ref_per_logit * (double)n / sec;
-            cases[ncases++] = (bench_case){ops[op].name, rows,       vocab,
-                                           sec,          gbps,       gbps / read_gbps,
-                                           logit_rate,   logit_rate / exp_rate, speedup};
+            cases[ncases++] = (bench_case){ops[op].name, rows, vocab, team, parts, sec, gbps, gbps / read_gbps,
+                                           logit_rate, logit_rate / exp_rate, speedup};
             if (table)
-                printf("%-9s %6zu %7zu %9.3f %9.2f %7.2f %9.3f %7.2f %8.1fx\n", ops[op].name, rows, vocab, 1e3 * sec,
-                       gbps, gbps / read_gbps, logit_rate, logit_rate / exp_rate, speedup);
+                printf("%-9s %6zu %7zu %9.3f %9.2f %7.2f %9.3f %7.2f %8.1fx %5zu %5zu\n", ops[op].name, rows, vocab,
+                       1e3 * sec, gbps, gbps / read_gbps, logit_rate, logit_rate / exp_rate, speedup, team, parts);
         }
         if (table) printf("\n");
         clReleaseMemObject(logits);
@@ -444,28 +483,29 @@ int main(int argc, char **argv)
         free(host);
         free(labels);
     }
-    /* CSV: the columns torch_compare.py reads come first; dtype and work_group were added later, at the end. */
+    /* CSV: the columns torch_compare.py reads come first; dtype, work_group, team and parts were added later, at
+     * the end. */
     FILE *csv_out[2] = {csv, format == FORMAT_CSV ? stdout : NULL};
     for (int k = 0; k < 2; k++) {
         FILE *f = csv_out[k];
         if (!f) continue;
         fprintf(f, "device,op,rows,vocab,seconds,useful_gbps,read_gbps,frac_bandwidth,glogits_per_s,"
-                   "exp_glogits_per_s,frac_exp,speedup_vs_reference,dtype,work_group\n");
+                   "exp_glogits_per_s,frac_exp,speedup_vs_reference,dtype,work_group,team,parts\n");
         for (size_t i = 0; i < ncases; i++) {
             const bench_case *c = &cases[i];
             const bench_limit *l = &limits[0];
-            for (size_t j = 0; j < nv; j++)
-                if (limits[j].vocab == c->vocab) l = &limits[j];
-            fprintf(f, "\"%s\",%s,%zu,%zu,%.6g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,f32,%zu\n",
+            for (size_t j = 0; j < nshapes; j++)
+                if (limits[j].vocab == c->vocab && limits[j].rows == c->rows) l = &limits[j];
+            fprintf(f, "\"%s\",%s,%zu,%zu,%.6g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,f32,%zu,%zu,%zu\n",
                     klcl_context_device_name(ctx), c->op, c->rows, c->vocab, c->seconds, c->gbps, l->read_gbps,
-                    c->frac_read, c->logit_rate, l->exp_rate, c->frac_exp, c->speedup, wg);
+                    c->frac_read, c->logit_rate, l->exp_rate, c->frac_exp, c->speedup, wg, c->team, c->parts);
         }
     }
     FILE *json_out[2] = {json, format == FORMAT_JSON ? stdout : NULL};
     for (int k = 0; k < 2; k++)
         if (json_out[k])
             write_json(json_out[k], argc, argv, dev, klcl_context_device_name(ctx), units, wg, wg_source, mib, reps,
-                       limits, nv, cases, ncases);
+                       limits, nshapes, cases, ncases);
     if (csv && fclose(csv) != 0) die("--csv: writing the file failed", 2);
     if (json && fclose(json) != 0) die("--json: writing the file failed", 2);
     clReleaseMemObject(partial);
