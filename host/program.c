@@ -132,8 +132,9 @@ static size_t floor_pow2(size_t x)
 }
 
 /* The row strategy's limits: at most PARTS_MAX parts per row; an automatic split keeps at least
- * SPLIT_MIN_COLUMNS columns per part, and SPLIT_MIN_VECTORS vectors per work-item of a work-group. */
-enum { PARTS_MAX = 1024, SPLIT_MIN_COLUMNS = 4096, SPLIT_MIN_VECTORS = 8 };
+ * SPLIT_MIN_COLUMNS columns per part (SPLIT_MIN_COLUMNS_CPU on CPU devices), and SPLIT_MIN_VECTORS vectors
+ * per work-item of a work-group. */
+enum { PARTS_MAX = 1024, SPLIT_MIN_COLUMNS = 4096, SPLIT_MIN_COLUMNS_CPU = 131072, SPLIT_MIN_VECTORS = 8 };
 
 /* KLCL_TEAM and KLCL_ROW_SPLIT: decimal digits only, from 1 to `limit`; 0 (the automatic choice) otherwise. */
 static size_t env_count(const char *name, size_t limit)
@@ -307,11 +308,14 @@ klcl_status klcl_program_variant(klcl_context *ctx, klcl_dtype t, klcl_dtype s, 
 /* The row strategy (internal.h). Two shapes leave the one-work-group-per-row kernel idle:
  *   few rows: each work-group holds one row, so fewer rows than the device runs at once leave compute
  *     units empty (a single row of 262144 columns runs on one core of a CPU device). When rows is below
- *     the device's parallelism, 2 x compute units on a CPU device (PoCL runs a work-group per core; two
- *     per core even out the parts' lengths) and 4 x compute units elsewhere, each row is cut into
- *     parts = ceil(target / rows) ranges of whole vectors, fewer when a part would drop below
- *     SPLIT_MIN_COLUMNS columns or below SPLIT_MIN_VECTORS vectors per work-item: a short part costs
- *     more in its launch and merge than it saves. Else 1.
+ *     the device's parallelism, target = 2 x compute units on a CPU device and 4 x compute units
+ *     elsewhere, each row is cut into parts = ceil(target / rows) ranges of whole vectors, fewer where a
+ *     part would keep less than SPLIT_MIN_COLUMNS columns (4096) or SPLIT_MIN_VECTORS vectors per
+ *     work-item: a short part costs more in its launch and merge than it saves. On a CPU device a part
+ *     also keeps SPLIT_MIN_COLUMNS_CPU columns (131072, about 0.1 ms of one core): on PoCL 3.1 with 2
+ *     cores, splitting a row of 65536 or 131072 columns gained nothing in the median (the extra launches
+ *     and a second worker thread starting late), one of 262144 or 524288 gained 20-25%
+ *     (BENCHMARKS.md). Else 1.
  *   short rows: with all KLCL_WG work-items on a row (part) of fewer than 4 vectors each
  *     (columns / 8 < 4 KLCL_WG: a GPU's 256 work-items on V = 4096 read 2 vectors each), the merge tree
  *     costs more than the reads, so a team of the smallest power of two >= columns / 32 (about 4 vectors
@@ -328,8 +332,8 @@ klcl_strategy klcl_row_strategy(const klcl_context *ctx, size_t rows, size_t wid
     if (ctx->split_env) {
         s.parts = ctx->split_env;
     } else if (rows < target) {
-        const size_t per_part = SPLIT_MIN_COLUMNS > 8 * SPLIT_MIN_VECTORS * ctx->wg ? SPLIT_MIN_COLUMNS
-                                                                                     : 8 * SPLIT_MIN_VECTORS * ctx->wg;
+        size_t per_part = ctx->is_cpu ? SPLIT_MIN_COLUMNS_CPU : SPLIT_MIN_COLUMNS;
+        if (per_part < 8 * SPLIT_MIN_VECTORS * ctx->wg) per_part = 8 * SPLIT_MIN_VECTORS * ctx->wg;
         const size_t most = width / per_part;
         s.parts = (target + rows - 1) / rows;
         if (s.parts > most) s.parts = most;

@@ -507,7 +507,7 @@ static void test_chunk_split_rows(void **state)
     for (;; vocab *= 2) {
         assert_int_equal(klcl_context_row_strategy(dev, rows, vocab, &team, &parts), KLCL_OK);
         assert_int_equal(klcl_context_row_strategy(dev, 1, vocab, &team, &parts_one), KLCL_OK);
-        if ((parts > 1 && parts_one != parts) || vocab >= (small_shapes ? 16384u : 262144u)) break;
+        if ((parts > 1 && parts_one != parts) || vocab >= (small_shapes ? 16384u : 1048576u)) break;
     }
     vocab += 3; /* and a scalar tail */
     float *t = malloc(rows * vocab * sizeof *t), *s = malloc(rows * vocab * sizeof *s);
