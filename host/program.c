@@ -313,18 +313,18 @@ klcl_status klcl_program_variant(klcl_context *ctx, klcl_dtype t, klcl_dtype s, 
  *     part would keep less than SPLIT_MIN_COLUMNS columns (4096) or SPLIT_MIN_VECTORS vectors per
  *     work-item: a short part costs more in its launch and merge than it saves. On a CPU device a part
  *     also keeps SPLIT_MIN_COLUMNS_CPU columns (131072, about 0.1 ms of one core): on PoCL 3.1 with 2
- *     cores, splitting a row of 65536 or 131072 columns gained nothing in the median (the extra launches
- *     and a second worker thread starting late), one of 262144 or 524288 gained 20-25%
- *     (BENCHMARKS.md). Else 1.
+ *     cores, splitting a row of 65536 or 131072 columns gained nothing (the extra launches, and a second
+ *     worker thread that mostly starts too late for a short launch), 262144 is about even, 524288 and
+ *     more gain up to 1.7x (docs/DEVICES.md, BENCHMARKS.md). Else 1.
  *   short rows: with all KLCL_WG work-items on a row (part) of fewer than 4 vectors each
  *     (columns / 8 < 4 KLCL_WG: a GPU's 256 work-items on V = 4096 read 2 vectors each), the merge tree
  *     costs more than the reads, so a team of the smallest power of two >= columns / 32 (about 4 vectors
  *     each, at least 1) takes each row and a work-group holds KLCL_WG / team rows. Else the whole group.
  * KLCL_ROW_SPLIT=P and KLCL_TEAM=T replace either choice (tests, A/B timings): P is cut to the row's
- * whole vectors, T to a power of two at most KLCL_WG. On CPU devices KLCL_WG is 1, so team is 1. The
+ * whole vectors, T to a power of two at most KLCL_WG. CPU devices default to KLCL_WG = 1, so team 1. The
  * inputs are the call's, never a chunk's: every chunk of a streamed call is reduced alike, and the same
  * call gives the same bits; a split row sums in another order than an unsplit one, so the two may differ
- * in the last bits (docs/DEVICES.md). */
+ * in the last bits (docs/LOSSES.md, "Bits and the shape of a call"). */
 klcl_strategy klcl_row_strategy(const klcl_context *ctx, size_t rows, size_t width, size_t vectors)
 {
     klcl_strategy s = {ctx->wg, 1};
