@@ -14,8 +14,14 @@
  * and the speed-up over the reference. Before the sweep it times a new process getting ready (context,
  * kernels built or loaded from the caches, one small call): twice, the second with every cache warm.
  *
- *   klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--dtype f32,bf16] [--csv FILE]
- *              [--json FILE] [--format table|csv|json] [--tune]
+ * Then, at --small-vocab, the few-row shapes of --small-rows (rows klcl splits across work-groups). Each
+ * case prints the row strategy klcl used (work-items per row, parts per row: klcl_context_row_strategy).
+ *
+ *   klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--dtype f32,bf16]
+ *              [--small-rows N,N,...] [--small-vocab V] [--csv FILE] [--json FILE]
+ *              [--format table|csv|json] [--tune]
+ *
+ * --small-rows defaults to 1,2 and --small-vocab to 262144; --small-rows 0 leaves the few-row shapes out.
  *
  * --csv and --json write the results to a file as well; --format picks what goes to standard output (the
  * table by default). --tune runs `klcl tune` first (the klcl tool next to this program), whose entry in the
@@ -52,13 +58,14 @@ static const bench_op ops[] = {
     {"jsd+grad", KLCL_LOSS_JSD, 1},
 };
 enum { OP_COUNT = sizeof ops / sizeof ops[0], MAX_REPS = 101, REF_ROWS = 4, MAX_VOCABS = 16, MAX_DTYPES = 3 };
+enum { MAX_SMALL = 8, MAX_SHAPES = MAX_VOCABS + MAX_SMALL };
 enum { FORMAT_TABLE, FORMAT_CSV, FORMAT_JSON };
 
 /* One measured operation, kept for the JSON written at the end. */
 typedef struct bench_case {
     const char *op;
     klcl_dtype dtype;
-    size_t rows, vocab;
+    size_t rows, vocab, team, parts;
     double seconds, gbps, frac_read, logit_rate, frac_exp, speedup;
 } bench_case;
 
@@ -95,8 +102,8 @@ static void die(const char *what, long code)
 }
 
 #define USAGE                                                                                          \
-    "usage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--dtype f32,bf16] [--csv FILE] " \
-    "[--json FILE] [--format table|csv|json] [--tune]\n"
+    "usage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--dtype f32,bf16] "         \
+    "[--small-rows N,N,...] [--small-vocab V] [--csv FILE] [--json FILE] [--format table|csv|json] [--tune]\n"
 
 static void usage_error(const char *fmt, const char *arg)
 {
@@ -223,8 +230,8 @@ static void write_json(FILE *f, int argc, char **argv, cl_device_id dev, const c
     fprintf(f, "  ],\n  \"cases\": [\n");
     for (size_t i = 0; i < ncases; i++) {
         const bench_case *c = &cases[i];
-        fprintf(f, "    {\"op\": \"%s\", \"dtype\": \"%s\", \"rows\": %zu, \"vocab\": %zu, ", c->op,
-                klcl_dtype_name(c->dtype), c->rows, c->vocab);
+        fprintf(f, "    {\"op\": \"%s\", \"dtype\": \"%s\", \"rows\": %zu, \"vocab\": %zu, \"team\": %zu, "
+                   "\"parts\": %zu, ", c->op, klcl_dtype_name(c->dtype), c->rows, c->vocab, c->team, c->parts);
         json_num(f, "median_seconds", c->seconds, ", ");
         json_num(f, "useful_bytes_per_s", c->gbps * 1e9, ", ");
         json_num(f, "fraction_of_read_limit", c->frac_read, ", ");
@@ -339,13 +346,34 @@ static int parse_dtypes(const char *v, klcl_dtype *out)
     return n;
 }
 
+/* A comma-separated list of whole numbers for option `opt` into out[max]; each must be positive (or, with
+ * allow_zero, the list may be the single value 0: none) and, with mult8, a multiple of 8. Returns the count. */
+static size_t parse_list(const char *opt, const char *v, size_t *out, size_t max, int mult8, int allow_zero)
+{
+    if (allow_zero && !strcmp(v, "0")) return 0;
+    size_t n = 0;
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s %%s: every value must be a positive %sin [1, 2^31 - 1], at most %zu, "
+             "separated by commas", opt, mult8 ? "multiple of 8 " : "number ", max);
+    for (const char *p = v; *p;) {
+        char *end = NULL;
+        unsigned long long x = strtoull(p, &end, 10);
+        if (n == max || end == p || *p == '-' || x == 0 || (mult8 && x % 8) || x > 0x7fffffff ||
+            (*end && *end != ','))
+            usage_error(msg, v);
+        out[n++] = (size_t)x;
+        p = *end ? end + 1 : end;
+    }
+    return n;
+}
+
 int main(int argc, char **argv)
 {
     const char *device = NULL, *csv_path = NULL, *json_path = NULL;
     double mib = 64.0;
     int reps = 5, format = FORMAT_TABLE, tune = 0;
     size_t vocabs[MAX_VOCABS] = {4096, 16384, 32000, 65536, 131072, 262144};
-    size_t nv = 6;
+    size_t nv = 6, small_rows[MAX_SMALL] = {1, 2}, nsmall = 2, small_vocab = 262144;
     klcl_dtype dtypes[MAX_DTYPES] = {KLCL_DTYPE_F32, KLCL_DTYPE_BF16};
     int nd = 2, probe = 0;
     for (int i = 1; i < argc; i++) {
@@ -360,7 +388,8 @@ int main(int argc, char **argv)
             return 0;
         }
         if (strcmp(a, "--device") && strcmp(a, "--mib") && strcmp(a, "--reps") && strcmp(a, "--csv") &&
-            strcmp(a, "--json") && strcmp(a, "--format") && strcmp(a, "--vocab") && strcmp(a, "--dtype"))
+            strcmp(a, "--json") && strcmp(a, "--format") && strcmp(a, "--vocab") && strcmp(a, "--dtype") &&
+            strcmp(a, "--small-rows") && strcmp(a, "--small-vocab"))
             usage_error("unknown argument '%s'", a);
         if (!v || !*v) usage_error("%s needs a value", a);
         i++;
@@ -368,6 +397,12 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--csv")) csv_path = v;
         else if (!strcmp(a, "--json")) json_path = v;
         else if (!strcmp(a, "--dtype")) nd = parse_dtypes(v, dtypes);
+        else if (!strcmp(a, "--small-rows")) nsmall = parse_list(a, v, small_rows, MAX_SMALL, 0, 1);
+        else if (!strcmp(a, "--small-vocab")) {
+            size_t sv[1];
+            parse_list(a, v, sv, 1, 1, 0);
+            small_vocab = sv[0];
+        }
         else if (!strcmp(a, "--mib")) {
             mib = strtod(v, &end);
             if (*end || !(mib > 0.0) || mib > 1e6) usage_error("--mib %s: must be a number above 0", v);
@@ -381,16 +416,19 @@ int main(int argc, char **argv)
             else if (!strcmp(v, "json")) format = FORMAT_JSON;
             else usage_error("--format %s: expected table, csv or json", v);
         } else {
-            nv = 0;
-            for (const char *p = v; *p;) {
-                if (nv == MAX_VOCABS) usage_error("--vocab %s: at most 16 values", v);
-                unsigned long long x = strtoull(p, &end, 10);
-                if (end == p || *p == '-' || x == 0 || x % 8 || x > 0x7fffffff || (*end && *end != ','))
-                    usage_error("--vocab %s: every value must be a positive multiple of 8, separated by commas", v);
-                vocabs[nv++] = (size_t)x;
-                p = *end ? end + 1 : end;
-            }
+            nv = parse_list(a, v, vocabs, MAX_VOCABS, 1, 0);
         }
+    }
+    /* The shapes: --mib's rows at each vocabulary, then the few-row ones. */
+    size_t shape_rows[MAX_SHAPES], shape_vocab[MAX_SHAPES], nshapes = 0;
+    for (size_t i = 0; i < nv; i++) {
+        size_t rows = (size_t)(mib * 1048576.0 / 4.0 / (double)vocabs[i]);
+        shape_rows[nshapes] = rows < 1 ? 1 : rows;
+        shape_vocab[nshapes++] = vocabs[i];
+    }
+    for (size_t i = 0; i < nsmall; i++) {
+        shape_rows[nshapes] = small_rows[i];
+        shape_vocab[nshapes++] = small_vocab;
     }
     if (probe) return startup_probe(device);
     /* Text for a person goes to stdout with the table, else to stderr, keeping stdout parseable. */
@@ -455,21 +493,21 @@ int main(int argc, char **argv)
         printf("a new process: ready in %.1f ms with warm caches (first: %.1f ms): context, kernels, one small call,\n"
                "  after the OpenCL platforms' own loading (%.1f ms, paid by any OpenCL program)\n",
                startup_warm, startup_first, platforms_ms);
-        printf("limits per V: 'read' streams teacher+student once (in the type of the rows below it); 'exp' does one "
-               "exp per logit read\n\n");
-        printf("%-9s %-5s %6s %7s %9s %9s %7s %9s %7s %9s\n", "op", "type", "N", "V", "ms", "GB/s", "of read",
-               "Glogit/s", "of exp", "vs ref");
+        printf("limits per shape: 'read' streams teacher+student once (in the type of the rows below it); 'exp' does "
+               "one exp per logit read;\nteam: work-items per row, parts: work-groups per row\n\n");
+        printf("%-9s %-5s %6s %7s %9s %9s %7s %9s %7s %9s %5s %5s\n", "op", "type", "N", "V", "ms", "GB/s", "of read",
+               "Glogit/s", "of exp", "vs ref", "team", "parts");
     }
-    bench_case cases[MAX_VOCABS * MAX_DTYPES * OP_COUNT];
-    bench_limit limits[MAX_VOCABS * MAX_DTYPES];
+    bench_case cases[MAX_SHAPES * MAX_DTYPES * OP_COUNT];
+    bench_limit limits[MAX_SHAPES * MAX_DTYPES];
     size_t ncases = 0, nlimits = 0;
 
     cl_mem partial = clCreateBuffer(cc, CL_MEM_READ_WRITE, (size_t)units * 256 * sizeof(float), NULL, &err);
-    for (size_t iv = 0; iv < nv; iv++) {
-        const size_t vocab = vocabs[iv];
-        size_t rows = (size_t)(mib * 1048576.0 / 4.0 / (double)vocab);
-        if (rows < 1) rows = 1;
+    for (size_t iv = 0; iv < nshapes; iv++) {
+        const size_t vocab = shape_vocab[iv], rows = shape_rows[iv];
         const size_t n = rows * vocab;
+        size_t team = 0, parts = 0;
+        if (klcl_context_row_strategy(ctx, rows, vocab, &team, &parts) != KLCL_OK) die(klcl_last_error(ctx), 3);
         /* Teacher and student back to back in one buffer, so the limit kernels read exactly both. */
         float *host = malloc(2 * n * sizeof(float));
         int32_t *labels = malloc(rows * sizeof(int32_t));
@@ -564,12 +602,13 @@ int main(int argc, char **argv)
                 double bytes = (double)n * (double)elem * (inputs + (ops[op].with_grad ? 1 : 0));
                 double gbps = bytes / sec * 1e-9, logit_rate = (double)n * inputs / sec * 1e-9;
                 double speedup = ref_per_logit * (double)n / sec;
-                cases[ncases++] = (bench_case){ops[op].name, dt,         rows,        vocab, sec, gbps, gbps / read_gbps,
+                cases[ncases++] = (bench_case){ops[op].name, dt,        rows,           vocab,      team,
+                                               parts,        sec,       gbps,           gbps / read_gbps,
                                                logit_rate,   logit_rate / exp_rate, speedup};
                 if (table)
-                    printf("%-9s %-5s %6zu %7zu %9.3f %9.2f %7.2f %9.3f %7.2f %8.1fx\n", ops[op].name,
+                    printf("%-9s %-5s %6zu %7zu %9.3f %9.2f %7.2f %9.3f %7.2f %8.1fx %5zu %5zu\n", ops[op].name,
                            klcl_dtype_name(dt), rows, vocab, 1e3 * sec, gbps, gbps / read_gbps, logit_rate,
-                           logit_rate / exp_rate, speedup);
+                           logit_rate / exp_rate, speedup, team, parts);
             }
             if (dt != KLCL_DTYPE_F32) {
                 clReleaseMemObject(in);
@@ -589,15 +628,17 @@ int main(int argc, char **argv)
         FILE *f = csv_out[k];
         if (!f) continue;
         fprintf(f, "device,op,rows,vocab,seconds,useful_gbps,read_gbps,frac_bandwidth,glogits_per_s,"
-                   "exp_glogits_per_s,frac_exp,speedup_vs_reference,dtype,work_group\n");
+                   "exp_glogits_per_s,frac_exp,speedup_vs_reference,dtype,work_group,team,parts\n");
         for (size_t i = 0; i < ncases; i++) {
             const bench_case *c = &cases[i];
             const bench_limit *l = &limits[0];
             for (size_t j = 0; j < nlimits; j++)
-                if (limits[j].vocab == c->vocab && limits[j].dtype == c->dtype) l = &limits[j];
-            fprintf(f, "\"%s\",%s,%zu,%zu,%.6g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,%s,%zu\n",
+                if (limits[j].vocab == c->vocab && limits[j].rows == c->rows && limits[j].dtype == c->dtype)
+                    l = &limits[j];
+            fprintf(f, "\"%s\",%s,%zu,%zu,%.6g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,%.4g,%s,%zu,%zu,%zu\n",
                     klcl_context_device_name(ctx), c->op, c->rows, c->vocab, c->seconds, c->gbps, l->read_gbps,
-                    c->frac_read, c->logit_rate, l->exp_rate, c->frac_exp, c->speedup, klcl_dtype_name(c->dtype), wg);
+                    c->frac_read, c->logit_rate, l->exp_rate, c->frac_exp, c->speedup, klcl_dtype_name(c->dtype), wg,
+                    c->team, c->parts);
         }
     }
     FILE *json_out[2] = {json, format == FORMAT_JSON ? stdout : NULL};

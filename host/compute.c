@@ -485,39 +485,84 @@ typedef struct launch {
     cl_int fuse_grad;  /* the row kernel writes the gradient (no launch_grad) */
     float inv_denom;   /* 1/denominator known to the host, */
     cl_mem denom_buf;  /* or, when set, read by the gradient kernel from this buffer */
+    klcl_strategy how; /* team and parts per row, for the whole call (klcl_row_strategy) */
+    int pass2;         /* the row kernel reads the row twice: a split row runs parts and merge twice */
+    cl_mem parts;      /* the parts' records of a split launch */
 } launch;
 
-/* The row kernel over rows [c0, c0 + n) of the batch (matrices pointing at row c0), in launches of at most
- * ROWS_PER_LAUNCH rows; the first waits on `wait`; *done is the last launch's event. With L->fuse_grad it
- * writes the gradient into mg too. */
+/* The losses whose row kernel has a pass 2 (NEEDS_PASS2 in kernels_cl/losses.cl): jsd, skl, srkl and tvd
+ * for their value, rkl for its gradient's centred sum. */
+static int needs_pass2(klcl_loss kind, int want_grad)
+{
+    switch (kind) {
+    case KLCL_LOSS_JSD:
+    case KLCL_LOSS_SKL:
+    case KLCL_LOSS_SRKL:
+    case KLCL_LOSS_TVD: return 1;
+    case KLCL_LOSS_RKL: return want_grad;
+    default: return 0;
+    }
+}
+
+/* The arguments the row, part and merge kernels share, for rows [r, r + nl) of the current chunk, the
+ * launch's first row being row0 of the batch; `pass` for the part and merge kernels. */
+static cl_int row_args(cl_kernel k, const launch *L, const matrix *mt, const matrix *ms, const matrix *mg,
+                       size_t r, cl_ulong row0, cl_uint nl, cl_int pass)
+{
+    const cl_uint team = (cl_uint)L->how.team, parts = (cl_uint)L->how.parts;
+    arg_setter a = {k, 0, CL_SUCCESS};
+    arg_inputs(&a, mt, ms, r, &L->y, &L->w, 1, &L->m);
+    arg(&a, sizeof(cl_int), &L->t_logprob);
+    arg(&a, sizeof(cl_int), &L->has_teacher);
+    arg_params(&a, &L->prm, 1, L->desc->ignore_index);
+    arg(&a, sizeof(cl_mem), &L->rl.mem);
+    arg(&a, sizeof(cl_ulong), &L->rl.offset);
+    arg(&a, sizeof(cl_mem), &L->rs);
+    arg(&a, sizeof(cl_mem), &L->rf);
+    arg(&a, sizeof(cl_ulong), &row0);
+    arg(&a, sizeof(cl_int), &L->want_grad);
+    arg_matrix(&a, mg, r);
+    arg(&a, sizeof(float), &L->inv_denom);
+    arg(&a, sizeof(cl_int), &L->fuse_grad);
+    arg(&a, sizeof(cl_uint), &nl);
+    arg(&a, sizeof(cl_uint), &team);
+    arg(&a, sizeof(cl_uint), &parts);
+    arg(&a, sizeof(cl_mem), &L->parts);
+    arg(&a, sizeof(cl_int), &pass);
+    return a.err;
+}
+
+/* The row kernels over rows [c0, c0 + n) of the batch (matrices pointing at row c0), in launches of at most
+ * ROWS_PER_LAUNCH rows; the first waits on `wait`; *done is the last kernel's event. Rows not split: the
+ * row kernel, KLCL_WG / team rows per work-group; with L->fuse_grad it writes the gradient into mg too.
+ * Split rows: the part kernel (one team per part) and the merge kernel (one work-item per row), twice for
+ * losses with a pass 2; their records live in L->parts, one launch at a time (the queue is in order). */
 static klcl_status launch_rows(klcl_context *ctx, const launch *L, const matrix *mt, const matrix *ms,
                                const matrix *mg, size_t c0, size_t n, cl_uint nwait, const cl_event *wait,
                                cl_event *done)
 {
-    cl_kernel rk = L->prog->rows_kernel[L->kind];
+    const int split = L->how.parts > 1;
+    const size_t per_group = ctx->wg / L->how.team; /* teams per work-group */
     for (size_t r = 0; r < n; r += ROWS_PER_LAUNCH) {
         const size_t nl = n - r < ROWS_PER_LAUNCH ? n - r : ROWS_PER_LAUNCH;
         const cl_ulong row0 = c0 + r;
-        arg_setter a = {rk, 0, CL_SUCCESS};
-        arg_inputs(&a, mt, ms, r, &L->y, &L->w, 1, &L->m);
-        arg(&a, sizeof(cl_int), &L->t_logprob);
-        arg(&a, sizeof(cl_int), &L->has_teacher);
-        arg_params(&a, &L->prm, 1, L->desc->ignore_index);
-        arg(&a, sizeof(cl_mem), &L->rl.mem);
-        arg(&a, sizeof(cl_ulong), &L->rl.offset);
-        arg(&a, sizeof(cl_mem), &L->rs);
-        arg(&a, sizeof(cl_mem), &L->rf);
-        arg(&a, sizeof(cl_ulong), &row0);
-        arg(&a, sizeof(cl_int), &L->want_grad);
-        arg_matrix(&a, mg, r);
-        arg(&a, sizeof(float), &L->inv_denom);
-        arg(&a, sizeof(cl_int), &L->fuse_grad);
-        if (a.err != CL_SUCCESS) return klcl_fail_cl(ctx, a.err, "clSetKernelArg (row kernel)");
-        const size_t global = nl * ctx->wg, local = ctx->wg;
-        release_event(done);
-        cl_int err = clEnqueueNDRangeKernel(ctx->queue, rk, 1, NULL, &global, &local, r == 0 ? nwait : 0,
-                                            r == 0 ? wait : NULL, done);
-        if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clEnqueueNDRangeKernel (row kernel)");
+        const int passes = split ? (L->pass2 ? 2 : 1) : 1;
+        for (cl_int pass = 1; pass <= passes; pass++) {
+            for (int merge = 0; merge <= split; merge++) {
+                cl_kernel k = !split ? L->prog->rows_kernel[L->kind]
+                              : merge ? L->prog->merge_kernel[L->kind]
+                                      : L->prog->part_kernel[L->kind];
+                cl_int err = row_args(k, L, mt, ms, mg, r, row0, (cl_uint)nl, pass);
+                if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clSetKernelArg (row kernel)");
+                const size_t units = nl * L->how.parts, local = ctx->wg;
+                const size_t global = merge ? nl : (units + per_group - 1) / per_group * ctx->wg;
+                const int first = r == 0 && pass == 1 && !merge;
+                release_event(done);
+                err = clEnqueueNDRangeKernel(ctx->queue, k, 1, NULL, &global, merge ? NULL : &local,
+                                             first ? nwait : 0, first ? wait : NULL, done);
+                if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clEnqueueNDRangeKernel (row kernel)");
+            }
+        }
     }
     return KLCL_OK;
 }
@@ -528,7 +573,7 @@ static klcl_status launch_grad(klcl_context *ctx, const launch *L, const matrix 
                                const matrix *mg, size_t c0, size_t n, cl_event *done)
 {
     cl_kernel gk = L->prog->grad_kernel[L->kind];
-    size_t per_row = ((mg->width + 7) / 8 + 63) / 64 * 64;
+    size_t per_row = ((mg->width + (size_t)ctx->vw - 1) / (size_t)ctx->vw + 63) / 64 * 64;
     if (per_row > GRAD_ITEMS_PER_ROW_MAX) per_row = GRAD_ITEMS_PER_ROW_MAX;
     const cl_int from_buf = L->denom_buf != NULL;
     const cl_mem denom = from_buf ? L->denom_buf : ctx->scratch[SCRATCH_DUMMY].mem;
@@ -554,7 +599,8 @@ static klcl_status launch_grad(klcl_context *ctx, const launch *L, const matrix 
     return KLCL_OK;
 }
 
-/* Binds the per-row vectors (labels and mask uploaded when on the host) and the per-row scratch. */
+/* Binds the per-row vectors (labels and mask uploaded when on the host) and the per-row scratch, and
+ * chooses the call's row strategy. */
 static klcl_status launch_init(klcl_context *ctx, const klcl_loss_desc *desc, const klcl_batch *b,
                                const klcl_program *prog, launch *L)
 {
@@ -568,15 +614,23 @@ static klcl_status launch_init(klcl_context *ctx, const klcl_loss_desc *desc, co
     L->has_teacher = tensor_given(&b->teacher);
     L->t_logprob = b->teacher_logprobs && desc->tau == 1.0f && desc->softcap == 0.0f;
     L->want_grad = tensor_given(&b->grad);
+    L->pass2 = needs_pass2(L->kind, L->want_grad);
+    L->how = klcl_row_strategy(ctx, rows, L->w.width,
+                               (L->w.t_cols < L->w.s_cols ? L->w.t_cols : L->w.s_cols) / (size_t)ctx->vw);
+    const size_t launch_max = rows < ROWS_PER_LAUNCH ? rows : ROWS_PER_LAUNCH;
     klcl_status st;
     if ((st = bind_vector(ctx, &b->labels, SCRATCH_LABELS, sizeof(int32_t), rows, &L->y)) != KLCL_OK ||
         (st = bind_vector(ctx, &b->mask, SCRATCH_MASK, sizeof(uint8_t), rows, &L->m)) != KLCL_OK ||
         (st = bind_vector_out(ctx, &b->row_loss, SCRATCH_ROW_LOSS, rows, &L->rl)) != KLCL_OK ||
         (st = klcl_scratch_reserve(ctx, SCRATCH_ROW_STATS, rows * RS_COUNT * sizeof(float))) != KLCL_OK ||
-        (st = klcl_scratch_reserve(ctx, SCRATCH_ROW_FLAGS, rows * RF_COUNT * sizeof(cl_int))) != KLCL_OK)
+        (st = klcl_scratch_reserve(ctx, SCRATCH_ROW_FLAGS, rows * RF_COUNT * sizeof(cl_int))) != KLCL_OK ||
+        (L->how.parts > 1 &&
+         (st = klcl_scratch_reserve(ctx, SCRATCH_PARTS, launch_max * L->how.parts * PART_WORDS * sizeof(float))) !=
+             KLCL_OK))
         return st;
     L->rs = ctx->scratch[SCRATCH_ROW_STATS].mem;
     L->rf = ctx->scratch[SCRATCH_ROW_FLAGS].mem;
+    L->parts = ctx->scratch[L->how.parts > 1 ? SCRATCH_PARTS : SCRATCH_DUMMY].mem;
     return KLCL_OK;
 }
 
@@ -608,7 +662,8 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
     launch L;
     if ((st = launch_init(ctx, desc, b, prog, &L)) != KLCL_OK) goto done;
     L.inv_denom = inv_denom;
-    L.fuse_grad = want_grad && ctx->fuse_grad;
+    /* A split row's gradient comes from the gradient kernel: no work-group holds the whole row. */
+    L.fuse_grad = want_grad && ctx->fuse_grad && L.how.parts == 1;
 
     matrix mt = matrix_of(&b->teacher, vt, SCRATCH_TEACHER), ms = matrix_of(&b->student, b->vocab, SCRATCH_STUDENT);
     matrix mg = matrix_of(&b->grad, b->vocab, SCRATCH_GRAD);

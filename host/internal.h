@@ -11,6 +11,9 @@
  * passes KLCL_HOST_LAYOUT to every build and common.cl refuses to compile when the two disagree. */
 enum { RS_H_T = 7, RS_H_S = 8, RS_COUNT = 9 };
 enum { RF_FLAGS = 0, RF_COUNT = 4 };
+/* Words of one part's record in a split row's scratch: its pass-1 state (STATE_WORDS in
+ * kernels_cl/losses.cl), then its pass-2 pair. */
+enum { PART_STATE_WORDS = 16, PART_WORDS = PART_STATE_WORDS + 2 };
 #define KLCL_HOST_LAYOUT (RS_COUNT * 1000 + RS_H_T * 100 + RS_H_S * 10 + RF_COUNT)
 enum {
     FLAG_SKIPPED = 1,
@@ -53,7 +56,7 @@ typedef struct klcl_scratch {
 /* Host logits and gradients stream through two slots of chunk buffers (SCRATCH_TEACHER + slot, ...). */
 enum { SCRATCH_TEACHER, SCRATCH_TEACHER_2, SCRATCH_STUDENT, SCRATCH_STUDENT_2, SCRATCH_GRAD, SCRATCH_GRAD_2,
        SCRATCH_LABELS, SCRATCH_MASK, SCRATCH_ROW_LOSS, SCRATCH_ROW_STATS, SCRATCH_ROW_FLAGS, SCRATCH_DUMMY,
-       SCRATCH_DENOM,
+       SCRATCH_DENOM, SCRATCH_PARTS, /* 1/denominator of asynchronous calls; the parts of split rows */
        SCRATCH_SPARSE_INDICES, SCRATCH_SPARSE_LOGPROBS, /* uploads for klcl_compute_sparse */
        SCRATCH_COUNT };
 
@@ -66,6 +69,8 @@ _Static_assert(KLCL_GROUP_SHARED == 9, "KLCL_GROUP_SHARED differs from kernels_c
 typedef struct klcl_program {
     cl_program program[KLCL_GROUP_COUNT];
     cl_kernel rows_kernel[KLCL_LOSS_COUNT];
+    cl_kernel part_kernel[KLCL_LOSS_COUNT];  /* a split row: pass 1 or 2 over each part, */
+    cl_kernel merge_kernel[KLCL_LOSS_COUNT]; /* then the parts merged into the row's outputs */
     cl_kernel grad_kernel[KLCL_LOSS_COUNT];
     cl_kernel reduce_kernel; /* the device-side reduction of asynchronous calls */
     /* fp16/bf16 <-> fp32 blocks of rows for the fused path (fused.c, kernels_cl/convert.cl) */
@@ -119,6 +124,9 @@ struct klcl_context {
     int vw;        /* floats per vector load of the row and gradient kernels: 8 or 16 (program.c) */
     int vw_forced, vw_default;          /* klcl_tune's candidate (set before the build); the built-in */
     klcl_work_group_source vw_source;   /* where vw came from */
+    int is_cpu;                   /* CL_DEVICE_TYPE_CPU: the row strategy's targets (klcl_row_strategy) */
+    size_t compute_units;
+    size_t team_env, split_env;   /* KLCL_TEAM and KLCL_ROW_SPLIT; 0: the automatic choice */
     klcl_program variants[KLCL_VARIANT_COUNT];
     size_t wg_forced; /* non-zero: klcl_tune's candidate, set before the build (tune.c) */
     size_t wg_default; /* the built-in default the last build started from */
@@ -179,6 +187,16 @@ klcl_status klcl_program_group(klcl_context *ctx, klcl_dtype t, klcl_dtype s, kl
 /* Every fp32 group (klcl_context_prepare). */
 klcl_status klcl_program_build_all(klcl_context *ctx);
 void klcl_program_release(klcl_context *ctx);
+
+/* How the row kernels reduce a call's rows (program.c, after klcl_program_build): `team` work-items per row
+ * (a power of two dividing ctx->wg) and `parts` column ranges per row, each reduced by its own work-group
+ * and merged afterwards (1: not split). A function of the call's rows, its loss columns `width` and whole
+ * vectors `vectors`, the device and the settings only, never of a chunk of rows: every chunk of a call
+ * reduces its rows alike. */
+typedef struct klcl_strategy {
+    size_t team, parts;
+} klcl_strategy;
+klcl_strategy klcl_row_strategy(const klcl_context *ctx, size_t rows, size_t width, size_t vectors);
 
 /* Buffer layer (buffers.c). */
 klcl_status klcl_scratch_reserve(klcl_context *ctx, int which, size_t bytes);

@@ -1,5 +1,6 @@
 /* The program layer: kernel sources (embedded at build time, or read from KLCL_KERNEL_DIR), one build per
- * context, the work-group size chosen for the device and clamped to what the built kernels allow. */
+ * context, the work-group size chosen for the device and clamped to what the built kernels allow, and the
+ * row strategy of a call (team size and parts per row). */
 #include "internal.h"
 
 #include <stdio.h>
@@ -107,9 +108,12 @@ static void release_group(klcl_program *v, int group)
             *single[i] = NULL;
         }
     } else {
-        if (v->rows_kernel[group]) clReleaseKernel(v->rows_kernel[group]);
-        if (v->grad_kernel[group]) clReleaseKernel(v->grad_kernel[group]);
-        v->rows_kernel[group] = v->grad_kernel[group] = NULL;
+        cl_kernel *per_loss[] = {&v->rows_kernel[group], &v->part_kernel[group], &v->merge_kernel[group],
+                                 &v->grad_kernel[group]};
+        for (size_t j = 0; j < sizeof per_loss / sizeof per_loss[0]; j++) {
+            if (*per_loss[j]) clReleaseKernel(*per_loss[j]);
+            *per_loss[j] = NULL;
+        }
     }
     if (v->program[group]) clReleaseProgram(v->program[group]);
     v->program[group] = NULL;
@@ -143,6 +147,20 @@ static size_t floor_pow2(size_t x)
     return p;
 }
 
+/* The row strategy's limits: at most PARTS_MAX parts per row; an automatic split keeps at least
+ * SPLIT_MIN_COLUMNS columns per part (SPLIT_MIN_COLUMNS_CPU on CPU devices), and SPLIT_MIN_VECTORS vectors
+ * per work-item of a work-group. */
+enum { PARTS_MAX = 1024, SPLIT_MIN_COLUMNS = 4096, SPLIT_MIN_COLUMNS_CPU = 131072, SPLIT_MIN_VECTORS = 8 };
+
+/* KLCL_TEAM and KLCL_ROW_SPLIT: decimal digits only, from 1 to `limit`; 0 (the automatic choice) otherwise. */
+static size_t env_count(const char *name, size_t limit)
+{
+    const char *s = getenv(name);
+    if (!s || !*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 6) return 0;
+    unsigned long v = strtoul(s, NULL, 10);
+    return v >= 1 && v <= limit ? (size_t)v : 0;
+}
+
 /* One build of group `group` of variant `index` with work-group size wg; on success *kernel_limit is the
  * smallest CL_KERNEL_WORK_GROUP_SIZE of its work-group kernels on this device, *from_cache whether it came
  * from the binary cache. */
@@ -154,9 +172,9 @@ static klcl_status build_once(klcl_context *ctx, const char *src, int index, int
     cl_device_fp_config fp64 = 0; /* long row sums fold into double where the device has it */
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_DOUBLE_FP_CONFIG, sizeof fp64, &fp64, NULL) != CL_SUCCESS) fp64 = 0;
     snprintf(options, sizeof options,
-             "-DKLCL_WG=%zu -DKLCL_VW=%d -DKLCL_HOST_LAYOUT=%d%s -DKLCL_GROUP=%d -DKLCL_T_DTYPE=%d "
-             "-DKLCL_S_DTYPE=%d -DKLCL_G_DTYPE=%d",
-             wg, ctx->vw, KLCL_HOST_LAYOUT, fp64 ? " -DKLCL_HAS_FP64" : "", group,
+             "-DKLCL_WG=%zu -DKLCL_VW=%d -DKLCL_HOST_LAYOUT=%d -DKLCL_HOST_PART_WORDS=%d%s -DKLCL_GROUP=%d "
+             "-DKLCL_T_DTYPE=%d -DKLCL_S_DTYPE=%d -DKLCL_G_DTYPE=%d",
+             wg, ctx->vw, KLCL_HOST_LAYOUT, PART_STATE_WORDS, fp64 ? " -DKLCL_HAS_FP64" : "", group,
              index / (KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT), index / KLCL_DTYPE_COUNT % KLCL_DTYPE_COUNT,
              index % KLCL_DTYPE_COUNT);
     klcl_program *v = &ctx->variants[index];
@@ -186,17 +204,26 @@ static klcl_status build_once(klcl_context *ctx, const char *src, int index, int
         }
         return klcl_sparse_kernels_create(ctx, v, kernel_limit);
     }
-    char name[64];
-    snprintf(name, sizeof name, "klcl_rows_%s", klcl_loss_name((klcl_loss)group));
-    v->rows_kernel[group] = clCreateKernel(*prog, name, &err);
-    if (!v->rows_kernel[group]) return klcl_fail_cl(ctx, err, "clCreateKernel (row kernel)");
-    snprintf(name, sizeof name, "klcl_grad_%s", klcl_loss_name((klcl_loss)group));
-    v->grad_kernel[group] = clCreateKernel(*prog, name, &err);
-    if (!v->grad_kernel[group]) return klcl_fail_cl(ctx, err, "clCreateKernel (gradient kernel)");
-    err = clGetKernelWorkGroupInfo(v->rows_kernel[group], ctx->device, CL_KERNEL_WORK_GROUP_SIZE,
-                                   sizeof *kernel_limit, kernel_limit, NULL);
-    if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
-    if (*kernel_limit > wg) *kernel_limit = wg;
+    const struct {
+        cl_kernel *k;
+        const char *prefix, *what;
+        int fixed_size; /* reqd_work_group_size(KLCL_WG): bounds the work-group size */
+    } kinds[] = {{&v->rows_kernel[group], "klcl_rows_", "clCreateKernel (row kernel)", 1},
+                 {&v->part_kernel[group], "klcl_part_", "clCreateKernel (split-row kernel)", 1},
+                 {&v->merge_kernel[group], "klcl_merge_", "clCreateKernel (split-row merge kernel)", 0},
+                 {&v->grad_kernel[group], "klcl_grad_", "clCreateKernel (gradient kernel)", 0}};
+    for (size_t j = 0; j < sizeof kinds / sizeof kinds[0]; j++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s%s", kinds[j].prefix, klcl_loss_name((klcl_loss)group));
+        *kinds[j].k = clCreateKernel(*prog, name, &err);
+        if (!*kinds[j].k) return klcl_fail_cl(ctx, err, kinds[j].what);
+        if (!kinds[j].fixed_size) continue;
+        size_t limit = 0;
+        err = clGetKernelWorkGroupInfo(*kinds[j].k, ctx->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof limit, &limit,
+                                       NULL);
+        if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetKernelWorkGroupInfo");
+        if (limit < *kernel_limit) *kernel_limit = limit;
+    }
     return KLCL_OK;
 }
 
@@ -256,6 +283,13 @@ klcl_status klcl_program_build(klcl_context *ctx)
     const char *fuse = getenv("KLCL_FUSE_GRAD");
     ctx->fuse_grad = fuse && (fuse[0] == '0' || fuse[0] == '1') && !fuse[1] ? fuse[0] == '1'
                                                                                : (type & CL_DEVICE_TYPE_CPU) != 0;
+    cl_uint units = 1;
+    if (clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof units, &units, NULL) != CL_SUCCESS || !units)
+        units = 1;
+    ctx->compute_units = units;
+    ctx->is_cpu = (type & CL_DEVICE_TYPE_CPU) != 0;
+    ctx->team_env = env_count("KLCL_TEAM", KLCL_WORK_GROUP_LIMIT);
+    ctx->split_env = env_count("KLCL_ROW_SPLIT", PARTS_MAX);
     ctx->variants[0].built = 1u << KLCL_LOSS_KL;
     ctx->built = 1;
     return KLCL_OK;
@@ -300,4 +334,69 @@ klcl_status klcl_program_build_all(klcl_context *ctx)
     for (int g = 0; g < KLCL_GROUP_COUNT && st == KLCL_OK; g++)
         st = klcl_program_group(ctx, KLCL_DTYPE_F32, KLCL_DTYPE_F32, KLCL_DTYPE_F32, g, &p);
     return st;
+}
+
+/* The row strategy (internal.h). Two shapes leave the one-work-group-per-row kernel idle:
+ *   few rows: each work-group holds one row, so fewer rows than the device runs at once leave compute
+ *     units empty (a single row of 262144 columns runs on one core of a CPU device). When rows is below
+ *     the device's parallelism, target = 2 x compute units on a CPU device and 4 x compute units
+ *     elsewhere, each row is cut into parts = ceil(target / rows) ranges of whole vectors, fewer where a
+ *     part would keep less than SPLIT_MIN_COLUMNS columns (4096) or SPLIT_MIN_VECTORS vectors per
+ *     work-item: a short part costs more in its launch and merge than it saves. On a CPU device a part
+ *     also keeps SPLIT_MIN_COLUMNS_CPU columns (131072, about 0.1 ms of one core): on PoCL 3.1 with 2
+ *     cores, splitting a row of 65536 or 131072 columns gained nothing (the extra launches, and a second
+ *     worker thread that mostly starts too late for a short launch), 262144 is about even, 524288 and
+ *     more gain up to 1.7x (docs/DEVICES.md, BENCHMARKS.md). Else 1.
+ *   short rows: with all KLCL_WG work-items on a row (part) of fewer than 4 vectors each
+ *     (columns / vw < 4 KLCL_WG, vw the vector width: a GPU's 256 work-items on V = 4096 read 2 vectors of
+ *     8 each), the merge tree costs more than the reads, so a team of the smallest power of two >=
+ *     columns / (4 vw) (about 4 vectors each, at least 1) takes each row and a work-group holds
+ *     KLCL_WG / team rows. Else the whole group.
+ * KLCL_ROW_SPLIT=P and KLCL_TEAM=T replace either choice (tests, A/B timings): P is cut to the row's
+ * whole vectors, T to a power of two at most KLCL_WG. CPU devices default to KLCL_WG = 1, so team 1. The
+ * inputs are the call's, never a chunk's: every chunk of a streamed call is reduced alike, and the same
+ * call gives the same bits; a split row sums in another order than an unsplit one, so the two may differ
+ * in the last bits (docs/LOSSES.md, "Bits and the shape of a call"). */
+klcl_strategy klcl_row_strategy(const klcl_context *ctx, size_t rows, size_t width, size_t vectors)
+{
+    klcl_strategy s = {ctx->wg, 1};
+    const size_t target = (ctx->is_cpu ? 2 : 4) * ctx->compute_units;
+    if (ctx->split_env) {
+        s.parts = ctx->split_env;
+    } else if (rows < target) {
+        size_t per_part = ctx->is_cpu ? SPLIT_MIN_COLUMNS_CPU : SPLIT_MIN_COLUMNS;
+        if (per_part < (size_t)ctx->vw * SPLIT_MIN_VECTORS * ctx->wg) per_part = (size_t)ctx->vw * SPLIT_MIN_VECTORS * ctx->wg;
+        const size_t most = width / per_part;
+        s.parts = (target + rows - 1) / rows;
+        if (s.parts > most) s.parts = most;
+    }
+    if (s.parts > vectors) s.parts = vectors;
+    if (s.parts > PARTS_MAX) s.parts = PARTS_MAX;
+    if (s.parts < 1) s.parts = 1;
+    const size_t columns = width / s.parts;
+    if (ctx->team_env) {
+        s.team = floor_pow2(ctx->team_env < ctx->wg ? ctx->team_env : ctx->wg);
+    } else if (columns / (size_t)ctx->vw < 4 * ctx->wg) {
+        const size_t need = (columns + 4 * (size_t)ctx->vw - 1) / (4 * (size_t)ctx->vw);
+        s.team = 1;
+        while (s.team < need && s.team < ctx->wg) s.team *= 2;
+    }
+    return s;
+}
+
+klcl_status klcl_context_row_strategy(klcl_context *ctx, size_t rows, size_t vocab, size_t *team, size_t *parts)
+{
+    if (!ctx) return KLCL_ERR_NULL_POINTER;
+    ctx->error[0] = '\0';
+    if (team) *team = 0;
+    if (parts) *parts = 0;
+    if (rows == 0 || vocab == 0)
+        return klcl_fail(ctx, KLCL_ERR_INVALID_SHAPE, "klcl_context_row_strategy: rows and vocab must be above 0");
+    if (ctx->is_reference) return KLCL_OK;
+    klcl_status st = klcl_program_build(ctx);
+    if (st != KLCL_OK) return st;
+    const klcl_strategy s = klcl_row_strategy(ctx, rows, vocab, vocab / (size_t)ctx->vw);
+    if (team) *team = s.team;
+    if (parts) *parts = s.parts;
+    return KLCL_OK;
 }

@@ -646,8 +646,9 @@ KLCL_API klcl_status klcl_reference_sparse_row(const klcl_loss_desc *desc, klcl_
 /* Tuning: the work-group size of the row kernels, per device                                             */
 /* ---------------------------------------------------------------------------------------------------- */
 
-/* The row kernels run one work-group per row; its size is chosen when a context builds its kernels, in
- * this order (the first that applies):
+/* The row kernels run work-groups of one size (a row per work-group, or several short rows per
+ * work-group, or a long row over several work-groups: klcl_context_row_strategy); the size is chosen when
+ * a context builds its kernels, in this order (the first that applies):
  *   1. the environment variable KLCL_WORK_GROUP (1 to 4096);
  *   2. this device's entry in the tuning table (klcl_tune writes it);
  *   3. the built-in default: 1 on CPU devices, 256 elsewhere;
@@ -681,6 +682,19 @@ KLCL_API klcl_status klcl_context_work_group(klcl_context *ctx, size_t *size, kl
  * elsewhere. Builds the kernels first as klcl_context_work_group does; `source` as there. On the CPU
  * reference: *width 0. */
 KLCL_API klcl_status klcl_context_vector_width(klcl_context *ctx, int *width, klcl_work_group_source *source);
+/* How klcl_compute reduces a batch of `rows` x `vocab` logits (teacher and student of that width) on this
+ * context: `team` work-items reduce each row, a power of two dividing the work-group size (KLCL_WG / team
+ * rows share a work-group; 1 on CPU devices), and each row is cut into `parts` column ranges reduced by
+ * separate work-groups and then merged (1: rows are not split). Rows are split only when they are too few
+ * to fill the device, and teams are narrower than the work-group only for short rows; the environment
+ * variables KLCL_ROW_SPLIT and KLCL_TEAM override the choice (read when the kernels are built). The choice
+ * depends on the call's rows and vocab, the device and the work-group size, never on how host inputs are
+ * chunked. A split row sums in another order and may differ from an unsplit one in its last bits; the same
+ * call on the same context always gives the same bits. Builds the kernels first when they are not built
+ * yet (a build failure is returned). `team` and `parts` may be NULL; on the CPU reference both are 0.
+ * KLCL_ERR_INVALID_SHAPE when rows or vocab is 0. */
+KLCL_API klcl_status klcl_context_row_strategy(klcl_context *ctx, size_t rows, size_t vocab, size_t *team,
+                                               size_t *parts);
 
 /* The tuning table's path ($KLCL_TUNE_FILE, else tuning.tsv in the cache folder) into out[cap].
  * KLCL_ERR_UNSUPPORTED when no folder can be named (none of KLCL_CACHE_DIR, XDG_CACHE_HOME, HOME is set),

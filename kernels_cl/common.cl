@@ -8,8 +8,9 @@
  *               it uses, and a small program loads from a binary cache in a fraction of a whole one's time.
  *
  * The row kernels read rows as vectors of KLCL_VW floats (8 or 16): vector k (logits KLCL_VW k ..
- * KLCL_VW k + KLCL_VW - 1) belongs to work-item k mod KLCL_WG, so a work-group of 1 streams a row
- * contiguously (CPU devices) and a wide one makes coalesced loads (GPUs); the last vocab mod KLCL_VW
+ * KLCL_VW k + KLCL_VW - 1) of a row, or of a part of a split row starting at vector k0, belongs to
+ * work-item (k - k0) mod team of the row's team of work-items, so one work-item streams a row
+ * contiguously (CPU devices) and a wide team makes coalesced loads (GPUs); the last vocab mod KLCL_VW
  * logits are read one by one. The sparse and conversion kernels read 8 at a time.
  *
  * Softmax statistics are kept against the running maximum m of the (softcapped) logits x:

@@ -1,17 +1,27 @@
-/* The loss kernels of LOSSES.md. One work-group reduces one row (klcl_rows_*); the gradient is written from
- * the row's statistics by the same work-group (fuse_grad) or by an element-wise kernel (klcl_grad_*).
+/* The loss kernels of LOSSES.md. A row is reduced by a team of work-items (klcl_rows_*), or, when the rows
+ * are too few to fill the device, in parts by several work-groups (klcl_part_*, klcl_merge_*); the gradient
+ * is written from the row's statistics by the row kernel itself (fuse_grad) or by an element-wise kernel
+ * (klcl_grad_*).
  *
- * klcl_rows_<loss>, one work-group of KLCL_WG work-items per row:
+ * klcl_rows_<loss>, KLCL_WG / team rows per work-group, `team` work-items per row (the host picks team, a
+ * power of two dividing KLCL_WG: all of it unless rows are short, see host/program.c):
  *   pass 1  one read of both rows: online softmax of teacher and student (one running max per work-item,
  *           one exponential per logit) with the sums that give both entropies and, for kl, rkl, soft_ce,
  *           ce and kd, the row value itself (see row_lanes); argmax of each (ties to the lowest index);
- *           non-finite flags; merged across work-items in a fixed tree;
+ *           non-finite flags; the team's work-items merged in a fixed tree (state_merge);
  *   pass 2  for jsd, skl, srkl and tvd only, whose terms need log p and log q first: one more read for
  *           the row value and the row sum their gradient needs (fixed tree).
  *   gradient  with fuse_grad, the row kernel then writes the row's gradient itself while the row is still
  *           in cache (CPU devices, where one work-item streams a whole row); else:
  * klcl_grad_<loss>, global size (columns, rows): dL/ds_v = dL/dz_v / tau * softcap' * scale / denominator.
  * Both write the gradient through grad_row, element by element: the same bits either way.
+ *
+ * A split row (parts > 1): klcl_part_<loss> runs pass 1 on each part, a contiguous range of the row's
+ * vectors, and writes the part's state; klcl_merge_<loss> merges the parts in part order with the same
+ * state_merge and writes the row's outputs as the row kernel does; for losses with a pass 2, klcl_part and
+ * klcl_merge run once more for it. The gradient then comes from klcl_grad_<loss>. The order of the sums
+ * differs from the unsplit kernel's, so the last bits may too; the host's choice of parts depends only on
+ * the call (rows, columns, device, settings), so a call gives the same bits every time.
  *
  * The gradient rule of LOSSES.md, dL/dz_v = q_v (g_v - sum_u q_u g_u) with g = dL/dq, cancels
  * catastrophically at the student's dominant token when tau is small: both terms are near the same large
@@ -189,18 +199,18 @@ KLCL_LOSS_HELPERS(floatV, intV, V)
         const T ds = xs - ms;                                                                            \
         const T ws = ms == KLCL_NEG_INF ? (T)(0.0f) : exp2(ds * k);                                      \
         L->ss += ws;                                                                                     \
-        L->bs += ws * fmax(ds, (T)(-FLT_MAX)); /* -inf - ms is -inf, and 0 x -inf would be NaN */             \
+        L->bs += ws * fmax(ds, (T)(-FLT_MAX)); /* -inf - ms is -inf, and 0 x -inf would be NaN */        \
         if (loss == LOSS_KD) L->ss1 += ms == KLCL_NEG_INF ? (T)(0.0f) : exp2(ds * M_LOG2E_F);           \
         if (loss == LOSS_CE) L->dsum += xs == (T)(KLCL_NEG_INF) ? (T)(KLCL_NEG_INF) : ds;                \
         if (!has_teacher) return;                                                                        \
         const T dt = xt - mt;                                                                            \
         const T wt = mt == KLCL_NEG_INF ? (T)(0.0f) : exp2(dt * k);                                      \
         L->st += wt;                                                                                     \
-        L->bt += wt * fmax(dt, (T)(-FLT_MAX));                                                                \
+        L->bt += wt * fmax(dt, (T)(-FLT_MAX));                                                           \
         /* Tokens with mass against probability 0 are flagged (FLAG bits 4, 8 of `bad`), which makes the   \
          * row value +inf whatever their weight has underflowed to; what they add here is then unused. */  \
-        if (USES_CTS(loss)) L->cts += wt * fmax(ds, (T)(-FLT_MAX));                                           \
-        if (loss == LOSS_RKL) L->cst += ws * fmax(dt, (T)(-FLT_MAX));                                         \
+        if (USES_CTS(loss)) L->cts += wt * fmax(ds, (T)(-FLT_MAX));                                      \
+        if (loss == LOSS_RKL) L->cst += ws * fmax(dt, (T)(-FLT_MAX));                                    \
     }
 
 KLCL_ROW_LANES(float, 1, float)
@@ -250,27 +260,115 @@ inline void lanes_fold1(row_lanesA *acc, row_lanes1 *blk)
     blk->st = blk->bt = blk->cts = blk->ss = blk->bs = blk->cst = blk->ss1 = blk->dsum = 0.0f;
 }
 
-/* Number of row_lanes fields, plus mt and ms, that the merge tree keeps in local memory. */
-#define LANE_FLOATS 10
+/* Pass-1 state of some of a row's columns: one work-item's, a team's after the merge tree, or one part's
+ * of a split row. The maxima of the softcapped logits and the row_lanes sums against them, the logits
+ * counted (ce's dsum needs them to rescale), each side's argmax on the raw logits (value and index) and the
+ * `bad` flags of pass 1. */
+typedef struct row_state {
+    float mt, ms;
+    row_lanes1 L;
+    float atv, asv;
+    uint ati, asi, bad, count;
+} row_state;
 
-inline void lanes_store(__local float *lf, uint i, float mt, float ms, row_lanes1 L)
+/* The state's words, floats then uints: one column of the tree's local arrays, or one part's record in a
+ * split row's scratch (the uints stored as their bits). */
+#define STATE_FLOATS 12
+#define STATE_UINTS 4
+#define STATE_WORDS (STATE_FLOATS + STATE_UINTS)
+#if defined(KLCL_HOST_PART_WORDS) && KLCL_HOST_PART_WORDS != STATE_WORDS
+#error "a part's record differs between kernels_cl/losses.cl and host/internal.h"
+#endif
+
+inline void state_words(row_state S, float *f, uint *u)
 {
-    const float v[LANE_FLOATS] = {mt, ms, L.st, L.bt, L.cts, L.ss, L.bs, L.cst, L.ss1, L.dsum};
-    for (int j = 0; j < LANE_FLOATS; j++) lf[j * KLCL_WG + i] = v[j];
+    const float v[STATE_FLOATS] = {S.mt,    S.ms,    S.L.st,  S.L.bt,   S.L.cts, S.L.ss,
+                                   S.L.bs,  S.L.cst, S.L.ss1, S.L.dsum, S.atv,   S.asv};
+    for (int j = 0; j < STATE_FLOATS; j++) f[j] = v[j];
+    u[0] = S.ati;
+    u[1] = S.asi;
+    u[2] = S.bad;
+    u[3] = S.count;
 }
 
-inline void lanes_load(__local const float *lf, uint i, float *mt, float *ms, row_lanes1 *L)
+inline row_state state_of_words(const float *f, const uint *u)
 {
-    *mt = lf[i];
-    *ms = lf[KLCL_WG + i];
-    L->st = lf[2 * KLCL_WG + i];
-    L->bt = lf[3 * KLCL_WG + i];
-    L->cts = lf[4 * KLCL_WG + i];
-    L->ss = lf[5 * KLCL_WG + i];
-    L->bs = lf[6 * KLCL_WG + i];
-    L->cst = lf[7 * KLCL_WG + i];
-    L->ss1 = lf[8 * KLCL_WG + i];
-    L->dsum = lf[9 * KLCL_WG + i];
+    row_state S;
+    S.mt = f[0];
+    S.ms = f[1];
+    S.L.st = f[2];
+    S.L.bt = f[3];
+    S.L.cts = f[4];
+    S.L.ss = f[5];
+    S.L.bs = f[6];
+    S.L.cst = f[7];
+    S.L.ss1 = f[8];
+    S.L.dsum = f[9];
+    S.atv = f[10];
+    S.asv = f[11];
+    S.ati = u[0];
+    S.asi = u[1];
+    S.bad = u[2];
+    S.count = u[3];
+    return S;
+}
+
+/* Work-item i's column of the tree's arrays: lf[j * KLCL_WG + i], lu[j * KLCL_WG + i]. */
+inline void state_store_local(__local float *lf, __local uint *lu, uint i, row_state S)
+{
+    float f[STATE_FLOATS];
+    uint u[STATE_UINTS];
+    state_words(S, f, u);
+    for (int j = 0; j < STATE_FLOATS; j++) lf[j * KLCL_WG + i] = f[j];
+    for (int j = 0; j < STATE_UINTS; j++) lu[j * KLCL_WG + i] = u[j];
+}
+
+inline row_state state_load_local(__local const float *lf, __local const uint *lu, uint i)
+{
+    float f[STATE_FLOATS];
+    uint u[STATE_UINTS];
+    for (int j = 0; j < STATE_FLOATS; j++) f[j] = lf[j * KLCL_WG + i];
+    for (int j = 0; j < STATE_UINTS; j++) u[j] = lu[j * KLCL_WG + i];
+    return state_of_words(f, u);
+}
+
+inline void state_store_global(__global float *p, row_state S)
+{
+    float f[STATE_FLOATS];
+    uint u[STATE_UINTS];
+    state_words(S, f, u);
+    for (int j = 0; j < STATE_FLOATS; j++) p[j] = f[j];
+    for (int j = 0; j < STATE_UINTS; j++) p[STATE_FLOATS + j] = as_float(u[j]);
+}
+
+inline row_state state_load_global(__global const float *p)
+{
+    float f[STATE_FLOATS];
+    uint u[STATE_UINTS];
+    for (int j = 0; j < STATE_FLOATS; j++) f[j] = p[j];
+    for (int j = 0; j < STATE_UINTS; j++) u[j] = as_uint(p[STATE_FLOATS + j]);
+    return state_of_words(f, u);
+}
+
+/* a <- a merged with b, the one merge of the work-item tree and of a split row's parts: both moved to the
+ * larger maxima, then added; each argmax keeps the larger value, ties to the lower index. */
+inline void state_merge(const int loss, row_state *a, row_state b, float k)
+{
+    const float mt = fmax(a->mt, b.mt), ms = fmax(a->ms, b.ms);
+    lanes_rescale1(loss, &a->L, &a->mt, &a->ms, mt, ms, (float)a->count, k);
+    lanes_rescale1(loss, &b.L, &b.mt, &b.ms, mt, ms, (float)b.count, k);
+    a->L.st += b.L.st;
+    a->L.bt += b.L.bt;
+    a->L.cts += b.L.cts;
+    a->L.ss += b.L.ss;
+    a->L.bs += b.L.bs;
+    a->L.cst += b.L.cst;
+    a->L.ss1 += b.L.ss1;
+    a->L.dsum += b.L.dsum;
+    argmax_merge(&a->atv, &a->ati, b.atv, b.ati);
+    argmax_merge(&a->asv, &a->asi, b.asv, b.asi);
+    a->bad |= b.bad;
+    a->count += b.count;
 }
 
 #define ROW_ARGS                                                                                       \
@@ -281,22 +379,23 @@ inline void lanes_load(__local const float *lf, uint i, float *mt, float *ms, ro
         int ignore_index, float inv_tau, float cap, float scale, float alpha, float beta, float lambda, \
         float eps, float zl, float lwa, float lwb, __global float *row_loss, ulong rl_off,              \
         __global float *row_stats, __global int *row_flags, ulong row0, int want_grad,                  \
-        __global G_ELEM *grad, ulong g_off, ulong g_stride, float inv_denom, int fuse_grad
+        __global G_ELEM *grad, ulong g_off, ulong g_stride, float inv_denom, int fuse_grad,            \
+        uint launch_rows, uint team_size, uint parts, __global float *partials, int pass
 
 #define ROW_ARG_NAMES                                                                                  \
     teacher, t_off, t_stride, student, s_off, s_stride, labels, l_off, has_labels, mask, m_off,         \
         has_mask, vocab, t_cols, s_cols, t_logprob, has_teacher, ignore_index, inv_tau, cap, scale, alpha, beta, lambda, eps, zl,  \
         lwa, lwb, row_loss, rl_off, row_stats, row_flags, row0, want_grad, grad, g_off, g_stride,      \
-        inv_denom, fuse_grad
+        inv_denom, fuse_grad, launch_rows, team_size, parts, partials, pass
 
 #define PARAMS_FROM_ARGS {inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, vocab}
 
-/* The first index, in the order a work-item reads its vectors kb, kb + KLCL_WG, ... < ke, whose logit
+/* The first index, in the order a work-item reads its vectors kb, kb + step, ... < ke, whose logit
  * equals v (the block's maximum, so one exists): the argmax with ties to the lowest index. */
 #define KLCL_FIRST_INDEX(X, ELEM, LOADV)                                                               \
-    inline uint first_indexV_##X(__global const ELEM *p, uint kb, uint ke, float v)                     \
+    inline uint first_indexV_##X(__global const ELEM *p, uint kb, uint ke, uint step, float v)         \
     {                                                                                                  \
-        for (uint kk = kb; kk < ke; kk += KLCL_WG) {                                                   \
+        for (uint kk = kb; kk < ke; kk += step) {                                                      \
             float x[KLCL_VW];                                                                                \
             vstoreV(LOADV(kk, p), 0, x);                                                               \
             for (uint j = 0; j < KLCL_VW; j++)                                                               \
@@ -338,63 +437,46 @@ inline void grad_row(const int loss, __global const T_ELEM *t, __global const S_
     }
 }
 
-inline void rows_body(const int loss, __local float *lf, __local uint *lu, __local float4 *l4, ROW_ARGS)
+/* A row's flags before any logit is read (mask, ignore_index, a label outside the loss's columns), and
+ * its label in *y (-1 without labels). */
+inline int row_skip_flags(ulong row, __global const int *labels, ulong l_off, int has_labels,
+                          __global const uchar *mask, ulong m_off, int has_mask, int ignore_index, uint vocab,
+                          uint s_cols, int *y)
 {
-    const uint lid = get_local_id(0);
-    const ulong row = row0 + get_group_id(0);
-    const float k = M_LOG2E_F * inv_tau;
-    const loss_params P = PARAMS_FROM_ARGS;
-    const int uses_teacher = loss != LOSS_CE;
-    /* Whole vectors where both rows have columns; the rest one by one, -inf past a row's width. */
-    const uint nvec = min(vocab, min(t_cols, s_cols)) / KLCL_VW;
-    __global float *stats = row_stats + row * RS_COUNT;
-    __global int *rflags = row_flags + row * RF_COUNT;
-
-    int flags = 0, y = -1;
+    int flags = 0;
+    *y = -1;
     if (has_mask && mask[m_off + row] == 0) flags |= FLAG_SKIPPED;
     if (has_labels) {
-        y = labels[l_off + row];
-        if (y == ignore_index)
+        *y = labels[l_off + row];
+        if (*y == ignore_index)
             flags |= FLAG_SKIPPED;
-        else if (y < 0 || (uint)y >= min(vocab, s_cols))
+        else if (*y < 0 || (uint)*y >= min(vocab, s_cols))
             flags |= FLAG_SKIPPED | FLAG_BAD_LABEL;
     }
-    if (flags & FLAG_SKIPPED) {
-        if (lid == 0) {
-            for (int i = 0; i < RS_COUNT; i++) stats[i] = 0.0f;
-            rflags[RF_FLAGS] = flags;
-            rflags[RF_ARGMAX_T] = -1;
-            rflags[RF_ARGMAX_S] = -1;
-            row_loss[rl_off + row] = 0.0f;
-        }
-        if (fuse_grad) {
-            const row_softmax R0 = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-            grad_row(loss, 0, 0, grad + g_off + get_group_id(0) * g_stride, lid, KLCL_WG, vocab, t_cols,
-                     s_cols, y, R0, 0.0f, 0.0f, P, inv_denom, 0, 0.0f);
-        }
-        return;
-    }
+    return flags;
+}
 
-    /* Logit rows are addressed from the launch's first row (t_off, s_off point there: a chunk of a
-     * longer batch, or the caller's buffer); per-row arrays by the row's index in the whole batch. */
-    const ulong lrow = get_group_id(0);
-    __global const T_ELEM *t = teacher + t_off + lrow * t_stride;
-    __global const S_ELEM *s = student + s_off + lrow * s_stride;
-
-    /* Pass 1: softmax sums and argmax, KLCL_VW logits at a time in blocks of ACC_BLOCK vectors, then the tail
-     * one by one. Within a block nothing is horizontal and nothing branches: the exponentials are taken
-     * against the maxima known when the block starts (from the work-item's first vector at the start),
-     * the block's own maxima are kept lane-wise, and only at the block's end are the sums moved to a
-     * higher maximum (one rescale per block, not per vector). Logits above the block's reference make
-     * weights above 1; while they stay below 2^BLOCK_HEADROOM the fp32 sums cannot overflow and are exact
-     * to the same relative rounding, else the block is summed again from the start against its own
-     * maxima (a row's first block when its first vector is all -inf, or a huge jump). The argmax comes
-     * from the same lane-wise maxima: a block whose maximum beats the best so far is searched once for
-     * its first index of that value. */
+/* Pass 1 of work-item `tid` of a team of `team` over vectors [k0, k1) of a row and its scalar columns
+ * [v0, v1): softmax sums and argmax, KLCL_VW logits at a time in blocks of ACC_BLOCK vectors, then the scalar
+ * columns one by one. The work-item reads vectors k0 + tid, k0 + tid + team, ... and columns v0 + tid,
+ * v0 + tid + team, ...
+ *
+ * Within a block nothing is horizontal and nothing branches: the exponentials are taken against the
+ * maxima known when the block starts (from the work-item's first vector at the start), the block's own
+ * maxima are kept lane-wise, and only at the block's end are the sums moved to a higher maximum (one
+ * rescale per block, not per vector). Logits above the block's reference make weights above 1; while they
+ * stay below 2^BLOCK_HEADROOM the fp32 sums cannot overflow and are exact to the same relative rounding,
+ * else the block is summed again from the start against its own maxima (a range's first block when its
+ * first vector is all -inf, or a huge jump). The argmax comes from the same lane-wise maxima: a block whose
+ * maximum beats the best so far is searched once for its first index of that value. */
+inline row_state pass1(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, uint k0, uint k1,
+                       uint v0, uint v1, uint tid, uint team, uint t_cols, uint s_cols, int has_teacher, float cap,
+                       float k)
+{
     float mt = KLCL_NEG_INF, ms = KLCL_NEG_INF;
-    if (lid < nvec) {
-        ms = softcap1(hmaxV(LOAD_SV(lid, s)), cap);
-        if (has_teacher) mt = softcap1(hmaxV(LOAD_TV(lid, t)), cap);
+    if (k0 + tid < k1) {
+        ms = softcap1(hmaxV(LOAD_SV(k0 + tid, s)), cap);
+        if (has_teacher) mt = softcap1(hmaxV(LOAD_TV(k0 + tid, t)), cap);
     }
     /* kd also sums exp(x_s - ms) at tau = 1: the headroom holds for the larger of the two scales. */
     const float k_room = loss == LOSS_KD ? fmax(k, M_LOG2E_F) : k;
@@ -403,16 +485,16 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
                       (floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f)};
     float atv = KLCL_NEG_INF, asv = KLCL_NEG_INF;
     uint ati = UINT_MAX, asi = UINT_MAX;
-    uint bad = 0, count = 0; /* count: logits per work-item in acc */
+    uint bad = 0, count = 0; /* count: logits in acc */
     /* The flags of `bad`, kept lane-wise in the vector loop (an OR per vector, no horizontal test) and
      * folded after it: NaN or +inf in the student (2) or teacher (1) is "not below +inf"; mass against
      * probability 0 (4 for kl, soft_ce and kd; 8 for rkl) is a finite logit facing -inf. */
     intV bad_sv = (intV)(0), bad_tv = (intV)(0), bad_zv = (intV)(0);
-    for (uint kb = lid; kb < nvec; kb += ACC_BLOCK * KLCL_WG) {
-        const uint ke = min(nvec, kb + ACC_BLOCK * KLCL_WG);
-        const uint in_block = (ke - kb + KLCL_WG - 1) / KLCL_WG;
+    for (uint kb = k0 + tid; kb < k1; kb += ACC_BLOCK * team) {
+        const uint ke = min(k1, kb + ACC_BLOCK * team);
+        const uint in_block = (ke - kb + team - 1) / team;
         floatV bmtv = (floatV)(KLCL_NEG_INF), bmsv = (floatV)(KLCL_NEG_INF);
-        for (uint kk = kb; kk < ke; kk += KLCL_WG) {
+        for (uint kk = kb; kk < ke; kk += team) {
             const floatV rs = LOAD_SV(kk, s);
             bad_sv |= ~(rs < (floatV)(INFINITY));
             bmsv = fmax(bmsv, rs);
@@ -439,7 +521,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
             lanes_rescaleA(loss, &acc, &mt, &ms, mt_new, ms_new, (float)count, k);
             if (again) {
                 blk.st = blk.bt = blk.cts = blk.ss = blk.bs = blk.cst = blk.ss1 = blk.dsum = (floatV)(0.0f);
-                for (uint kk = kb; kk < ke; kk += KLCL_WG) {
+                for (uint kk = kb; kk < ke; kk += team) {
                     const floatV xs = softcapV(LOAD_SV(kk, s), cap);
                     const floatV xt = has_teacher ? softcapV(LOAD_TV(kk, t), cap) : (floatV)(0.0f);
                     lanes_addV(loss, &blk, mt, ms, xt, xs, k, has_teacher);
@@ -448,11 +530,11 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         }
         if (bms > asv) {
             asv = bms;
-            asi = first_indexV_S(s, kb, ke, bms);
+            asi = first_indexV_S(s, kb, ke, team, bms);
         }
         if (has_teacher && bmt > atv) {
             atv = bmt;
-            ati = first_indexV_T(t, kb, ke, bmt);
+            ati = first_indexV_T(t, kb, ke, team, bmt);
         }
         lanes_foldV(&acc, &blk);
         count += KLCL_VW * in_block;
@@ -460,7 +542,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     bad |= (any(bad_tv) ? 1u : 0u) | (any(bad_sv) ? 2u : 0u) | (any(bad_zv) ? (loss == LOSS_RKL ? 8u : 4u) : 0u);
     row_lanes1 tail = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     uint in_tail = 0;
-    for (uint v = nvec * KLCL_VW + lid; v < vocab; v += KLCL_WG) {
+    for (uint v = v0 + tid; v < v1; v += team) {
         const float rs = LOAD_S1(v, s, s_cols);
         bad |= (isnan(rs) || rs == INFINITY) ? 2u : 0u;
         argmax_merge(&asv, &asi, rs, v);
@@ -486,176 +568,351 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     }
     lanes_fold1(&acc, &tail);
     count += in_tail;
-    row_lanes1 L = {(float)acc.st, (float)acc.bt, (float)acc.cts, (float)acc.ss,
-                    (float)acc.bs, (float)acc.cst, (float)acc.ss1, (float)acc.dsum};
+    row_state S;
+    S.mt = mt;
+    S.ms = ms;
+    S.L.st = (float)acc.st;
+    S.L.bt = (float)acc.bt;
+    S.L.cts = (float)acc.cts;
+    S.L.ss = (float)acc.ss;
+    S.L.bs = (float)acc.bs;
+    S.L.cst = (float)acc.cst;
+    S.L.ss1 = (float)acc.ss1;
+    S.L.dsum = (float)acc.dsum;
+    S.atv = atv;
+    S.asv = asv;
+    S.ati = ati;
+    S.asi = asi;
+    S.bad = bad;
+    S.count = count;
+    return S;
+}
 
-    /* Merge the work-items' sums in a fixed tree. OpenCL C 1.2 has no generic address space, so each
-     * step merges private copies and stores back. */
-    lanes_store(lf, lid, mt, ms, L);
-    lf[LANE_FLOATS * KLCL_WG + lid] = atv;
-    lf[(LANE_FLOATS + 1) * KLCL_WG + lid] = asv;
-    lu[lid] = ati;
-    lu[KLCL_WG + lid] = asi;
-    lu[2 * KLCL_WG + lid] = bad;
-    lu[3 * KLCL_WG + lid] = count;
+/* Merges the pass-1 states of each team's work-items in a fixed tree (work-item tid takes tid + off for
+ * off = team/2, ..., 1) and returns the team's state to all its work-items. Every work-item of the group
+ * calls it: it holds barriers. OpenCL C 1.2 has no generic address space, so each step merges private
+ * copies and stores back. */
+inline row_state team_merge(const int loss, __local float *lf, __local uint *lu, uint lid, uint tid, uint team,
+                            row_state S, float k)
+{
+    state_store_local(lf, lu, lid, S);
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint off = KLCL_WG / 2; off > 0; off >>= 1) {
-        if (lid < off) {
-            const uint o = lid + off;
-            float amt, ams, bmt, bms;
-            row_lanes1 A, B;
-            lanes_load(lf, lid, &amt, &ams, &A);
-            lanes_load(lf, o, &bmt, &bms, &B);
-            const uint acount = lu[3 * KLCL_WG + lid], bcount = lu[3 * KLCL_WG + o];
-            const float nmt = fmax(amt, bmt), nms = fmax(ams, bms);
-            lanes_rescale1(loss, &A, &amt, &ams, nmt, nms, (float)acount, k);
-            lanes_rescale1(loss, &B, &bmt, &bms, nmt, nms, (float)bcount, k);
-            A.st += B.st;
-            A.bt += B.bt;
-            A.cts += B.cts;
-            A.ss += B.ss;
-            A.bs += B.bs;
-            A.cst += B.cst;
-            A.ss1 += B.ss1;
-            A.dsum += B.dsum;
-            lanes_store(lf, lid, nmt, nms, A);
-            float tv = lf[LANE_FLOATS * KLCL_WG + lid], sv = lf[(LANE_FLOATS + 1) * KLCL_WG + lid];
-            uint ti = lu[lid], si = lu[KLCL_WG + lid];
-            argmax_merge(&tv, &ti, lf[LANE_FLOATS * KLCL_WG + o], lu[o]);
-            argmax_merge(&sv, &si, lf[(LANE_FLOATS + 1) * KLCL_WG + o], lu[KLCL_WG + o]);
-            lf[LANE_FLOATS * KLCL_WG + lid] = tv;
-            lf[(LANE_FLOATS + 1) * KLCL_WG + lid] = sv;
-            lu[lid] = ti;
-            lu[KLCL_WG + lid] = si;
-            lu[2 * KLCL_WG + lid] |= lu[2 * KLCL_WG + o];
-            lu[3 * KLCL_WG + lid] = acount + bcount;
+    for (uint off = team / 2; off > 0; off >>= 1) {
+        if (tid < off) {
+            row_state A = state_load_local(lf, lu, lid);
+            state_merge(loss, &A, state_load_local(lf, lu, lid + off), k);
+            state_store_local(lf, lu, lid, A);
         }
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    row_softmax R;
-    lanes_load(lf, 0, &R.mt, &R.ms, &L);
-    atv = lf[LANE_FLOATS * KLCL_WG];
-    asv = lf[(LANE_FLOATS + 1) * KLCL_WG];
-    ati = lu[0];
-    asi = lu[KLCL_WG];
-    bad = lu[2 * KLCL_WG];
+    return state_load_local(lf, lu, lid - tid);
+}
 
+/* What a row's merged pass-1 state gives before pass 2: the softmax normalisers R, validity, the
+ * teacher's normalisation (p = w_t c_t, total mass mass_t) and g at the reference token (centred losses). */
+typedef struct row_setup {
+    row_softmax R;
+    int teacher_ok, invalid;
+    float c_t, mass_t, g_ref;
+} row_setup;
+
+inline row_setup row_prepare(const int loss, row_state S, __global const T_ELEM *t, __global const S_ELEM *s,
+                             uint t_cols, uint s_cols, int has_teacher, int t_logprob, loss_params P)
+{
+    row_setup U;
+    U.R.mt = S.mt;
+    U.R.ms = S.ms;
     /* Validity from the raw maxima: softcap maps -inf to -c, so the capped maxima cannot tell. */
-    const int teacher_ok = has_teacher && !(bad & 1u) && atv != KLCL_NEG_INF;
-    const int invalid = (bad & 2u) || asv == KLCL_NEG_INF || (uses_teacher && !teacher_ok);
+    U.teacher_ok = has_teacher && !(S.bad & 1u) && S.atv != KLCL_NEG_INF;
+    U.invalid = (S.bad & 2u) || S.asv == KLCL_NEG_INF || (loss != LOSS_CE && !U.teacher_ok);
     /* p = w_t * c with c = 1 / S_t, and total mass P = 1. Teacher log-probabilities (t_logprob: only at
      * tau = 1 without softcap) are used as log p as they are: log p = x_t, so c = exp(mt) and P = S_t c,
      * 1 up to the producer's rounding, with no second normalisation. */
-    float c_t = 1.0f / L.st, mass_t = 1.0f;
-    R.lst = log(L.st);
+    U.c_t = 1.0f / S.L.st;
+    U.mass_t = 1.0f;
+    U.R.lst = log(S.L.st);
     if (t_logprob) {
-        R.lst = -R.mt;
-        c_t = exp(R.mt);
-        mass_t = L.st * c_t;
+        U.R.lst = -U.R.mt;
+        U.c_t = exp(U.R.mt);
+        U.mass_t = S.L.st * U.c_t;
     }
-    R.lss = log(L.ss);
-    R.lss1 = log(L.ss1);
-    /* An invalid row writes NaN and does no more work, but every work-item still runs to the end: no
-     * return between barriers (PoCL 3.1 hangs or miscompiles work-groups of 2 when one is taken, even
-     * though every work-item takes it alike). */
-    if (invalid && lid == 0) {
+    U.R.lss = log(S.L.ss);
+    U.R.lss1 = log(S.L.ss1);
+    U.g_ref = 0.0f;
+    if (IS_CENTERED(loss) && !U.invalid) {
+        const float xt = softcap1(LOAD_T1(S.asi, t, t_cols), P.cap), xs = softcap1(LOAD_S1(S.asi, s, s_cols), P.cap);
+        U.g_ref = centered_g1(loss, xt, xs, (xt - U.R.mt) * P.inv_tau - U.R.lst, (xs - U.R.ms) * P.inv_tau - U.R.lss, P);
+    }
+    return U;
+}
+
+/* Pass 2 (jsd, skl, srkl, tvd; rkl only for its gradient), over the columns pass1 reads: the terms of the
+ * row value and of the centred row sum (see the table of LOSSES.md), returned as (value, sum). rkl's sum
+ * needs its reference token, known only after pass 1; forming it from pass-1 sums instead would bring
+ * back the cancellation the centred form removes. Two levels again: blocks of ACC_BLOCK vectors folded
+ * into acc_t. */
+#define NEEDS_PASS2(loss, want_grad) (!ONE_PASS(loss) || (IS_CENTERED(loss) && (want_grad)))
+
+inline float2 pass2(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, uint k0, uint k1, uint v0,
+                    uint v1, uint tid, uint team, uint t_cols, uint s_cols, row_softmax R, float g_ref,
+                    int teacher_ok, loss_params P)
+{
+    floatV lv = (floatV)(0.0f), auxv = (floatV)(0.0f);
+    acc_t l_acc = 0, aux_acc = 0;
+    uint n = 0;
+    for (uint kk = k0 + tid; kk < k1; kk += team) {
+        pass2_V(loss, teacher_ok, LOAD_TV(kk, t), LOAD_SV(kk, s), R, g_ref, P, &lv, &auxv);
+        if (++n == ACC_BLOCK) {
+            l_acc += hsumV(lv);
+            aux_acc += hsumV(auxv);
+            lv = auxv = (floatV)(0.0f);
+            n = 0;
+        }
+    }
+    float l1 = hsumV(lv), aux1 = hsumV(auxv);
+    for (uint v = v0 + tid; v < v1; v += team)
+        pass2_1(loss, teacher_ok, LOAD_T1(v, t, t_cols), LOAD_S1(v, s, s_cols), R, g_ref, P, &l1, &aux1);
+    return (float2)((float)(l_acc + l1), (float)(aux_acc + aux1));
+}
+
+/* Sums each team's pass-2 pairs in a fixed tree; every work-item of the group calls it. */
+inline float2 team_sum(__local float4 *l4, uint lid, uint tid, uint team, float2 x)
+{
+    l4[lid] = (float4)(x.x, x.y, 0.0f, 0.0f);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint off = team / 2; off > 0; off >>= 1) {
+        if (tid < off) l4[lid] += l4[lid + off];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    return l4[lid - tid].xy;
+}
+
+/* The per-row outputs of a row that is skipped (mask 0, ignore_index, or a label out of range). */
+inline void row_write_skipped(int flags, __global float *stats, __global int *rflags, __global float *loss_out)
+{
+    for (int i = 0; i < RS_COUNT; i++) stats[i] = 0.0f;
+    rflags[RF_FLAGS] = flags;
+    rflags[RF_ARGMAX_T] = -1;
+    rflags[RF_ARGMAX_S] = -1;
+    *loss_out = 0.0f;
+}
+
+/* The per-row outputs of a used row: statistics, flags and the loss after scale, from its merged pass-1
+ * state, its setup and pass 2's (value, centred sum) (the value counts for jsd, skl, srkl and tvd only;
+ * the other losses take theirs from the pass-1 sums). An invalid row gets NaN. */
+inline void row_write(const int loss, row_state S, row_setup U, float2 p2, int y, int has_labels,
+                      __global const S_ELEM *s, uint s_cols, loss_params P, __global float *stats,
+                      __global int *rflags, __global float *loss_out)
+{
+    if (U.invalid) {
         for (int i = 0; i < RS_COUNT; i++) stats[i] = NAN;
-        rflags[RF_FLAGS] = FLAG_INVALID | (teacher_ok ? FLAG_TEACHER_OK : 0);
+        rflags[RF_FLAGS] = FLAG_INVALID | (U.teacher_ok ? FLAG_TEACHER_OK : 0);
         rflags[RF_ARGMAX_T] = -1;
         rflags[RF_ARGMAX_S] = -1;
-        row_loss[rl_off + row] = NAN;
+        *loss_out = NAN;
+        return;
     }
-
-    float g_ref = 0.0f;
-    if (IS_CENTERED(loss) && !invalid) {
-        const float xt = softcap1(LOAD_T1(asi, t, t_cols), cap), xs = softcap1(LOAD_S1(asi, s, s_cols), cap);
-        g_ref = centered_g1(loss, xt, xs, (xt - R.mt) * inv_tau - R.lst, (xs - R.ms) * inv_tau - R.lss, P);
+    const row_lanes1 L = S.L;
+    const row_softmax R = U.R;
+    const float inv_tau = P.inv_tau, c_t = U.c_t, mass_t = U.mass_t;
+    /* The one-pass values from the sums (row_lanes); log p - log q terms divided by tau once. */
+    const float h_t = U.teacher_ok ? mass_t * R.lst - L.bt * c_t * inv_tau : NAN;
+    const float h_s = R.lss - L.bs / L.ss * inv_tau;
+    float value = ONE_PASS(loss) ? 0.0f : p2.x, out;
+    if (loss == LOSS_KL || loss == LOSS_KD)
+        value = (S.bad & 4u) ? INFINITY : (L.bt - L.cts) * c_t * inv_tau + mass_t * (R.lss - R.lst);
+    else if (loss == LOSS_RKL)
+        value = (S.bad & 8u) ? INFINITY : (L.bs - L.cst) / L.ss * inv_tau - R.lss + R.lst;
+    else if (loss == LOSS_SOFT_CE)
+        value = (S.bad & 4u) ? INFINITY : mass_t * R.lss - L.cts * c_t * inv_tau;
+    if (loss == LOSS_CE) {
+        const float lse_s = R.ms * inv_tau + R.lss;
+        const float b_y = (softcap1(LOAD_S1((uint)y, s, s_cols), P.cap) - R.ms) * inv_tau - R.lss;
+        const float sum_log_q = L.dsum * inv_tau - (float)P.vocab * R.lss;
+        /* A term whose weight is exactly 0 is left out: never 0 * inf. */
+        value = P.zl > 0.0f ? P.zl * lse_s * lse_s : 0.0f;
+        if (P.eps < 1.0f) value -= (1.0f - P.eps) * b_y;
+        if (P.eps > 0.0f) value -= P.eps / (float)P.vocab * sum_log_q;
+        out = P.scale == 0.0f ? 0.0f : P.scale * value;
+    } else if (loss == LOSS_KD) {
+        const float b1_y = (softcap1(LOAD_S1((uint)y, s, s_cols), P.cap) - R.ms) - R.lss1;
+        const float soft = (1.0f - P.alpha) * P.scale;
+        out = (P.alpha > 0.0f ? P.alpha * -b1_y : 0.0f) + (soft != 0.0f ? soft * value : 0.0f);
+    } else {
+        out = P.scale == 0.0f ? 0.0f : P.scale * value;
     }
+    stats[RS_MAX_T] = R.mt;
+    stats[RS_LOGS_T] = R.lst;
+    stats[RS_MAX_S] = R.ms;
+    stats[RS_LOGS_S] = R.lss;
+    stats[RS_LOGS_S1] = R.lss1;
+    stats[RS_AUX] = p2.y;
+    stats[RS_G_REF] = U.g_ref;
+    stats[RS_H_T] = h_t;
+    stats[RS_H_S] = h_s;
+    int f = U.teacher_ok ? FLAG_TEACHER_OK : 0;
+    if (loss == LOSS_RKL && (S.bad & 8u)) f |= FLAG_NO_GRADIENT;
+    if (U.teacher_ok && S.ati == S.asi) f |= FLAG_AGREE;
+    if (has_labels && (uint)y == S.asi) f |= FLAG_CORRECT;
+    rflags[RF_FLAGS] = f;
+    rflags[RF_ARGMAX_T] = U.teacher_ok ? (int)S.ati : -1;
+    rflags[RF_ARGMAX_S] = (int)S.asi;
+    *loss_out = out;
+}
 
-    /* Pass 2 (jsd, skl, srkl, tvd; rkl only for its gradient): row value and the centred row sum (see
-     * the table of LOSSES.md). rkl's sum needs its reference token, known only after pass 1; forming it
-     * from pass-1 sums instead would bring back the cancellation the centred form removes. */
-    float value = 0.0f, aux = 0.0f;
-    if (!ONE_PASS(loss) || (IS_CENTERED(loss) && want_grad)) {
-        /* Two levels again: blocks of ACC_BLOCK vectors folded into acc_t. */
-        floatV lv = (floatV)(0.0f), auxv = (floatV)(0.0f);
-        acc_t l_acc = 0, aux_acc = 0;
-        uint n = 0;
-        const uint nvec2 = invalid ? 0 : nvec, vocab2 = invalid ? 0 : vocab;
-        for (uint kk = lid; kk < nvec2; kk += KLCL_WG) {
-            pass2_V(loss, teacher_ok, LOAD_TV(kk, t), LOAD_SV(kk, s), R, g_ref, P, &lv, &auxv);
-            if (++n == ACC_BLOCK) {
-                l_acc += hsumV(lv);
-                aux_acc += hsumV(auxv);
-                lv = auxv = (floatV)(0.0f);
-                n = 0;
-            }
-        }
-        float l1 = hsumV(lv), aux1 = hsumV(auxv);
-        for (uint v = nvec * KLCL_VW + lid; v < vocab2; v += KLCL_WG)
-            pass2_1(loss, teacher_ok, LOAD_T1(v, t, t_cols), LOAD_S1(v, s, s_cols), R, g_ref, P, &l1, &aux1);
-        l4[lid] = (float4)((float)(l_acc + l1), (float)(aux_acc + aux1), 0.0f, 0.0f);
-        barrier(CLK_LOCAL_MEM_FENCE);
-        for (uint off = KLCL_WG / 2; off > 0; off >>= 1) {
-            if (lid < off) l4[lid] += l4[lid + off];
-            barrier(CLK_LOCAL_MEM_FENCE);
-        }
-        if (!ONE_PASS(loss)) value = l4[0].x;
-        aux = l4[0].y;
+/* Work-items per row (or per part of a split row): the host's team size, a power of two dividing KLCL_WG;
+ * a constant 1 where KLCL_WG is 1 (CPU devices), so that those loops keep a fixed stride. */
+inline uint team_of(uint team_size)
+{
+    return KLCL_WG == 1 ? 1u : team_size;
+}
+
+/* klcl_rows_<loss>: `team` work-items per row, work-items j team .. (j + 1) team - 1 of a work-group
+ * reducing its j-th row (with team = KLCL_WG, one work-group per row). Every work-item runs to the end, whatever its
+ * row: a skipped row, or a team past the launch's last row, reads nothing but takes every barrier with the
+ * others (no return between barriers: PoCL 3.1 hangs or miscompiles work-groups of 2 when one is taken,
+ * even though every work-item takes it alike, and with teams the other rows of the group still have
+ * barriers to take). */
+inline void rows_body(const int loss, __local float *lf, __local uint *lu, __local float4 *l4, ROW_ARGS)
+{
+    const uint lid = get_local_id(0), team = team_of(team_size), tid = lid & (team - 1);
+    const ulong lrow = get_group_id(0) * (ulong)(KLCL_WG / team) + lid / team;
+    const int in_launch = lrow < launch_rows;
+    const ulong row = row0 + lrow;
+    const float k = M_LOG2E_F * inv_tau;
+    const loss_params P = PARAMS_FROM_ARGS;
+    /* Whole vectors where both rows have columns; the rest one by one, -inf past a row's width. */
+    const uint nvec = min(vocab, min(t_cols, s_cols)) / KLCL_VW;
+    int y = -1;
+    const int flags = in_launch ? row_skip_flags(row, labels, l_off, has_labels, mask, m_off, has_mask, ignore_index,
+                                                 vocab, s_cols, &y)
+                                : FLAG_SKIPPED;
+    const int used = !(flags & FLAG_SKIPPED);
+
+    /* Logit rows are addressed from the launch's first row (t_off, s_off point there: a chunk of a
+     * longer batch, or the caller's buffer); per-row arrays by the row's index in the whole batch. */
+    const ulong at = in_launch ? lrow : 0;
+    __global const T_ELEM *t = teacher + t_off + at * t_stride;
+    __global const S_ELEM *s = student + s_off + at * s_stride;
+    row_state S = pass1(loss, t, s, 0, used ? nvec : 0, nvec * KLCL_VW, used ? vocab : 0, tid, team, t_cols, s_cols,
+                        has_teacher, cap, k);
+    S = team_merge(loss, lf, lu, lid, tid, team, S, k);
+    const row_setup U = row_prepare(loss, S, t, s, t_cols, s_cols, has_teacher, t_logprob, P);
+    float2 p2 = (float2)(0.0f);
+    if (NEEDS_PASS2(loss, want_grad)) {
+        const int work = used && !U.invalid;
+        p2 = team_sum(l4, lid, tid, team,
+                      pass2(loss, t, s, 0, work ? nvec : 0, nvec * KLCL_VW, work ? vocab : 0, tid, team, t_cols, s_cols, U.R,
+                            U.g_ref, U.teacher_ok, P));
     }
-
-    if (lid == 0 && !invalid) {
-        /* The one-pass values from the sums (row_lanes); log p - log q terms divided by tau once. */
-        const float h_t = teacher_ok ? mass_t * R.lst - L.bt * c_t * inv_tau : NAN;
-        const float h_s = R.lss - L.bs / L.ss * inv_tau;
-        float out;
-        if (loss == LOSS_KL || loss == LOSS_KD)
-            value = (bad & 4u) ? INFINITY : (L.bt - L.cts) * c_t * inv_tau + mass_t * (R.lss - R.lst);
-        else if (loss == LOSS_RKL)
-            value = (bad & 8u) ? INFINITY : (L.bs - L.cst) / L.ss * inv_tau - R.lss + R.lst;
-        else if (loss == LOSS_SOFT_CE)
-            value = (bad & 4u) ? INFINITY : mass_t * R.lss - L.cts * c_t * inv_tau;
-        if (loss == LOSS_CE) {
-            const float lse_s = R.ms * inv_tau + R.lss;
-            const float b_y = (softcap1(LOAD_S1((uint)y, s, s_cols), cap) - R.ms) * inv_tau - R.lss;
-            const float sum_log_q = L.dsum * inv_tau - (float)vocab * R.lss;
-            /* A term whose weight is exactly 0 is left out: never 0 * inf. */
-            value = zl > 0.0f ? zl * lse_s * lse_s : 0.0f;
-            if (eps < 1.0f) value -= (1.0f - eps) * b_y;
-            if (eps > 0.0f) value -= eps / (float)vocab * sum_log_q;
-            out = scale == 0.0f ? 0.0f : scale * value;
-        } else if (loss == LOSS_KD) {
-            const float b1_y = (softcap1(LOAD_S1((uint)y, s, s_cols), cap) - R.ms) - R.lss1;
-            const float soft = (1.0f - alpha) * scale;
-            out = (alpha > 0.0f ? alpha * -b1_y : 0.0f) + (soft != 0.0f ? soft * value : 0.0f);
-        } else {
-            out = scale == 0.0f ? 0.0f : scale * value;
-        }
-        stats[RS_MAX_T] = R.mt;
-        stats[RS_LOGS_T] = R.lst;
-        stats[RS_MAX_S] = R.ms;
-        stats[RS_LOGS_S] = R.lss;
-        stats[RS_LOGS_S1] = R.lss1;
-        stats[RS_AUX] = aux;
-        stats[RS_G_REF] = g_ref;
-        stats[RS_H_T] = h_t;
-        stats[RS_H_S] = h_s;
-        int f = teacher_ok ? FLAG_TEACHER_OK : 0;
-        if (loss == LOSS_RKL && (bad & 8u)) f |= FLAG_NO_GRADIENT;
-        if (teacher_ok && ati == asi) f |= FLAG_AGREE;
-        if (has_labels && (uint)y == asi) f |= FLAG_CORRECT;
-        rflags[RF_FLAGS] = f;
-        rflags[RF_ARGMAX_T] = teacher_ok ? (int)ati : -1;
-        rflags[RF_ARGMAX_S] = (int)asi;
-        row_loss[rl_off + row] = out;
+    if (in_launch && tid == 0) {
+        __global float *stats = row_stats + row * RS_COUNT;
+        __global int *rflags = row_flags + row * RF_COUNT;
+        if (used)
+            row_write(loss, S, U, p2, y, has_labels, s, s_cols, P, stats, rflags, row_loss + rl_off + row);
+        else
+            row_write_skipped(flags, stats, rflags, row_loss + rl_off + row);
     }
     /* The gradient in the same launch (fuse_grad), while the row is still in cache: every read of the
-     * row above is done before any work-item writes (the gradient may overwrite the student in place). */
+     * row above is done before any work-item writes (the gradient may overwrite the student in place).
+     * A skipped row gets zeros, an invalid one NaN. */
     if (fuse_grad) {
         barrier(CLK_GLOBAL_MEM_FENCE);
-        const int compute = !invalid && !(loss == LOSS_RKL && (bad & 8u));
-        grad_row(loss, t, s, grad + g_off + lrow * g_stride, lid, KLCL_WG, vocab, t_cols, s_cols, y, R, aux,
-                 g_ref, P, inv_denom, compute, NAN);
+        const int compute = used && !U.invalid && !(loss == LOSS_RKL && (S.bad & 8u));
+        if (in_launch)
+            grad_row(loss, t, s, grad + g_off + lrow * g_stride, tid, team, vocab, t_cols, s_cols, y, U.R, p2.y,
+                     U.g_ref, P, inv_denom, compute, used ? NAN : 0.0f);
+    }
+}
+
+/* klcl_part_<loss>: one pass over one part of a split row, for rows too few to fill the device. A row's
+ * vectors are cut into `parts` contiguous ranges, part p taking [p nvec / parts, (p + 1) nvec / parts)
+ * and the last part the scalar columns too; KLCL_WG / team (row, part) units per work-group, unit
+ * u = row * parts + part. pass 1 writes each part's row_state to partials[u * STATE_WORDS ...]; pass 2,
+ * after klcl_merge has written the row's statistics, writes each part's (value, centred sum) after the
+ * launch's pass-1 records. Every work-item runs to the end, as in rows_body. */
+inline void part_body(const int loss, __local float *lf, __local uint *lu, __local float4 *l4, ROW_ARGS)
+{
+    const uint lid = get_local_id(0), team = team_of(team_size), tid = lid & (team - 1);
+    const ulong unit = get_group_id(0) * (ulong)(KLCL_WG / team) + lid / team;
+    const ulong lrow = unit / parts;
+    const uint part = (uint)(unit % parts);
+    const int in_launch = lrow < launch_rows;
+    const ulong row = row0 + lrow;
+    const float k = M_LOG2E_F * inv_tau;
+    const loss_params P = PARAMS_FROM_ARGS;
+    const uint nvec = min(vocab, min(t_cols, s_cols)) / KLCL_VW;
+    int y = -1;
+    const int flags = in_launch ? row_skip_flags(row, labels, l_off, has_labels, mask, m_off, has_mask, ignore_index,
+                                                 vocab, s_cols, &y)
+                                : FLAG_SKIPPED;
+    const int used = !(flags & FLAG_SKIPPED);
+    const ulong at = in_launch ? lrow : 0;
+    __global const T_ELEM *t = teacher + t_off + at * t_stride;
+    __global const S_ELEM *s = student + s_off + at * s_stride;
+    const uint k0 = (uint)((ulong)part * nvec / parts), k1 = (uint)((ulong)(part + 1) * nvec / parts);
+    const uint v1 = part == parts - 1 ? vocab : 0;
+    if (pass == 1) {
+        row_state S = pass1(loss, t, s, k0, used ? k1 : k0, nvec * KLCL_VW, used ? v1 : 0, tid, team, t_cols, s_cols,
+                            has_teacher, cap, k);
+        S = team_merge(loss, lf, lu, lid, tid, team, S, k);
+        if (in_launch && tid == 0) state_store_global(partials + unit * STATE_WORDS, S);
+    } else {
+        /* The merged row's softmax statistics and reference token, as klcl_merge wrote them. */
+        __global const float *stats = row_stats + row * RS_COUNT;
+        row_softmax R = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        float g_ref = 0.0f;
+        int work = 0, teacher_ok = 0;
+        if (in_launch && used) {
+            const int f = row_flags[row * RF_COUNT + RF_FLAGS];
+            work = !(f & FLAG_INVALID);
+            teacher_ok = (f & FLAG_TEACHER_OK) != 0;
+            R.mt = stats[RS_MAX_T];
+            R.lst = stats[RS_LOGS_T];
+            R.ms = stats[RS_MAX_S];
+            R.lss = stats[RS_LOGS_S];
+            R.lss1 = stats[RS_LOGS_S1];
+            g_ref = stats[RS_G_REF];
+        }
+        const float2 p2 = team_sum(l4, lid, tid, team,
+                                   pass2(loss, t, s, k0, work ? k1 : k0, nvec * KLCL_VW, work ? v1 : 0, tid, team, t_cols,
+                                         s_cols, R, g_ref, teacher_ok, P));
+        if (in_launch && tid == 0) vstore2(p2, unit, partials + (ulong)launch_rows * parts * STATE_WORDS);
+    }
+}
+
+/* klcl_merge_<loss>: one work-item per split row. It merges the row's parts in part order (0, 1, ...,
+ * with state_merge, as the tree merges work-items), then writes the row's outputs as rows_body does:
+ * after pass 1 (pass == 1), with the pass-2 value and sum still 0, and again after pass 2 (pass == 2), with
+ * the parts' pass-2 pairs added in part order. No barriers: one work-item per row. */
+inline void merge_body(const int loss, ROW_ARGS)
+{
+    const ulong lrow = get_global_id(0);
+    const ulong row = row0 + lrow;
+    const float k = M_LOG2E_F * inv_tau;
+    const loss_params P = PARAMS_FROM_ARGS;
+    int y = -1;
+    const int flags = lrow < launch_rows ? row_skip_flags(row, labels, l_off, has_labels, mask, m_off, has_mask,
+                                                          ignore_index, vocab, s_cols, &y)
+                                         : FLAG_SKIPPED;
+    __global float *stats = row_stats + row * RS_COUNT;
+    __global int *rflags = row_flags + row * RF_COUNT;
+    if (lrow >= launch_rows) {
+        /* past the launch's rows: nothing to write */
+    } else if (flags & FLAG_SKIPPED) {
+        row_write_skipped(flags, stats, rflags, row_loss + rl_off + row);
+    } else {
+        __global const T_ELEM *t = teacher + t_off + lrow * t_stride;
+        __global const S_ELEM *s = student + s_off + lrow * s_stride;
+        __global const float *in = partials + lrow * parts * STATE_WORDS;
+        row_state S = state_load_global(in);
+        for (uint p = 1; p < parts; p++) state_merge(loss, &S, state_load_global(in + p * STATE_WORDS), k);
+        const row_setup U = row_prepare(loss, S, t, s, t_cols, s_cols, has_teacher, t_logprob, P);
+        float2 p2 = (float2)(0.0f);
+        if (pass == 2)
+            for (uint p = 0; p < parts; p++)
+                p2 += vload2(lrow * parts + p, partials + (ulong)launch_rows * parts * STATE_WORDS);
+        row_write(loss, S, U, p2, y, has_labels, s, s_cols, P, stats, rflags, row_loss + rl_off + row);
     }
 }
 
@@ -742,14 +999,25 @@ __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_reduce(
 }
 #endif
 
+/* Every loss's kernels: the row kernel, the two steps of a split row (its parts, their merge), the
+ * gradient. The row and part kernels share their local arrays' shape: the tree's row_state columns and
+ * the pass-2 pairs. */
 #define KLCL_LOSS_KERNELS(name, id)                                                                    \
     __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_rows_##name(ROW_ARGS)      \
     {                                                                                                  \
-        __local float lf[(LANE_FLOATS + 2) * KLCL_WG];                                                 \
-        __local uint lu[4 * KLCL_WG];                                                                  \
+        __local float lf[STATE_FLOATS * KLCL_WG];                                                      \
+        __local uint lu[STATE_UINTS * KLCL_WG];                                                        \
         __local float4 l4[KLCL_WG];                                                                    \
         rows_body(id, lf, lu, l4, ROW_ARG_NAMES);                                                      \
     }                                                                                                  \
+    __kernel __attribute__((reqd_work_group_size(KLCL_WG, 1, 1))) void klcl_part_##name(ROW_ARGS)      \
+    {                                                                                                  \
+        __local float lf[STATE_FLOATS * KLCL_WG];                                                      \
+        __local uint lu[STATE_UINTS * KLCL_WG];                                                        \
+        __local float4 l4[KLCL_WG];                                                                    \
+        part_body(id, lf, lu, l4, ROW_ARG_NAMES);                                                      \
+    }                                                                                                  \
+    __kernel void klcl_merge_##name(ROW_ARGS) { merge_body(id, ROW_ARG_NAMES); }                       \
     __kernel void klcl_grad_##name(GRAD_ARGS) { grad_body(id, GRAD_ARG_NAMES); }
 
 #if KLCL_IN_GROUP(LOSS_KL)

@@ -111,54 +111,61 @@ static klcl_loss_desc desc_for(klcl_loss loss, klcl_reduction r)
 }
 
 /* Async and sync on the same buffers: gradients and per-row losses bit for bit (the denominator is the same
- * double rounded once), the result identical, the device's reduced loss within fp32 of the host's. */
+ * double rounded once), the result identical, the device's reduced loss within fp32 of the host's. Also
+ * with rows too few to fill the device, which both split across work-groups alike. */
 static void test_async_matches_sync(void **state)
 {
     (void)state;
-    const size_t rows = 23, vocab = small_shapes ? 77 : 5003;
-    dev_batch d;
-    dev_batch_make(&d, dev, rows, vocab, 1);
-    const klcl_loss losses[] = {KLCL_LOSS_KL, KLCL_LOSS_JSD, KLCL_LOSS_CE, KLCL_LOSS_RKL};
-    float *g_sync = malloc(rows * vocab * sizeof(float)), *g_async = malloc(rows * vocab * sizeof(float));
-    float l_sync[23], l_async[23], loss_dev;
-    assert_true(g_sync && g_async);
-    for (size_t k = 0; k < sizeof losses / sizeof losses[0]; k++) {
-        for (int r = KLCL_REDUCTION_NONE; r <= KLCL_REDUCTION_BATCHMEAN; r++) {
-            klcl_loss_desc desc = desc_for(losses[k], (klcl_reduction)r);
-            klcl_result rs, ra;
-            assert_int_equal(klcl_compute(dev, &desc, &d.b, &rs), KLCL_OK);
-            read_back(dev, d.g, rows * vocab * sizeof(float), g_sync);
-            read_back(dev, d.l, rows * sizeof(float), l_sync);
-            klcl_async as = KLCL_ASYNC_INIT;
-            cl_event done = NULL;
-            as.event = &done;
-            as.loss = d.loss;
-            as.loss_offset = 2 * sizeof(float);
-            if (klcl_compute_async(dev, &desc, &d.b, &as) != KLCL_OK) fail_msg("%s", klcl_last_error(dev));
-            assert_non_null(done);
-            assert_int_equal(clWaitForEvents(1, &done), CL_SUCCESS);
-            clReleaseEvent(done);
-            assert_int_equal(klcl_async_result(dev, &ra), KLCL_OK);
-            read_back(dev, d.g, rows * vocab * sizeof(float), g_async);
-            read_back(dev, d.l, rows * sizeof(float), l_async);
-            float lb[4];
-            read_back(dev, d.loss, sizeof lb, lb);
-            loss_dev = lb[2];
-            if (memcmp(g_sync, g_async, rows * vocab * sizeof(float)) != 0)
-                fail_msg("%s %s: async gradient differs", klcl_loss_name(losses[k]), klcl_reduction_name(desc.reduction));
-            assert_memory_equal(l_sync, l_async, sizeof l_sync);
-            assert_memory_equal(&rs.loss, &ra.loss, sizeof rs.loss);
-            assert_int_equal(rs.rows_used, ra.rows_used);
-            if (!(fabs(loss_dev - rs.loss) <= 1e-6 * fmax(1.0, fabs(rs.loss))))
-                fail_msg("%s %s: device loss %.9g, host %.9g", klcl_loss_name(losses[k]),
-                         klcl_reduction_name(desc.reduction), (double)loss_dev, rs.loss);
+    const size_t shapes[2][2] = {{23, small_shapes ? 77 : 5003}, {2, small_shapes ? 4101 : 262147}};
+    for (size_t sh = 0; sh < 2; sh++) {
+        const size_t rows = shapes[sh][0], vocab = shapes[sh][1];
+        dev_batch d;
+        dev_batch_make(&d, dev, rows, vocab, 1 + sh);
+        const klcl_loss losses[] = {KLCL_LOSS_KL, KLCL_LOSS_JSD, KLCL_LOSS_CE, KLCL_LOSS_RKL};
+        float *g_sync = malloc(rows * vocab * sizeof(float)), *g_async = malloc(rows * vocab * sizeof(float));
+        float *l_sync = malloc(rows * sizeof(float)), *l_async = malloc(rows * sizeof(float)), loss_dev;
+        assert_true(g_sync && g_async && l_sync && l_async);
+        for (size_t k = 0; k < sizeof losses / sizeof losses[0]; k++) {
+            for (int r = KLCL_REDUCTION_NONE; r <= KLCL_REDUCTION_BATCHMEAN; r++) {
+                klcl_loss_desc desc = desc_for(losses[k], (klcl_reduction)r);
+                klcl_result rs, ra;
+                assert_int_equal(klcl_compute(dev, &desc, &d.b, &rs), KLCL_OK);
+                read_back(dev, d.g, rows * vocab * sizeof(float), g_sync);
+                read_back(dev, d.l, rows * sizeof(float), l_sync);
+                klcl_async as = KLCL_ASYNC_INIT;
+                cl_event done = NULL;
+                as.event = &done;
+                as.loss = d.loss;
+                as.loss_offset = 2 * sizeof(float);
+                if (klcl_compute_async(dev, &desc, &d.b, &as) != KLCL_OK) fail_msg("%s", klcl_last_error(dev));
+                assert_non_null(done);
+                assert_int_equal(clWaitForEvents(1, &done), CL_SUCCESS);
+                clReleaseEvent(done);
+                assert_int_equal(klcl_async_result(dev, &ra), KLCL_OK);
+                read_back(dev, d.g, rows * vocab * sizeof(float), g_async);
+                read_back(dev, d.l, rows * sizeof(float), l_async);
+                float lb[4];
+                read_back(dev, d.loss, sizeof lb, lb);
+                loss_dev = lb[2];
+                if (memcmp(g_sync, g_async, rows * vocab * sizeof(float)) != 0)
+                    fail_msg("%s %s N=%zu: async gradient differs", klcl_loss_name(losses[k]),
+                             klcl_reduction_name(desc.reduction), rows);
+                assert_memory_equal(l_sync, l_async, rows * sizeof(float));
+                assert_memory_equal(&rs.loss, &ra.loss, sizeof rs.loss);
+                assert_int_equal(rs.rows_used, ra.rows_used);
+                if (!(fabs(loss_dev - rs.loss) <= 1e-6 * fmax(1.0, fabs(rs.loss))))
+                    fail_msg("%s %s N=%zu: device loss %.9g, host %.9g", klcl_loss_name(losses[k]),
+                             klcl_reduction_name(desc.reduction), rows, (double)loss_dev, rs.loss);
+            }
         }
+        free(g_sync);
+        free(g_async);
+        free(l_sync);
+        free(l_async);
+        dev_batch_free(&d);
     }
     /* Nothing pending any more. */
     assert_int_equal(klcl_async_result(dev, NULL), KLCL_ERR_INVALID_VALUE);
-    free(g_sync);
-    free(g_async);
-    dev_batch_free(&d);
 }
 
 /* The call waits for its wait list: nothing runs before the user event completes. */

@@ -615,6 +615,75 @@ static void test_deterministic(void **state)
     data_free(&d);
 }
 
+/* The row strategy of LOSSES.md's "How klcl reads this contract": few rows are split across work-groups,
+ * short rows share a work-group in teams; the overrides KLCL_ROW_SPLIT and KLCL_TEAM (the ctest variants)
+ * replace the choice. Split rows give the reference's values with and without a gradient, and the same
+ * bits on every call. */
+static void test_row_strategies(void **state)
+{
+    (void)state;
+    size_t wg = 0, team = 0, parts = 0;
+    int vw = 0;
+    assert_int_equal(klcl_context_work_group(ctx, &wg, NULL), KLCL_OK);
+    assert_int_equal(klcl_context_vector_width(ctx, &vw, NULL), KLCL_OK);
+    const char *split_env = getenv("KLCL_ROW_SPLIT"), *team_env = getenv("KLCL_TEAM");
+    /* Many long rows: neither strategy (unless forced). */
+    assert_int_equal(klcl_context_row_strategy(ctx, 4096, 65536 + 64 * wg, &team, &parts), KLCL_OK);
+    if (!split_env) assert_int_equal(parts, 1);
+    if (!team_env) assert_int_equal(team, wg);
+    /* One long row: split, whatever the device (target rows above 1, parts of 4096 columns or more). */
+    assert_int_equal(klcl_context_row_strategy(ctx, 1, 262144, &team, &parts), KLCL_OK);
+    if (split_env)
+        assert_int_equal(parts, strtoul(split_env, NULL, 10));
+    else
+        assert_true(parts >= 2 && 262144 / parts >= 4096);
+    /* Short rows: teams of the smallest power of two >= V / (4 x vector width), unless the whole group is
+     * needed. */
+    const size_t short_vocabs[] = {8, 100, 1000, 4096};
+    for (size_t i = 0; i < sizeof short_vocabs / sizeof short_vocabs[0]; i++) {
+        const size_t v = short_vocabs[i];
+        assert_int_equal(klcl_context_row_strategy(ctx, 4096, v, &team, &parts), KLCL_OK);
+        assert_true(team >= 1 && team <= wg && wg % team == 0 && (team & (team - 1)) == 0);
+        size_t want = 1;
+        while (want < (v + 4 * (size_t)vw - 1) / (4 * (size_t)vw) && want < wg) want *= 2;
+        if (!team_env && !split_env) assert_int_equal(team, v / (size_t)vw < 4 * wg ? want : wg);
+    }
+    assert_int_equal(klcl_context_row_strategy(ctx, 0, 10, &team, &parts), KLCL_ERR_INVALID_SHAPE);
+
+    /* Rows too few to fill the device: every loss against the reference without a gradient (rkl then
+     * has no pass 2), and the same bits twice with one. */
+    const size_t vocab = small_grid ? 4100 : 262147, rows = 2;
+    batch_data d;
+    tu_seed(19);
+    data_alloc(&d, rows, vocab, 1);
+    d.labels[1] = 3; /* no ignored row */
+    assert_int_equal(klcl_context_row_strategy(ctx, rows, vocab, &team, &parts), KLCL_OK);
+    float *g0 = malloc(rows * vocab * sizeof(float)), *g1 = malloc(rows * vocab * sizeof(float));
+    assert_true(g0 && g1);
+    for (int l = 0; l < KLCL_LOSS_COUNT; l++) {
+        klcl_loss_desc desc = desc_for((klcl_loss)l);
+        data_reference(&d, &desc);
+        float l0[2], l1[2];
+        klcl_batch b = host_batch(&d, NULL, l0);
+        klcl_result r0, r1;
+        assert_int_equal(klcl_compute(ctx, &desc, &b, &r0), KLCL_OK);
+        for (size_t i = 0; i < rows; i++)
+            if (!tu_loss_close(l0[i], d.ref_loss[i]))
+                fail_msg("%s V=%zu N=%zu (%zu parts, team %zu) forward: row %zu loss %.9g, reference %.9g",
+                         klcl_loss_name((klcl_loss)l), vocab, rows, parts, team, i, (double)l0[i], d.ref_loss[i]);
+        b = host_batch(&d, g0, l0);
+        assert_int_equal(klcl_compute(ctx, &desc, &b, &r0), KLCL_OK);
+        b = host_batch(&d, g1, l1);
+        assert_int_equal(klcl_compute(ctx, &desc, &b, &r1), KLCL_OK);
+        assert_memory_equal(&r0.loss, &r1.loss, sizeof r0.loss);
+        assert_memory_equal(l0, l1, sizeof l0);
+        assert_memory_equal(g0, g1, rows * vocab * sizeof(float));
+    }
+    free(g0);
+    free(g1);
+    data_free(&d);
+}
+
 static cl_mem make_buffer(cl_context cl_ctx, size_t bytes, size_t offset, const void *data, size_t data_bytes)
 {
     cl_int err;
@@ -847,6 +916,7 @@ int main(void)
         cmocka_unit_test(test_nan_row),
         cmocka_unit_test(test_invalid_and_ignored_rows),
         cmocka_unit_test(test_deterministic),
+        cmocka_unit_test(test_row_strategies),
         cmocka_unit_test(test_cl_mem_tensors),
         cmocka_unit_test(test_cl_mem_grad_stride_vocab_one),
         cmocka_unit_test(test_adopted_queue),

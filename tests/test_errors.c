@@ -834,6 +834,48 @@ static void test_allocation_failure(void **state)
     assert_true(k >= 2); /* at least the uploads were allocated */
 }
 
+/* A device context built with the environment variable `name` set to `value`, which is then restored (the
+ * strategy settings are read when the kernels are built). */
+static klcl_context *context_with_env(const char *name, const char *value)
+{
+    const char *was = getenv(name);
+    char *saved = was ? strdup(was) : NULL;
+    setenv(name, value, 1);
+    klcl_context *c = tu_device_context(0);
+    klcl_status st = klcl_context_prepare(c);
+    if (saved)
+        setenv(name, saved, 1);
+    else
+        unsetenv(name);
+    free(saved);
+    assert_int_equal(st, KLCL_OK);
+    return c;
+}
+
+/* Every kernel launch of a `loss` call fails in turn, the k-th call failing its k-th launch: each failure is
+ * reported and leaves the context usable, and the call with no k-th launch succeeds. Returns the launches
+ * a call makes. */
+static int launches_fail_in_turn(klcl_context *ctx, klcl_loss loss)
+{
+    int k = 0;
+    for (;; k++) {
+        f_launch.skip = k;
+        f_launch.fail = 1;
+        klcl_loss_desc d = valid_desc(loss);
+        klcl_batch b = host_batch(ROWS);
+        klcl_result r;
+        klcl_status st = klcl_compute(ctx, &d, &b, &r);
+        if (f_launch.fail == 1) { /* the call made k launches */
+            reset_faults();
+            assert_int_equal(st, KLCL_OK);
+            break;
+        }
+        expect_status(ctx, st, CL_OUT_OF_RESOURCES, "clEnqueueNDRangeKernel", __LINE__);
+        EXPECT_USABLE(ctx);
+    }
+    return k;
+}
+
 static void test_launch_failure(void **state)
 {
     (void)state;
@@ -859,6 +901,14 @@ static void test_launch_failure(void **state)
         klcl_context_destroy(ctx);
         own = NULL;
     }
+    /* A split row: jsd's parts and merge for pass 1, again for pass 2, then the gradient kernel (a split row's
+     * gradient always comes from it). */
+    klcl_context *split = context_with_env("KLCL_ROW_SPLIT", "2");
+    own = split;
+    size_t team = 0, parts = 0;
+    assert_int_equal(klcl_context_row_strategy(split, ROWS, VOCAB, &team, &parts), KLCL_OK);
+    assert_int_equal(parts, 2);
+    assert_int_equal(launches_fail_in_turn(split, KLCL_LOSS_JSD), 5);
 }
 
 static void test_create_context_failure(void **state)

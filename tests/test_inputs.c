@@ -494,6 +494,57 @@ static void test_chunk_bit_identical(void **state)
     free(y);
 }
 
+/* Rows too few to fill the device are split across work-groups, by a choice made for the whole call: a
+ * chunk of one row reduces its row exactly as the whole call of three does (never as a call of one row
+ * would), so the results are bit-identical for every chunk size here too. */
+static void test_chunk_split_rows(void **state)
+{
+    (void)state;
+    const size_t rows = 3;
+    /* The narrowest rows this device splits at 3 rows, and into other parts than at 1 row (up to a limit;
+     * KLCL_ROW_SPLIT makes them equal). */
+    size_t vocab = 8192, team = 0, parts = 0, parts_one = 0;
+    for (;; vocab *= 2) {
+        assert_int_equal(klcl_context_row_strategy(dev, rows, vocab, &team, &parts), KLCL_OK);
+        assert_int_equal(klcl_context_row_strategy(dev, 1, vocab, &team, &parts_one), KLCL_OK);
+        if ((parts > 1 && parts_one != parts) || vocab >= (small_shapes ? 16384u : 1048576u)) break;
+    }
+    vocab += 3; /* and a scalar tail */
+    float *t = malloc(rows * vocab * sizeof *t), *s = malloc(rows * vocab * sizeof *s);
+    assert_true(t && s);
+    tu_seed(9);
+    tu_fill_logits(t, s, rows, vocab, vocab);
+    int32_t *y = labels_for(rows, vocab);
+    const klcl_loss losses[] = {KLCL_LOSS_KL, KLCL_LOSS_RKL, KLCL_LOSS_TVD};
+    const size_t chunks[] = {1, 2};
+    for (size_t l = 0; l < sizeof losses / sizeof losses[0]; l++) {
+        klcl_loss_desc d = desc_for(losses[l]);
+        klcl_batch b = KLCL_BATCH_INIT;
+        b.rows = rows;
+        b.vocab = vocab;
+        b.teacher = klcl_host_tensor(t, 0);
+        b.student = klcl_host_tensor(s, 0);
+        b.labels = klcl_host_tensor(y, 0);
+        run_out whole;
+        run_chunked(rows, &d, b, vocab, &whole, NULL);
+        for (size_t c = 0; c < sizeof chunks / sizeof chunks[0]; c++) {
+            run_out part;
+            char what[128];
+            snprintf(what, sizeof what, "%s V=%zu (%zu parts, %zu for a call of 1 row), chunks of %zu rows",
+                     klcl_loss_name(losses[l]), vocab, parts, parts_one, chunks[c]);
+            run_chunked(chunks[c], &d, b, vocab, &part, NULL);
+            same_bits(&whole, &part, rows, vocab, what);
+            free(part.row_loss);
+            free(part.grad);
+        }
+        free(whole.row_loss);
+        free(whole.grad);
+    }
+    free(t);
+    free(s);
+    free(y);
+}
+
 /* ---------------------------------------------------------------------------------------------------- */
 /* Host conversions and argument errors                                                                   */
 
@@ -625,6 +676,7 @@ int main(void)
         cmocka_unit_test(test_mismatch_columns),
         cmocka_unit_test(test_teacher_logprobs),
         cmocka_unit_test(test_chunk_bit_identical),
+        cmocka_unit_test(test_chunk_split_rows),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
