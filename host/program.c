@@ -150,7 +150,7 @@ static size_t floor_pow2(size_t x)
 /* The row strategy's limits: at most PARTS_MAX parts per row; an automatic split keeps at least
  * SPLIT_MIN_COLUMNS columns per part (SPLIT_MIN_COLUMNS_CPU on CPU devices), and SPLIT_MIN_VECTORS vectors
  * per work-item of a work-group. */
-enum { PARTS_MAX = 1024, SPLIT_MIN_COLUMNS = 4096, SPLIT_MIN_COLUMNS_CPU = 131072, SPLIT_MIN_VECTORS = 8 };
+enum { PARTS_MAX = 1024, SPLIT_MIN_COLUMNS = 4096, SPLIT_MIN_COLUMNS_CPU = 262144, SPLIT_MIN_VECTORS = 8 };
 
 /* KLCL_TEAM and KLCL_ROW_SPLIT: decimal digits only, from 1 to `limit`; 0 (the automatic choice) otherwise. */
 static size_t env_count(const char *name, size_t limit)
@@ -343,10 +343,11 @@ klcl_status klcl_program_build_all(klcl_context *ctx)
  *     elsewhere, each row is cut into parts = ceil(target / rows) ranges of whole vectors, fewer where a
  *     part would keep less than SPLIT_MIN_COLUMNS columns (4096) or SPLIT_MIN_VECTORS vectors per
  *     work-item: a short part costs more in its launch and merge than it saves. On a CPU device a part
- *     also keeps SPLIT_MIN_COLUMNS_CPU columns (131072, about 0.1 ms of one core): on PoCL 3.1 with 2
- *     cores, splitting a row of 65536 or 131072 columns gained nothing (the extra launches, and a second
- *     worker thread that mostly starts too late for a short launch), 262144 is about even, 524288 and
- *     more gain up to 1.7x (docs/DEVICES.md, BENCHMARKS.md). Else 1.
+ *     also keeps SPLIT_MIN_COLUMNS_CPU columns (262144, about 0.1 ms of one core at 16-wide vectors): on
+ *     PoCL 3.1 with 2 cores, splitting a row of 65536 or 131072 columns gained nothing (the extra
+ *     launches, and a second worker thread that mostly starts too late for a short launch), 262144 in two
+ *     parts lost with a gradient (0.61 against 0.47 ms for kl: a split row cannot write its gradient from
+ *     the row kernel), 524288 and more gain up to 1.7x (docs/DEVICES.md, BENCHMARKS.md). Else 1.
  *   short rows: with all KLCL_WG work-items on a row (part) of fewer than 4 vectors each
  *     (columns / vw < 4 KLCL_WG, vw the vector width: a GPU's 256 work-items on V = 4096 read 2 vectors of
  *     8 each), the merge tree costs more than the reads, so a team of the smallest power of two >=

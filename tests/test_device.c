@@ -631,12 +631,13 @@ static void test_row_strategies(void **state)
     assert_int_equal(klcl_context_row_strategy(ctx, 4096, 65536 + 64 * wg, &team, &parts), KLCL_OK);
     if (!split_env) assert_int_equal(parts, 1);
     if (!team_env) assert_int_equal(team, wg);
-    /* One long row: split, whatever the device (target rows above 1, parts of 4096 columns or more). */
-    assert_int_equal(klcl_context_row_strategy(ctx, 1, 262144, &team, &parts), KLCL_OK);
+    /* One long row: split, whatever the device (target rows above 1, parts of 4096 columns or more, of
+     * 262144 or more on a CPU device). */
+    assert_int_equal(klcl_context_row_strategy(ctx, 1, 1048576, &team, &parts), KLCL_OK);
     if (split_env)
         assert_int_equal(parts, strtoul(split_env, NULL, 10));
     else
-        assert_true(parts >= 2 && 262144 / parts >= 4096);
+        assert_true(parts >= 2 && 1048576 / parts >= 4096);
     /* Short rows: teams of the smallest power of two >= V / (4 x vector width), unless the whole group is
      * needed. */
     const size_t short_vocabs[] = {8, 100, 1000, 4096};
