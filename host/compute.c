@@ -568,7 +568,8 @@ static klcl_status launch_rows(klcl_context *ctx, const launch *L, const matrix 
 }
 
 /* The gradient kernel over rows [c0, c0 + n): element-wise, so any launch shape gives the same bits.
- * Work-items per row: one per 8-logit vector, in multiples of 64, at most GRAD_ITEMS_PER_ROW_MAX. */
+ * Work-items per row: one per vector of the context's width, in multiples of 64, at most
+ * GRAD_ITEMS_PER_ROW_MAX. */
 static klcl_status launch_grad(klcl_context *ctx, const launch *L, const matrix *mt, const matrix *ms,
                                const matrix *mg, size_t c0, size_t n, cl_event *done)
 {

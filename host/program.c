@@ -250,7 +250,7 @@ klcl_status klcl_program_build(klcl_context *ctx)
     if (err != CL_SUCCESS) return klcl_fail_cl(ctx, err, "clGetDeviceInfo(CL_DEVICE_LOCAL_MEM_SIZE)");
 
     /* A CPU device runs a work-group's items one after another: one work-item per row streams the row
-     * contiguously in 8-wide vectors (measured 4-6x faster than 256 on PoCL, BENCHMARKS.md). GPUs want
+     * contiguously in vectors (measured 4-6x faster than 256 on PoCL, BENCHMARKS.md). GPUs want
      * wide groups for coalesced loads. KLCL_WORK_GROUP, else a tuning-table entry, replaces it (clamped below). */
     cl_device_type type = 0;
     clGetDeviceInfo(ctx->device, CL_DEVICE_TYPE, sizeof type, &type, NULL);

@@ -659,8 +659,9 @@ KLCL_API klcl_status klcl_reference_sparse_row(const klcl_loss_desc *desc, klcl_
  * cache (klcl_context_prepare). Its rows are keyed by device name, vendor, driver version, platform
  * version and klcl version, so a new driver or library version falls back to the default until tuned
  * again. A table that is missing, unreadable, damaged or truncated is a miss (the default applies), never
- * an error. Only the work-group size is tuned: the kernels read 8-wide vectors (fixed), and there is no
- * other parameter yet; the format names its columns so that more can be added. */
+ * an error. The work-group size and the vector width (klcl_context_vector_width) are tuned; how rows are
+ * split or share a work-group follows a fixed rule (klcl_context_row_strategy). The format names its
+ * columns so that more can be added. */
 
 typedef enum klcl_work_group_source {
     KLCL_WORK_GROUP_DEFAULT = 0, /* the built-in default (also: the CPU reference, which has none) */

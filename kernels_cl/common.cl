@@ -173,8 +173,8 @@ inline void argmax_merge(float *val, uint *idx, float val2, uint idx2)
     }
 }
 
-/* Element-wise helpers, defined once for a scalar (S = 1, T = float) and for an 8-wide vector (S = 8,
- * T = float8). Every choice is a ?: so that vectors select per lane. */
+/* Element-wise helpers, defined once for a scalar (S = 1, T = float) and for 8- and 16-wide vectors
+ * (S = 8, 16; T = float8, float16). Every choice is a ?: so that vectors select per lane. */
 #define KLCL_ELEMENT_HELPERS(T, S)                                                                      \
     /* logit <- cap * tanh(logit / cap) when a softcap is set */                                         \
     inline T softcap##S(T x, float cap) { return cap > 0.0f ? (T)(cap) * tanh(x / cap) : x; }           \
