@@ -211,53 +211,75 @@ static size_t table_lookup(const klcl_context *ctx, const char *name)
     return w;
 }
 
+/* A build setting from, in order: the tuner's candidate (forced), the environment (env, already parsed),
+ * this device's entry in the table's `column` when `valid` accepts it, the built-in; *source says which.
+ * The table is read only when neither of the first two is set. */
+static size_t choose_setting(const klcl_context *ctx, size_t forced, size_t env, const char *column,
+                             int (*valid)(size_t), size_t builtin, klcl_work_group_source *source)
+{
+    size_t v = 0;
+    if (forced) {
+        *source = KLCL_WORK_GROUP_FORCED;
+        return forced;
+    }
+    if (env) {
+        *source = KLCL_WORK_GROUP_ENV;
+        return env;
+    }
+    if ((v = table_lookup(ctx, column)) != 0 && valid(v)) {
+        *source = KLCL_WORK_GROUP_TABLE;
+        return v;
+    }
+    *source = KLCL_WORK_GROUP_DEFAULT;
+    return builtin;
+}
+
+static int any_work_group(size_t w)
+{
+    (void)w;
+    return 1;
+}
+
+static int vector_width_ok(size_t w)
+{
+    return w == 8 || w == 16;
+}
+
 size_t klcl_work_group_request(klcl_context *ctx, size_t builtin)
 {
     ctx->wg_default = builtin;
-    if (ctx->wg_forced) {
-        ctx->wg_source = KLCL_WORK_GROUP_FORCED;
-        return ctx->wg_forced;
-    }
     /* Any size the clamps can make sense of: not only powers of two (they round down). */
     const char *env = getenv("KLCL_WORK_GROUP");
-    size_t w = env ? parse_work_group(env, 0) : 0;
-    if (w) {
-        ctx->wg_source = KLCL_WORK_GROUP_ENV;
-        return w;
-    }
-    if ((w = table_lookup(ctx, "work_group")) != 0) {
-        ctx->wg_source = KLCL_WORK_GROUP_TABLE;
-        return w;
-    }
-    ctx->wg_source = KLCL_WORK_GROUP_DEFAULT;
-    return builtin;
+    return choose_setting(ctx, ctx->wg_forced, env ? parse_work_group(env, 0) : 0, "work_group", any_work_group,
+                          builtin, &ctx->wg_source);
 }
 
 int klcl_vector_width_request(klcl_context *ctx, int builtin)
 {
     ctx->vw_default = builtin;
-    ctx->vw_source = KLCL_WORK_GROUP_FORCED;
-    if (ctx->vw_forced) return ctx->vw_forced;
     const char *env = getenv("KLCL_VECTOR_WIDTH");
-    ctx->vw_source = KLCL_WORK_GROUP_ENV;
-    if (env && (!strcmp(env, "8") || !strcmp(env, "16"))) return atoi(env);
-    const size_t w = table_lookup(ctx, "vector_width");
-    ctx->vw_source = KLCL_WORK_GROUP_TABLE;
-    if (w == 8 || w == 16) return (int)w;
-    ctx->vw_source = KLCL_WORK_GROUP_DEFAULT;
-    return builtin;
+    const size_t from_env = env && (!strcmp(env, "8") || !strcmp(env, "16")) ? (size_t)atoi(env) : 0;
+    return (int)choose_setting(ctx, (size_t)ctx->vw_forced, from_env, "vector_width", vector_width_ok,
+                               (size_t)builtin, &ctx->vw_source);
+}
+
+/* What klcl_context_work_group and klcl_context_vector_width share: the checks (`what` names the output
+ * argument in the message), the source's default, and the build the value comes from. KLCL_OK without a
+ * build on the CPU reference, which has no value to give. */
+static klcl_status setting_query(klcl_context *ctx, const void *out, const char *what, klcl_work_group_source *source)
+{
+    if (!ctx) return KLCL_ERR_NULL_POINTER;
+    ctx->error[0] = '\0';
+    if (!out) return klcl_fail(ctx, KLCL_ERR_NULL_POINTER, "%s is NULL", what);
+    if (source) *source = KLCL_WORK_GROUP_DEFAULT;
+    return ctx->is_reference ? KLCL_OK : klcl_program_build(ctx);
 }
 
 klcl_status klcl_context_vector_width(klcl_context *ctx, int *width, klcl_work_group_source *source)
 {
-    if (!ctx) return KLCL_ERR_NULL_POINTER;
-    ctx->error[0] = '\0';
-    if (!width) return klcl_fail(ctx, KLCL_ERR_NULL_POINTER, "klcl_context_vector_width: width is NULL");
-    *width = 0;
-    if (source) *source = KLCL_WORK_GROUP_DEFAULT;
-    if (ctx->is_reference) return KLCL_OK;
-    klcl_status st = klcl_program_build(ctx);
-    if (st != KLCL_OK) return st;
+    const klcl_status st = setting_query(ctx, width, "klcl_context_vector_width: width", source);
+    if (width) *width = 0;
+    if (st != KLCL_OK || ctx->is_reference) return st;
     *width = ctx->vw;
     if (source) *source = ctx->vw_source;
     return KLCL_OK;
@@ -276,14 +298,9 @@ const char *klcl_work_group_source_name(klcl_work_group_source source)
 
 klcl_status klcl_context_work_group(klcl_context *ctx, size_t *size, klcl_work_group_source *source)
 {
-    if (!ctx) return KLCL_ERR_NULL_POINTER;
-    ctx->error[0] = '\0';
-    if (!size) return klcl_fail(ctx, KLCL_ERR_NULL_POINTER, "klcl_context_work_group: size is NULL");
-    *size = 0;
-    if (source) *source = KLCL_WORK_GROUP_DEFAULT;
-    if (ctx->is_reference) return KLCL_OK;
-    klcl_status st = klcl_program_build(ctx);
-    if (st != KLCL_OK) return st;
+    const klcl_status st = setting_query(ctx, size, "klcl_context_work_group: size", source);
+    if (size) *size = 0;
+    if (st != KLCL_OK || ctx->is_reference) return st;
     *size = ctx->wg;
     if (source) *source = ctx->wg_source;
     return KLCL_OK;
