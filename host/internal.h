@@ -127,6 +127,9 @@ struct klcl_context {
     int is_cpu;                   /* CL_DEVICE_TYPE_CPU: the row strategy's targets (klcl_row_strategy) */
     size_t compute_units;
     size_t team_env, split_env;   /* KLCL_TEAM and KLCL_ROW_SPLIT; 0: the automatic choice */
+    size_t split_columns;         /* the fewest columns per part of an automatic split (program.c) */
+    size_t split_forced, split_default; /* klcl_tune's candidate (set before the build); the built-in */
+    klcl_work_group_source split_source; /* where split_columns came from */
     klcl_program variants[KLCL_VARIANT_COUNT];
     size_t wg_forced; /* non-zero: klcl_tune's candidate, set before the build (tune.c) */
     size_t wg_default; /* the built-in default the last build started from */
@@ -172,7 +175,12 @@ int klcl_cache_dir(char *out, size_t cap, int create);
 size_t klcl_work_group_request(klcl_context *ctx, size_t builtin);
 /* The vector width a build uses: ctx->vw_forced, else KLCL_VECTOR_WIDTH, else the table, else `builtin`. */
 int klcl_vector_width_request(klcl_context *ctx, int builtin);
+/* The fewest columns per part of an automatic row split: ctx->split_forced, else KLCL_SPLIT_COLUMNS, else
+ * the table's split_columns, else `builtin`. */
+size_t klcl_split_columns_request(klcl_context *ctx, size_t builtin);
 enum { KLCL_WORK_GROUP_LIMIT = 4096 }; /* the largest size the table and KLCL_WORK_GROUP accept */
+/* The split columns KLCL_SPLIT_COLUMNS, the table and the tuner's candidates keep to (powers of two). */
+enum { KLCL_SPLIT_COLUMNS_MIN = 64, KLCL_SPLIT_COLUMNS_MAX = 1 << 30 };
 /* Sets this device's row of the tuning table: the n named columns (work_group and any others), written
  * atomically; other rows and columns are kept. Errors name the file (on ctx). */
 klcl_status klcl_tune_table_store(klcl_context *ctx, const char *const *names, const char *const *values, size_t n);

@@ -148,9 +148,10 @@ static size_t floor_pow2(size_t x)
 }
 
 /* The row strategy's limits: at most PARTS_MAX parts per row; an automatic split keeps at least
- * SPLIT_MIN_COLUMNS columns per part (SPLIT_MIN_COLUMNS_CPU on CPU devices), and SPLIT_MIN_VECTORS vectors
- * per work-item of a work-group. */
-enum { PARTS_MAX = 1024, SPLIT_MIN_COLUMNS = 4096, SPLIT_MIN_COLUMNS_CPU = 262144, SPLIT_MIN_VECTORS = 8 };
+ * ctx->split_columns columns per part (built-in: SPLIT_COLUMNS, SPLIT_COLUMNS_CPU on CPU devices; the
+ * tuner's candidate, KLCL_SPLIT_COLUMNS or the tuning table first), and SPLIT_MIN_VECTORS vectors per
+ * work-item of a work-group. */
+enum { PARTS_MAX = 1024, SPLIT_COLUMNS = 4096, SPLIT_COLUMNS_CPU = 262144, SPLIT_MIN_VECTORS = 8 };
 
 /* KLCL_TEAM and KLCL_ROW_SPLIT: decimal digits only, from 1 to `limit`; 0 (the automatic choice) otherwise. */
 static size_t env_count(const char *name, size_t limit)
@@ -260,6 +261,10 @@ klcl_status klcl_program_build(klcl_context *ctx)
     wg = floor_pow2(wg < WG_MIN ? WG_MIN : wg);
 
     ctx->vw = vector_width(ctx, type);
+    /* The fewest columns per part of an automatic row split (klcl_row_strategy explains the built-ins):
+     * the host's choice of launches only, so the kernels are the same whatever it is. */
+    ctx->split_columns =
+        klcl_split_columns_request(ctx, (type & CL_DEVICE_TYPE_CPU) ? SPLIT_COLUMNS_CPU : SPLIT_COLUMNS);
     char *src = NULL;
     klcl_status st = load_sources(ctx, &src);
     if (st != KLCL_OK) return st; /* not kept: the file may appear later */
@@ -341,13 +346,15 @@ klcl_status klcl_program_build_all(klcl_context *ctx)
  *     units empty (a single row of 262144 columns runs on one core of a CPU device). When rows is below
  *     the device's parallelism, target = 2 x compute units on a CPU device and 4 x compute units
  *     elsewhere, each row is cut into parts = ceil(target / rows) ranges of whole vectors, fewer where a
- *     part would keep less than SPLIT_MIN_COLUMNS columns (4096) or SPLIT_MIN_VECTORS vectors per
- *     work-item: a short part costs more in its launch and merge than it saves. On a CPU device a part
- *     also keeps SPLIT_MIN_COLUMNS_CPU columns (262144, about 0.1 ms of one core at 16-wide vectors): on
- *     PoCL 3.1 with 2 cores, splitting a row of 65536 or 131072 columns gained nothing (the extra
- *     launches, and a second worker thread that mostly starts too late for a short launch), 262144 in two
- *     parts lost with a gradient (0.61 against 0.47 ms for kl: a split row cannot write its gradient from
- *     the row kernel), 524288 and more gain up to 1.7x (docs/DEVICES.md, BENCHMARKS.md). Else 1.
+ *     part would keep less than ctx->split_columns columns or SPLIT_MIN_VECTORS vectors per work-item: a
+ *     short part costs more in its launch and merge than it saves. The split columns are tuned per device
+ *     (klcl_tune, tuner.c; KLCL_SPLIT_COLUMNS and the tuning table, tune.c); the built-in is
+ *     SPLIT_COLUMNS (4096), and SPLIT_COLUMNS_CPU on a CPU device (262144, about 0.1 ms of one core at
+ *     16-wide vectors): on PoCL 3.1 with 2 cores, splitting a row of 65536 or 131072 columns gained
+ *     nothing (the extra launches, and a second worker thread that mostly starts too late for a short
+ *     launch), 262144 in two parts lost with a gradient (0.61 against 0.47 ms for kl: a split row cannot
+ *     write its gradient from the row kernel), 524288 and more gain up to 1.7x (docs/DEVICES.md,
+ *     BENCHMARKS.md). Else 1.
  *   short rows: with all KLCL_WG work-items on a row (part) of fewer than 4 vectors each
  *     (columns / vw < 4 KLCL_WG, vw the vector width: a GPU's 256 work-items on V = 4096 read 2 vectors of
  *     8 each), the merge tree costs more than the reads, so a team of the smallest power of two >=
@@ -365,7 +372,7 @@ klcl_strategy klcl_row_strategy(const klcl_context *ctx, size_t rows, size_t wid
     if (ctx->split_env) {
         s.parts = ctx->split_env;
     } else if (rows < target) {
-        size_t per_part = ctx->is_cpu ? SPLIT_MIN_COLUMNS_CPU : SPLIT_MIN_COLUMNS;
+        size_t per_part = ctx->split_columns;
         if (per_part < (size_t)ctx->vw * SPLIT_MIN_VECTORS * ctx->wg) per_part = (size_t)ctx->vw * SPLIT_MIN_VECTORS * ctx->wg;
         const size_t most = width / per_part;
         s.parts = (target + rows - 1) / rows;

@@ -1,19 +1,24 @@
-/* The tuning table: the work-group size measured best for a device, on disk, and the precedence that
- * picks a context's work-group size (klcl_tune's forced candidate > KLCL_WORK_GROUP > table > default).
+/* The tuning table: the settings measured best for a device (work-group size, vector width, split
+ * columns), on disk, and the precedence that picks each of a context's settings (klcl_tune's forced
+ * candidate > the environment variable: KLCL_WORK_GROUP, KLCL_VECTOR_WIDTH, KLCL_SPLIT_COLUMNS > table >
+ * built-in default).
  *
  * File: $KLCL_TUNE_FILE, else tuning.tsv in the binary cache's folder. Text, tab-separated:
  *
  *     # klcl tuning table, format 1 (...)
- *     device  vendor  driver  platform  klcl  work_group  best_ms  default_ms  date
+ *     device  vendor  driver  platform  klcl  work_group  vector_width  split_columns  best_ms  ...  date
  *     <one row per device key>
  *
  * The second line names the columns; a reader finds its columns by name and ignores the others, so later
- * parameters (a vector width, a split factor) become new columns without a new format. The key columns
- * are the device name, vendor, driver version, platform version and klcl version: any of them changing
- * means the measurement no longer applies. Written whole to a temporary file and renamed. A file that is
- * not exactly this shape (another first line, a missing key column, a row with the wrong number of cells,
- * no final newline: a truncated write) is a miss as a whole; a row whose work_group is not a power of two
- * in [1, KLCL_WORK_GROUP_LIMIT] is a miss for its device. A miss means the default, never an error. */
+ * parameters become new columns without a new format (vector_width and split_columns came that way: an
+ * older table without them is a miss for those settings alone). The key columns are the device name,
+ * vendor, driver version, platform version and klcl version: any of them changing means the measurement
+ * no longer applies. Written whole to a temporary file and renamed. A file that is not exactly this shape
+ * (another first line, a missing key or work_group column, a row with the wrong number of cells, no final
+ * newline: a truncated write) is a miss as a whole; a cell that is not decimal digits in its setting's
+ * range (work_group: a power of two in [1, KLCL_WORK_GROUP_LIMIT]; vector_width: 8 or 16; split_columns:
+ * a power of two in [KLCL_SPLIT_COLUMNS_MIN, KLCL_SPLIT_COLUMNS_MAX]) is a miss for that setting of its
+ * device. A miss means the default, never an error. */
 #include "internal.h"
 
 #include <errno.h>
@@ -185,18 +190,50 @@ static long find_row(const table *t, const tune_key *k)
     return -1;
 }
 
-/* A work-group size as the table and KLCL_WORK_GROUP hold it: decimal digits only, a power of two in
- * [1, KLCL_WORK_GROUP_LIMIT]; 0 otherwise. */
-static size_t parse_work_group(const char *s, int need_pow2)
+/* A setting as the table and the environment hold it: decimal digits only (no sign, space or prefix), at
+ * most 10 of them; 0 otherwise. The setting's own check then says whether the value is in its range. */
+static size_t parse_setting(const char *s)
 {
-    if (!*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 5) return 0;
-    unsigned long w = strtoul(s, NULL, 10);
-    if (w < 1 || w > KLCL_WORK_GROUP_LIMIT || (need_pow2 && (w & (w - 1)))) return 0;
-    return (size_t)w;
+    if (!s || !*s || strspn(s, "0123456789") != strlen(s) || strlen(s) > 10) return 0;
+    return (size_t)strtoull(s, NULL, 10);
 }
 
-/* This device's entry in column `name` of the table (a power of two up to KLCL_WORK_GROUP_LIMIT), or 0. */
-static size_t table_lookup(const klcl_context *ctx, const char *name)
+static int is_pow2(size_t v)
+{
+    return v && !(v & (v - 1));
+}
+
+/* The table's work_group: a power of two in [1, KLCL_WORK_GROUP_LIMIT], as klcl_tune_table_set stores. */
+static int work_group_ok(size_t w)
+{
+    return is_pow2(w) && w <= KLCL_WORK_GROUP_LIMIT;
+}
+
+/* KLCL_WORK_GROUP: any size the clamps can make sense of, not only powers of two (they round down). */
+static int work_group_env_ok(size_t w)
+{
+    return w >= 1 && w <= KLCL_WORK_GROUP_LIMIT;
+}
+
+static int vector_width_ok(size_t w)
+{
+    return w == 8 || w == 16;
+}
+
+static int split_columns_ok(size_t c)
+{
+    return is_pow2(c) && c >= KLCL_SPLIT_COLUMNS_MIN && c <= KLCL_SPLIT_COLUMNS_MAX;
+}
+
+/* The environment variable `name` when `valid` accepts it, else 0: a value it cannot mean is ignored. */
+static size_t env_setting(const char *name, int (*valid)(size_t))
+{
+    const size_t v = parse_setting(getenv(name));
+    return valid(v) ? v : 0;
+}
+
+/* This device's entry in column `name` of the table when `valid` accepts it, else 0. */
+static size_t table_lookup(const klcl_context *ctx, const char *name, int (*valid)(size_t))
 {
     char path[4096];
     if (klcl_tune_table_path(path, sizeof path) != KLCL_OK) return 0;
@@ -206,12 +243,12 @@ static size_t table_lookup(const klcl_context *ctx, const char *name)
     key_of(ctx, &k);
     long r = find_row(&t, &k);
     const int col = column(&t, name);
-    size_t w = r < 0 || col < 0 ? 0 : parse_work_group(t.cells[(size_t)r * t.ncols + (size_t)col], 1);
+    size_t v = r < 0 || col < 0 ? 0 : parse_setting(t.cells[(size_t)r * t.ncols + (size_t)col]);
     table_free(&t);
-    return w;
+    return valid(v) ? v : 0;
 }
 
-/* A build setting from, in order: the tuner's candidate (forced), the environment (env, already parsed),
+/* A build setting from, in order: the tuner's candidate (forced), the environment (env, already checked),
  * this device's entry in the table's `column` when `valid` accepts it, the built-in; *source says which.
  * The table is read only when neither of the first two is set. */
 static size_t choose_setting(const klcl_context *ctx, size_t forced, size_t env, const char *column,
@@ -226,7 +263,7 @@ static size_t choose_setting(const klcl_context *ctx, size_t forced, size_t env,
         *source = KLCL_WORK_GROUP_ENV;
         return env;
     }
-    if ((v = table_lookup(ctx, column)) != 0 && valid(v)) {
+    if ((v = table_lookup(ctx, column, valid)) != 0) {
         *source = KLCL_WORK_GROUP_TABLE;
         return v;
     }
@@ -234,38 +271,30 @@ static size_t choose_setting(const klcl_context *ctx, size_t forced, size_t env,
     return builtin;
 }
 
-static int any_work_group(size_t w)
-{
-    (void)w;
-    return 1;
-}
-
-static int vector_width_ok(size_t w)
-{
-    return w == 8 || w == 16;
-}
-
 size_t klcl_work_group_request(klcl_context *ctx, size_t builtin)
 {
     ctx->wg_default = builtin;
-    /* Any size the clamps can make sense of: not only powers of two (they round down). */
-    const char *env = getenv("KLCL_WORK_GROUP");
-    return choose_setting(ctx, ctx->wg_forced, env ? parse_work_group(env, 0) : 0, "work_group", any_work_group,
-                          builtin, &ctx->wg_source);
+    return choose_setting(ctx, ctx->wg_forced, env_setting("KLCL_WORK_GROUP", work_group_env_ok), "work_group",
+                          work_group_ok, builtin, &ctx->wg_source);
 }
 
 int klcl_vector_width_request(klcl_context *ctx, int builtin)
 {
     ctx->vw_default = builtin;
-    const char *env = getenv("KLCL_VECTOR_WIDTH");
-    const size_t from_env = env && (!strcmp(env, "8") || !strcmp(env, "16")) ? (size_t)atoi(env) : 0;
-    return (int)choose_setting(ctx, (size_t)ctx->vw_forced, from_env, "vector_width", vector_width_ok,
-                               (size_t)builtin, &ctx->vw_source);
+    return (int)choose_setting(ctx, (size_t)ctx->vw_forced, env_setting("KLCL_VECTOR_WIDTH", vector_width_ok),
+                               "vector_width", vector_width_ok, (size_t)builtin, &ctx->vw_source);
 }
 
-/* What klcl_context_work_group and klcl_context_vector_width share: the checks (`what` names the output
- * argument in the message), the source's default, and the build the value comes from. KLCL_OK without a
- * build on the CPU reference, which has no value to give. */
+size_t klcl_split_columns_request(klcl_context *ctx, size_t builtin)
+{
+    ctx->split_default = builtin;
+    return choose_setting(ctx, ctx->split_forced, env_setting("KLCL_SPLIT_COLUMNS", split_columns_ok),
+                          "split_columns", split_columns_ok, builtin, &ctx->split_source);
+}
+
+/* What klcl_context_work_group, klcl_context_vector_width and klcl_context_split_columns share: the
+ * checks (`what` names the output argument in the message), the source's default, and the build the value
+ * comes from. KLCL_OK without a build on the CPU reference, which has no value to give. */
 static klcl_status setting_query(klcl_context *ctx, const void *out, const char *what, klcl_work_group_source *source)
 {
     if (!ctx) return KLCL_ERR_NULL_POINTER;
@@ -282,6 +311,16 @@ klcl_status klcl_context_vector_width(klcl_context *ctx, int *width, klcl_work_g
     if (st != KLCL_OK || ctx->is_reference) return st;
     *width = ctx->vw;
     if (source) *source = ctx->vw_source;
+    return KLCL_OK;
+}
+
+klcl_status klcl_context_split_columns(klcl_context *ctx, size_t *columns, klcl_work_group_source *source)
+{
+    const klcl_status st = setting_query(ctx, columns, "klcl_context_split_columns: columns", source);
+    if (columns) *columns = 0;
+    if (st != KLCL_OK || ctx->is_reference) return st;
+    *columns = ctx->split_columns;
+    if (source) *source = ctx->split_source;
     return KLCL_OK;
 }
 
@@ -314,7 +353,7 @@ klcl_status klcl_tune_table_get(klcl_context *ctx, size_t *work_group)
     *work_group = 0;
     if (ctx->is_reference)
         return klcl_fail(ctx, KLCL_ERR_UNSUPPORTED, "the CPU reference has no work-group size to look up");
-    *work_group = table_lookup(ctx, "work_group");
+    *work_group = table_lookup(ctx, "work_group", work_group_ok);
     return KLCL_OK;
 }
 
@@ -416,7 +455,7 @@ klcl_status klcl_tune_table_set(klcl_context *ctx, size_t work_group)
 {
     if (!ctx) return KLCL_ERR_NULL_POINTER;
     ctx->error[0] = '\0';
-    if (work_group < 1 || work_group > KLCL_WORK_GROUP_LIMIT || (work_group & (work_group - 1)))
+    if (!work_group_ok(work_group))
         return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "work_group %zu: must be a power of two from 1 to %d",
                          work_group, KLCL_WORK_GROUP_LIMIT);
     char text[32];

@@ -643,7 +643,7 @@ KLCL_API klcl_status klcl_reference_sparse_row(const klcl_loss_desc *desc, klcl_
                                                double *teacher_entropy, double *student_entropy);
 
 /* ---------------------------------------------------------------------------------------------------- */
-/* Tuning: the work-group size of the row kernels, per device                                             */
+/* Tuning: the row kernels' work-group size, vector width and row split, per device                     */
 /* ---------------------------------------------------------------------------------------------------- */
 
 /* The row kernels run work-groups of one size (a row per work-group, or several short rows per
@@ -659,9 +659,11 @@ KLCL_API klcl_status klcl_reference_sparse_row(const klcl_loss_desc *desc, klcl_
  * cache (klcl_context_prepare). Its rows are keyed by device name, vendor, driver version, platform
  * version and klcl version, so a new driver or library version falls back to the default until tuned
  * again. A table that is missing, unreadable, damaged or truncated is a miss (the default applies), never
- * an error. The work-group size and the vector width (klcl_context_vector_width) are tuned; how rows are
- * split or share a work-group follows a fixed rule (klcl_context_row_strategy). The format names its
- * columns so that more can be added. */
+ * an error. Three settings are tuned and chosen in the same order (the tuner's candidate, the environment,
+ * the table, the built-in): the work-group size, the vector width (klcl_context_vector_width) and the
+ * fewest columns per part when a row is split across work-groups (klcl_context_split_columns). When rows
+ * are split and when they share a work-group otherwise follows a fixed rule (klcl_context_row_strategy).
+ * The format names its columns so that more can be added. */
 
 typedef enum klcl_work_group_source {
     KLCL_WORK_GROUP_DEFAULT = 0, /* the built-in default (also: the CPU reference, which has none) */
@@ -683,13 +685,22 @@ KLCL_API klcl_status klcl_context_work_group(klcl_context *ctx, size_t *size, kl
  * elsewhere. Builds the kernels first as klcl_context_work_group does; `source` as there. On the CPU
  * reference: *width 0. */
 KLCL_API klcl_status klcl_context_vector_width(klcl_context *ctx, int *width, klcl_work_group_source *source);
+
+/* The fewest columns per part when klcl_compute splits rows too few to fill the device across work-groups
+ * (klcl_context_row_strategy; never fewer than 8 vectors per work-item either): KLCL_SPLIT_COLUMNS (a power
+ * of two from 64 to 2^30), else the tuning table's split_columns, else 262144 on CPU devices and 4096
+ * elsewhere. KLCL_ROW_SPLIT, which fixes the parts outright, takes precedence over it. Builds the kernels
+ * first as klcl_context_work_group does; `source` as there. On the CPU reference: *columns 0. */
+KLCL_API klcl_status klcl_context_split_columns(klcl_context *ctx, size_t *columns, klcl_work_group_source *source);
+
 /* How klcl_compute reduces a batch of `rows` x `vocab` logits (teacher and student of that width) on this
  * context: `team` work-items reduce each row, a power of two dividing the work-group size (KLCL_WG / team
  * rows share a work-group; 1 on CPU devices), and each row is cut into `parts` column ranges reduced by
  * separate work-groups and then merged (1: rows are not split). Rows are split only when they are too few
- * to fill the device, and teams are narrower than the work-group only for short rows; the environment
- * variables KLCL_ROW_SPLIT and KLCL_TEAM override the choice (read when the kernels are built). The choice
- * depends on the call's rows and vocab, the device and the work-group size, never on how host inputs are
+ * to fill the device, into parts of klcl_context_split_columns columns or more, and teams are narrower
+ * than the work-group only for short rows; the environment variables KLCL_ROW_SPLIT and KLCL_TEAM override
+ * the choice (read when the kernels are built). The choice depends on the call's rows and vocab, the
+ * device, the work-group size, the vector width and the split columns, never on how host inputs are
  * chunked. A split row sums in another order and may differ from an unsplit one in its last bits; the same
  * call on the same context always gives the same bits. Builds the kernels first when they are not built
  * yet (a build failure is returned). `team` and `parts` may be NULL; on the CPU reference both are 0.

@@ -622,22 +622,26 @@ static void test_deterministic(void **state)
 static void test_row_strategies(void **state)
 {
     (void)state;
-    size_t wg = 0, team = 0, parts = 0;
+    size_t wg = 0, team = 0, parts = 0, split = 0;
     int vw = 0;
     assert_int_equal(klcl_context_work_group(ctx, &wg, NULL), KLCL_OK);
     assert_int_equal(klcl_context_vector_width(ctx, &vw, NULL), KLCL_OK);
+    assert_int_equal(klcl_context_split_columns(ctx, &split, NULL), KLCL_OK);
     const char *split_env = getenv("KLCL_ROW_SPLIT"), *team_env = getenv("KLCL_TEAM");
     /* Many long rows: neither strategy (unless forced). */
     assert_int_equal(klcl_context_row_strategy(ctx, 4096, 65536 + 64 * wg, &team, &parts), KLCL_OK);
     if (!split_env) assert_int_equal(parts, 1);
     if (!team_env) assert_int_equal(team, wg);
-    /* One long row: split, whatever the device (target rows above 1, parts of 4096 columns or more, of
-     * 262144 or more on a CPU device). */
+    /* One long row: split, whatever the device (target rows above 1), into parts of the split columns or
+     * more (4096 by default, 262144 on a CPU device; a tuned or KLCL_SPLIT_COLUMNS value over half the
+     * row leaves it whole). */
     assert_int_equal(klcl_context_row_strategy(ctx, 1, 1048576, &team, &parts), KLCL_OK);
     if (split_env)
         assert_int_equal(parts, strtoul(split_env, NULL, 10));
+    else if (split > 1048576 / 2)
+        assert_int_equal(parts, 1);
     else
-        assert_true(parts >= 2 && 1048576 / parts >= 4096);
+        assert_true(parts >= 2 && 1048576 / parts >= split);
     /* Short rows: teams of the smallest power of two >= V / (4 x vector width), unless the whole group is
      * needed. */
     const size_t short_vocabs[] = {8, 100, 1000, 4096};

@@ -1,7 +1,8 @@
 /* The tuning table and the tuner: entries written and read back, damaged tables are misses (the default
- * applies), the precedence KLCL_WORK_GROUP > table > default as klcl_context_work_group reports it, bad
- * arguments refused with their name, and a small real tuning run whose entry a new context then uses.
- * Every test works on its own table in a temporary folder (KLCL_TUNE_FILE). */
+ * applies), the precedence KLCL_WORK_GROUP > table > default as klcl_context_work_group reports it (and
+ * KLCL_SPLIT_COLUMNS > split_columns > built-in as klcl_context_split_columns does, which the row strategy
+ * follows), bad arguments refused with their name, and a small real tuning run whose entries a new context
+ * then uses. Every test works on its own table in a temporary folder (KLCL_TUNE_FILE). */
 #include "test_util.h"
 
 #include <math.h>
@@ -25,14 +26,37 @@ static const char *device_spec(void)
     return !d || !*d || strcmp(d, "cpu") == 0 ? "opencl" : d;
 }
 
-/* A new context's work-group size and source. */
-static size_t fresh_wg(klcl_work_group_source *source)
+/* A new context's setting (klcl_context_work_group or klcl_context_split_columns) and its source. */
+static size_t fresh_setting(klcl_status (*query)(klcl_context *, size_t *, klcl_work_group_source *),
+                            klcl_work_group_source *source)
 {
     klcl_context *ctx = tu_device_context(0);
-    size_t wg = 0;
-    assert_int_equal(klcl_context_work_group(ctx, &wg, source), KLCL_OK);
+    size_t v = 0;
+    assert_int_equal(query(ctx, &v, source), KLCL_OK);
     klcl_context_destroy(ctx);
-    return wg;
+    return v;
+}
+
+static size_t fresh_wg(klcl_work_group_source *source)
+{
+    return fresh_setting(klcl_context_work_group, source);
+}
+
+static size_t fresh_split(klcl_work_group_source *source)
+{
+    return fresh_setting(klcl_context_split_columns, source);
+}
+
+/* The documented built-in split columns of the suites' device, from its type read through OpenCL. */
+static size_t builtin_split(void)
+{
+    klcl_context *ctx = tu_device_context(0);
+    cl_device_id dev;
+    cl_device_type type = 0;
+    assert_int_equal(clGetCommandQueueInfo(klcl_context_cl_queue(ctx), CL_QUEUE_DEVICE, sizeof dev, &dev, NULL), 0);
+    assert_int_equal(clGetDeviceInfo(dev, CL_DEVICE_TYPE, sizeof type, &type, NULL), 0);
+    klcl_context_destroy(ctx);
+    return (type & CL_DEVICE_TYPE_CPU) ? 262144 : 4096;
 }
 
 static int setup(void **state)
@@ -43,6 +67,7 @@ static int setup(void **state)
     snprintf(table, sizeof table, "%s/tuning.tsv", dir);
     setenv("KLCL_TUNE_FILE", table, 1);
     unsetenv("KLCL_WORK_GROUP");
+    unsetenv("KLCL_SPLIT_COLUMNS");
     klcl_work_group_source source;
     default_wg = fresh_wg(&source);
     assert_int_equal(source, KLCL_WORK_GROUP_DEFAULT);
@@ -57,10 +82,11 @@ static int teardown(void **state)
     rmdir(dir);
     unsetenv("KLCL_TUNE_FILE");
     unsetenv("KLCL_WORK_GROUP");
+    unsetenv("KLCL_SPLIT_COLUMNS");
     return 0;
 }
 
-/* Each test starts without a table and without KLCL_WORK_GROUP. */
+/* Each test starts without a table, KLCL_WORK_GROUP or KLCL_SPLIT_COLUMNS. */
 static int clean(void **state)
 {
     (void)state;
@@ -68,6 +94,7 @@ static int clean(void **state)
     rmdir(table); /* the unreadable-table test puts a folder there */
     setenv("KLCL_TUNE_FILE", table, 1);
     unsetenv("KLCL_WORK_GROUP");
+    unsetenv("KLCL_SPLIT_COLUMNS");
     return 0;
 }
 
@@ -102,15 +129,24 @@ static void device_key(char *out, size_t cap)
     klcl_context_destroy(ctx);
 }
 
-#define HEADER "# klcl tuning table, format 1\ndevice\tvendor\tdriver\tplatform\tklcl\twork_group\n"
+#define FIRST_LINE "# klcl tuning table, format 1\n"
+#define KEYS "device\tvendor\tdriver\tplatform\tklcl"
+#define HEADER FIRST_LINE KEYS "\twork_group\n"
+
+/* A table holding one row for this device: after the key, the columns named in `columns` (tab-separated)
+ * holding `cells`. */
+static void write_row(const char *columns, const char *cells)
+{
+    char key[1400], text[1800];
+    device_key(key, sizeof key);
+    int n = snprintf(text, sizeof text, FIRST_LINE KEYS "\t%s\n%s\t%s\n", columns, key, cells);
+    write_text(table, text, (size_t)n);
+}
 
 /* A table holding one row for this device with the given work_group cell. */
 static void write_entry(const char *work_group)
 {
-    char key[1400], text[1600];
-    device_key(key, sizeof key);
-    int n = snprintf(text, sizeof text, HEADER "%s\t%s\n", key, work_group);
-    write_text(table, text, (size_t)n);
+    write_row("work_group", work_group);
 }
 
 static size_t table_get(void)
@@ -282,6 +318,136 @@ static void test_precedence(void **state)
     assert_int_equal(source, KLCL_WORK_GROUP_DEFAULT);
     klcl_context_destroy(ctx);
     assert_int_equal(fresh_wg(&source), in_table);
+}
+
+/* A new context's split columns must be `want` from `source`; `what` says which case failed. */
+static void expect_split(size_t want, klcl_work_group_source want_source, const char *what)
+{
+    klcl_work_group_source source = KLCL_WORK_GROUP_FORCED;
+    const size_t got = fresh_split(&source);
+    if (got != want || source != want_source)
+        fail_msg("%s: split columns %zu from %s, expected %zu from %s", what, got, klcl_work_group_source_name(source),
+                 want, klcl_work_group_source_name(want_source));
+}
+
+/* Values KLCL_SPLIT_COLUMNS and the table's split_columns cannot mean (not a power of two, outside
+ * [64, 2^30], not plain decimal digits): each is ignored. */
+static const char *const bad_split[] = {"100", "32", "2147483648", "0", "", "abc", "-64", "+1024", "1024 ", "0x400",
+                                        "99999999999999999999"};
+enum { BAD_SPLIT = sizeof bad_split / sizeof bad_split[0] };
+
+static void test_split_columns_env(void **state)
+{
+    (void)state;
+    const size_t builtin = builtin_split();
+    expect_split(builtin, KLCL_WORK_GROUP_DEFAULT, "no variable, no table");
+    setenv("KLCL_SPLIT_COLUMNS", "1024", 1);
+    expect_split(1024, KLCL_WORK_GROUP_ENV, "KLCL_SPLIT_COLUMNS=1024");
+    setenv("KLCL_SPLIT_COLUMNS", "64", 1);
+    expect_split(64, KLCL_WORK_GROUP_ENV, "KLCL_SPLIT_COLUMNS=64 (the smallest)");
+    setenv("KLCL_SPLIT_COLUMNS", "1073741824", 1);
+    expect_split((size_t)1 << 30, KLCL_WORK_GROUP_ENV, "KLCL_SPLIT_COLUMNS=2^30 (the largest)");
+    for (size_t i = 0; i < BAD_SPLIT; i++) {
+        char what[64];
+        setenv("KLCL_SPLIT_COLUMNS", bad_split[i], 1);
+        snprintf(what, sizeof what, "KLCL_SPLIT_COLUMNS='%s'", bad_split[i]);
+        expect_split(builtin, KLCL_WORK_GROUP_DEFAULT, what);
+    }
+}
+
+/* The table's split_columns: a valid cell is used, an invalid one is a miss for that setting alone (the
+ * row's work_group still applies), and a table without the column (an older version's) is a miss too. */
+static void test_split_columns_table(void **state)
+{
+    (void)state;
+    const size_t builtin = builtin_split();
+    klcl_work_group_source source;
+    char cells[64];
+    snprintf(cells, sizeof cells, "%zu\t8192", other_wg());
+    write_row("work_group\tsplit_columns", cells);
+    expect_split(8192, KLCL_WORK_GROUP_TABLE, "split_columns 8192");
+    assert_int_equal(fresh_wg(&source), other_wg());
+    for (size_t i = 0; i < BAD_SPLIT; i++) {
+        char what[64];
+        snprintf(cells, sizeof cells, "%zu\t%s", other_wg(), bad_split[i]);
+        write_row("work_group\tsplit_columns", cells);
+        snprintf(what, sizeof what, "split_columns '%s'", bad_split[i]);
+        expect_split(builtin, KLCL_WORK_GROUP_DEFAULT, what);
+        assert_int_equal(fresh_wg(&source), other_wg());
+        assert_int_equal(source, KLCL_WORK_GROUP_TABLE);
+    }
+    write_entry("8");
+    expect_split(builtin, KLCL_WORK_GROUP_DEFAULT, "no split_columns column");
+}
+
+static void test_split_columns_precedence(void **state)
+{
+    (void)state;
+    write_row("work_group\tsplit_columns", "8\t8192");
+    expect_split(8192, KLCL_WORK_GROUP_TABLE, "table");
+    setenv("KLCL_SPLIT_COLUMNS", "1024", 1);
+    expect_split(1024, KLCL_WORK_GROUP_ENV, "KLCL_SPLIT_COLUMNS over the table");
+    setenv("KLCL_SPLIT_COLUMNS", "1000", 1);
+    expect_split(8192, KLCL_WORK_GROUP_TABLE, "an ignored KLCL_SPLIT_COLUMNS, then the table");
+    unsetenv("KLCL_SPLIT_COLUMNS");
+    remove(table);
+    expect_split(builtin_split(), KLCL_WORK_GROUP_DEFAULT, "neither");
+}
+
+static void test_split_columns_query(void **state)
+{
+    (void)state;
+    size_t columns = 99;
+    klcl_work_group_source source = KLCL_WORK_GROUP_TABLE;
+    assert_int_equal(klcl_context_split_columns(NULL, &columns, NULL), KLCL_ERR_NULL_POINTER);
+    klcl_context *ctx = tu_device_context(0);
+    assert_int_equal(klcl_context_split_columns(ctx, NULL, &source), KLCL_ERR_NULL_POINTER);
+    assert_non_null(strstr(klcl_last_error(ctx), "columns"));
+    assert_int_equal(klcl_context_split_columns(ctx, &columns, NULL), KLCL_OK); /* source may be NULL */
+    assert_int_equal(columns, builtin_split());
+    klcl_context_destroy(ctx);
+
+    klcl_context_options ro = KLCL_CONTEXT_OPTIONS_INIT;
+    ro.device = "cpu";
+    assert_int_equal(klcl_context_create(&ro, &ctx), KLCL_OK);
+    columns = 99;
+    assert_int_equal(klcl_context_split_columns(ctx, &columns, &source), KLCL_OK);
+    assert_int_equal(columns, 0);
+    assert_int_equal(source, KLCL_WORK_GROUP_DEFAULT);
+    assert_int_equal(klcl_context_split_columns(ctx, NULL, NULL), KLCL_ERR_NULL_POINTER);
+    assert_non_null(strstr(klcl_last_error(ctx), "columns"));
+    klcl_context_destroy(ctx);
+}
+
+/* The parts of one row of 65536 columns on a new context. */
+static size_t parts_of_one_row(void)
+{
+    klcl_context *ctx = tu_device_context(0);
+    size_t parts = 0;
+    assert_int_equal(klcl_context_row_strategy(ctx, 1, 65536, NULL, &parts), KLCL_OK);
+    klcl_context_destroy(ctx);
+    return parts;
+}
+
+/* The row strategy splits by the context's split columns. Work-groups of one work-item keep the floor of
+ * 8 vectors per work-item below 4096 columns on any device; one row is fewer than any device's target. */
+static void test_row_strategy_follows_split_columns(void **state)
+{
+    (void)state;
+    setenv("KLCL_WORK_GROUP", "1", 1);
+    setenv("KLCL_SPLIT_COLUMNS", "4096", 1);
+    size_t parts = parts_of_one_row();
+    if (parts < 2 || 65536 / parts < 4096) fail_msg("KLCL_SPLIT_COLUMNS=4096: %zu parts of 65536 columns", parts);
+    setenv("KLCL_SPLIT_COLUMNS", "65536", 1);
+    assert_int_equal(parts_of_one_row(), 1);
+    write_row("work_group\tsplit_columns", "1\t16384");
+    unsetenv("KLCL_SPLIT_COLUMNS");
+    parts = parts_of_one_row();
+    if (parts < 2 || 65536 / parts < 16384) fail_msg("table split_columns 16384: %zu parts of 65536 columns", parts);
+    remove(table);
+    parts = parts_of_one_row();
+    if (builtin_split() > 65536 / 2 ? parts != 1 : parts < 2)
+        fail_msg("built-in split columns %zu: %zu parts of 65536 columns", builtin_split(), parts);
 }
 
 static void test_bad_arguments(void **state)
@@ -473,6 +639,11 @@ int main(void)
         cmocka_unit_test_setup(test_other_rows_and_columns_kept, clean),
         cmocka_unit_test_setup(test_damaged_tables_are_misses, clean),
         cmocka_unit_test_setup(test_precedence, clean),
+        cmocka_unit_test_setup(test_split_columns_env, clean),
+        cmocka_unit_test_setup(test_split_columns_table, clean),
+        cmocka_unit_test_setup(test_split_columns_precedence, clean),
+        cmocka_unit_test_setup(test_split_columns_query, clean),
+        cmocka_unit_test_setup(test_row_strategy_follows_split_columns, clean),
         cmocka_unit_test_setup(test_bad_arguments, clean),
         cmocka_unit_test_setup(test_tune_bad_options, clean),
         cmocka_unit_test_setup(test_tiny_tune_run, clean),
