@@ -1,14 +1,18 @@
 /* klcl_tune: times the row kernels at every power-of-two work-group size the device allows, then vector
- * widths 8 and 16 at the fastest size, and stores the winners in the tuning table (tune.c).
+ * widths 8 and 16 at the fastest size, then split columns (the fewest columns per part of a row split
+ * across work-groups) at that size and width, and stores the winners in the tuning table (tune.c).
  *
- * Every candidate is a context of its own with its size forced (ctx->wg_forced, set before the build),
- * all sharing one OpenCL queue, so that one set of cl_mem inputs serves them all and no host transfer is
- * timed. Cases: kl forward and kl with gradient at each vocabulary, rows filling a fixed budget of bytes
- * per tensor; one sample repeats the call until it lasts about sample_seconds at the default size.
- * Candidates take turns sample by sample, so drift on a busy machine (other processes, clock changes)
- * spreads over all of them instead of favouring whichever ran in a quiet moment. A candidate over 3x
- * slower than the best on a case's first sample is not sampled again: it cannot win, and on a CPU device
- * the wide groups are several times slower, which would otherwise dominate the run time. */
+ * Every candidate is a context of its own with its setting forced (ctx->wg_forced, vw_forced,
+ * split_forced, set before the build), all sharing one OpenCL queue, so that one set of cl_mem inputs
+ * serves them all and no host transfer is timed. Cases: kl forward and kl with gradient at each
+ * vocabulary, rows filling a fixed budget of bytes per tensor (the split phase: one row, the shape a split
+ * is for); one sample repeats the call until it lasts about sample_seconds at the default. Candidates
+ * take turns sample by sample, so drift on a busy machine (other processes, clock changes) spreads over
+ * all of them instead of favouring whichever ran in a quiet moment. A candidate over 3x slower than the
+ * best on a case's first sample is not sampled again: it cannot win, and on a CPU device the wide groups
+ * are several times slower, which would otherwise dominate the run time. Split candidates that cut the
+ * cases' rows alike run the same launches and differ by noise only, so the built-in split columns are
+ * kept unless another candidate is clearly faster (SPLIT_MIN_GAIN). */
 #include "internal.h"
 
 #include <math.h>
@@ -18,7 +22,12 @@
 #include <time.h>
 
 enum { MAX_REPS = 101, DEFAULT_REPS = 5, DROP_FACTOR = 3, MAX_CALLS = 100000 };
+/* The check's forced split: parts per row, well below the 62 whole 16-wide vectors of its rows of 1003
+ * columns (the parts of a row are cut to its vectors). */
+enum { CHECK_PARTS = 3 };
 #define DEFAULT_SAMPLE_SECONDS 0.1
+/* How much lower than the built-in's a split candidate's score must be to be stored instead (3%). */
+#define SPLIT_MIN_GAIN 0.03
 #define DEFAULT_TENSOR_BYTES ((size_t)32 << 20)
 
 static double now(void)
@@ -52,8 +61,11 @@ static klcl_status report_fail(klcl_tune_report *out, klcl_status st, const char
 }
 
 /* A candidate must compute every loss, with its gradient, as the CPU reference does before it is timed:
- * a size at which some kernel fails or is wrong is never stored. A small batch with a vector tail
- * (V not a multiple of 8), an ignored row and a hard label at the last column. */
+ * a setting at which some kernel fails or is wrong is never stored. A small batch with a vector tail
+ * (V not a multiple of 8), an ignored row and a hard label at the last column. Every loss runs twice: as
+ * the candidate reduces the batch, then with each row cut into CHECK_PARTS parts (as KLCL_ROW_SPLIT does),
+ * so that the split and merge kernels are checked at every candidate whether or not it would split rows
+ * this short itself. ctx is prepared (its kernels built). */
 static int computes_correctly(klcl_context *ctx)
 {
     enum { ROWS = 3, VOCAB = 1003 };
@@ -68,22 +80,27 @@ static int computes_correctly(klcl_context *ctx)
         student[k] = 0.5f * teacher[k] + (float)((double)((x >> 20) & 0xfffff) / 1048576.0 - 0.5);
     }
     int was = ctx->verify, ok = 1;
+    const size_t split_was = ctx->split_env;
     ctx->verify = 1;
-    for (int l = 0; l < KLCL_LOSS_COUNT && ok; l++) {
-        klcl_loss_desc desc;
-        klcl_loss_desc_init(&desc, (klcl_loss)l);
-        desc.tau = 2.0f;
-        klcl_batch b = KLCL_BATCH_INIT;
-        b.rows = ROWS;
-        b.vocab = VOCAB;
-        b.teacher = klcl_host_tensor(teacher, 0);
-        b.student = klcl_host_tensor(student, 0);
-        b.labels = klcl_host_tensor(labels, 0);
-        b.grad = klcl_host_tensor(grad, 0);
-        klcl_result r;
-        ok = klcl_compute(ctx, &desc, &b, &r) == KLCL_OK && r.verified && r.verify_ok;
+    for (int split = 0; split < 2 && ok; split++) {
+        ctx->split_env = split ? CHECK_PARTS : split_was;
+        for (int l = 0; l < KLCL_LOSS_COUNT && ok; l++) {
+            klcl_loss_desc desc;
+            klcl_loss_desc_init(&desc, (klcl_loss)l);
+            desc.tau = 2.0f;
+            klcl_batch b = KLCL_BATCH_INIT;
+            b.rows = ROWS;
+            b.vocab = VOCAB;
+            b.teacher = klcl_host_tensor(teacher, 0);
+            b.student = klcl_host_tensor(student, 0);
+            b.labels = klcl_host_tensor(labels, 0);
+            b.grad = klcl_host_tensor(grad, 0);
+            klcl_result r;
+            ok = klcl_compute(ctx, &desc, &b, &r) == KLCL_OK && r.verified && r.verify_ok;
+        }
     }
     ctx->verify = was;
+    ctx->split_env = split_was;
     return ok;
 }
 
@@ -100,20 +117,31 @@ static klcl_status time_calls(klcl_context *ctx, const klcl_loss_desc *desc, con
     return KLCL_OK;
 }
 
+/* A list of vocabularies (tune->vocabs, tune->split_vocabs; `name` and `count_name` name its fields): two
+ * cases each, at most KLCL_TUNE_MAX_CASES in all. */
+static klcl_status check_vocabs(const size_t *v, size_t n, const char *name, const char *count_name,
+                                klcl_tune_report *out)
+{
+    if (n && !v)
+        return report_fail(out, KLCL_ERR_NULL_POINTER, "tune->%s is NULL but tune->%s is %zu", name, count_name, n);
+    if (v && !n)
+        return report_fail(out, KLCL_ERR_INVALID_VALUE, "tune->%s is 0 but tune->%s is given", count_name, name);
+    if (n > KLCL_TUNE_MAX_CASES / 2)
+        return report_fail(out, KLCL_ERR_INVALID_VALUE, "tune->%s %zu: at most %d vocabularies", count_name, n,
+                           KLCL_TUNE_MAX_CASES / 2);
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < 1 || v[i] > 0x7fffffff)
+            return report_fail(out, KLCL_ERR_INVALID_SHAPE, "tune->%s[%zu] = %zu: must be in [1, 2^31 - 1]", name, i,
+                               v[i]);
+    return KLCL_OK;
+}
+
 static klcl_status check_options(const klcl_tune_options *o, klcl_tune_report *out)
 {
-    if (o->vocab_count && !o->vocabs)
-        return report_fail(out, KLCL_ERR_NULL_POINTER, "tune->vocabs is NULL but tune->vocab_count is %zu",
-                           o->vocab_count);
-    if (o->vocabs && !o->vocab_count)
-        return report_fail(out, KLCL_ERR_INVALID_VALUE, "tune->vocab_count is 0 but tune->vocabs is given");
-    if (o->vocab_count > KLCL_TUNE_MAX_CASES / 2)
-        return report_fail(out, KLCL_ERR_INVALID_VALUE, "tune->vocab_count %zu: at most %d vocabularies",
-                           o->vocab_count, KLCL_TUNE_MAX_CASES / 2);
-    for (size_t i = 0; i < o->vocab_count; i++)
-        if (o->vocabs[i] < 1 || o->vocabs[i] > 0x7fffffff)
-            return report_fail(out, KLCL_ERR_INVALID_SHAPE, "tune->vocabs[%zu] = %zu: must be in [1, 2^31 - 1]", i,
-                               o->vocabs[i]);
+    klcl_status st = check_vocabs(o->vocabs, o->vocab_count, "vocabs", "vocab_count", out);
+    if (st == KLCL_OK)
+        st = check_vocabs(o->split_vocabs, o->split_vocab_count, "split_vocabs", "split_vocab_count", out);
+    if (st != KLCL_OK) return st;
     if (o->reps < 0 || o->reps > MAX_REPS)
         return report_fail(out, KLCL_ERR_INVALID_VALUE, "tune->reps %d: must be in [0, %d] (0: %d)", o->reps,
                            MAX_REPS, DEFAULT_REPS);
@@ -237,8 +265,9 @@ static klcl_status measure(klcl_context *base, klcl_context *const *cand, size_t
             report_fail(out, st, "timing %s at V = %zu: %s", ops[op].name, vocab, klcl_last_error(base));
             for (size_t c = 0; c < nc; c++)
                 if (klcl_last_error(cand[c])[0]) {
-                    report_fail(out, st, "timing %s at V = %zu, work-group size %zu, vector width %d: %s",
-                                ops[op].name, vocab, cand[c]->wg, cand[c]->vw, klcl_last_error(cand[c]));
+                    report_fail(out, st, "timing %s at V = %zu, work-group size %zu, vector width %d, split columns "
+                                "%zu: %s", ops[op].name, vocab, cand[c]->wg, cand[c]->vw, cand[c]->split_columns,
+                                klcl_last_error(cand[c]));
                     break;
                 }
             goto done;
@@ -258,6 +287,41 @@ done:
     return st;
 }
 
+/* A candidate: a context on the tuner's queue with the settings given forced (0: not forced) and its
+ * kernels built. On failure *c is NULL and out->error names the candidate (`what`). */
+static klcl_status forced_context(const klcl_context_options *shared, size_t wg, int vw, size_t split,
+                                  const char *what, klcl_context **c, klcl_tune_report *out)
+{
+    klcl_status st = klcl_context_create(shared, c);
+    if (st == KLCL_OK) {
+        (*c)->wg_forced = wg;
+        (*c)->vw_forced = vw;
+        (*c)->split_forced = split;
+        st = klcl_context_prepare(*c);
+    }
+    if (st != KLCL_OK) {
+        report_fail(out, st, "%s: %s", what, *c ? klcl_last_error(*c) : klcl_status_string(st));
+        klcl_context_destroy(*c);
+        *c = NULL;
+    }
+    return st;
+}
+
+/* The split columns timed: the built-in / 16, / 8, / 4, / 2, x 1, x 2, x 4, each kept to
+ * [KLCL_SPLIT_COLUMNS_MIN, KLCL_SPLIT_COLUMNS_MAX], ascending and without repeats. Returns the count. */
+static size_t split_candidates(size_t builtin, size_t *out)
+{
+    static const int shifts[] = {-4, -3, -2, -1, 0, 1, 2};
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof shifts / sizeof shifts[0]; i++) {
+        size_t v = shifts[i] < 0 ? builtin >> -shifts[i] : builtin << shifts[i];
+        if (v < KLCL_SPLIT_COLUMNS_MIN) v = KLCL_SPLIT_COLUMNS_MIN;
+        if (v > KLCL_SPLIT_COLUMNS_MAX) v = KLCL_SPLIT_COLUMNS_MAX;
+        if (n == 0 || out[n - 1] != v) out[n++] = v;
+    }
+    return n;
+}
+
 klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_options *tune, klcl_tune_report *out)
 {
     if (!out) return KLCL_ERR_NULL_POINTER;
@@ -266,14 +330,18 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
     if (tune) o = *tune;
     klcl_status st = check_options(&o, out);
     if (st != KLCL_OK) return st;
-    static const size_t default_vocabs[] = {32768, 131072};
+    static const size_t default_vocabs[] = {32768, 131072}, default_split_vocabs[] = {65536, 262144, 1048576};
     const size_t *vocabs = o.vocabs ? o.vocabs : default_vocabs;
     const size_t nv = o.vocabs ? o.vocab_count : 2;
+    const size_t *split_vocabs = o.split_vocabs ? o.split_vocabs : default_split_vocabs;
+    const size_t nsv = o.split_vocabs ? o.split_vocab_count : 3;
     const int reps = o.reps ? o.reps : DEFAULT_REPS;
     const double sample_seconds = o.sample_seconds > 0.0 ? o.sample_seconds : DEFAULT_SAMPLE_SECONDS;
     const size_t tensor_bytes = o.max_tensor_bytes ? o.max_tensor_bytes : DEFAULT_TENSOR_BYTES;
 
     klcl_context *base = NULL, *cand[KLCL_TUNE_MAX_CANDIDATES] = {NULL}, *vcand[2] = {NULL, NULL};
+    klcl_context *scand[KLCL_TUNE_MAX_SPLITS] = {NULL};
+    char what[64];
     st = klcl_context_create(ctx_opts, &base);
     if (st != KLCL_OK) {
         const char *spec = ctx_opts && ctx_opts->device ? ctx_opts->device : getenv("KLCL_DEVICE");
@@ -306,16 +374,8 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
         for (size_t i = 0; i < o.size_count; i++) listed |= o.sizes[i] == w;
         if (!listed) continue;
         klcl_context *c = NULL;
-        st = klcl_context_create(&shared, &c);
-        if (st == KLCL_OK) {
-            c->wg_forced = w;
-            st = klcl_context_prepare(c);
-        }
-        if (st != KLCL_OK) {
-            report_fail(out, st, "work-group size %zu: %s", w, c ? klcl_last_error(c) : klcl_status_string(st));
-            klcl_context_destroy(c);
-            goto done;
-        }
+        snprintf(what, sizeof what, "work-group size %zu", w);
+        if ((st = forced_context(&shared, w, 0, 0, what, &c, out)) != KLCL_OK) goto done;
         if (c->wg != w) {
             klcl_context_destroy(c);
             break;
@@ -352,17 +412,8 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
     size_t nvc = 0, vdi = 0;
     for (size_t i = 0; i < 2; i++) {
         klcl_context *c = NULL;
-        st = klcl_context_create(&shared, &c);
-        if (st == KLCL_OK) {
-            c->wg_forced = out->best_work_group;
-            c->vw_forced = widths[i];
-            st = klcl_context_prepare(c);
-        }
-        if (st != KLCL_OK) {
-            report_fail(out, st, "vector width %d: %s", widths[i], c ? klcl_last_error(c) : klcl_status_string(st));
-            klcl_context_destroy(c);
-            goto done;
-        }
+        snprintf(what, sizeof what, "vector width %d", widths[i]);
+        if ((st = forced_context(&shared, out->best_work_group, widths[i], 0, what, &c, out)) != KLCL_OK) goto done;
         if (!computes_correctly(c)) {
             out->rejected_vector_widths[out->rejected_vector_width_count++] = widths[i];
             klcl_context_destroy(c);
@@ -387,18 +438,60 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
     out->best_vector_width = out->vector_widths[vbest];
     out->default_vector_width = out->vector_widths[vdi];
 
+    /* Split columns at the fastest size and width, on one row at each split vocabulary: the shape whose
+     * rows are split (a row is split only when rows are too few to fill the device). */
+    size_t columns[KLCL_TUNE_MAX_SPLITS];
+    const size_t ncolumns = split_candidates(vcand[vbest]->split_default, columns);
+    size_t nsc = 0, sdi = 0;
+    int default_kept = 0; /* the built-in passed the check */
+    out->default_split_columns = vcand[vbest]->split_default;
+    for (size_t i = 0; i < ncolumns; i++) {
+        klcl_context *c = NULL;
+        snprintf(what, sizeof what, "split columns %zu", columns[i]);
+        st = forced_context(&shared, out->best_work_group, out->best_vector_width, columns[i], what, &c, out);
+        if (st != KLCL_OK) goto done;
+        if (!computes_correctly(c)) {
+            out->rejected_split_columns[out->rejected_split_count++] = columns[i];
+            klcl_context_destroy(c);
+            continue;
+        }
+        if (columns[i] == out->default_split_columns) {
+            sdi = nsc;
+            default_kept = 1;
+        }
+        out->split_columns[nsc] = columns[i];
+        scand[nsc++] = c;
+    }
+    out->split_count = nsc;
+    if (nsc == 0) {
+        st = report_fail(out, KLCL_ERR_UNSUPPORTED, "no split columns compute the losses correctly on this device");
+        goto done;
+    }
+    const measure_setup sm = {split_vocabs, nsv, 1, tensor_bytes, reps, sample_seconds};
+    if ((st = measure(base, scand, nsc, sdi, &sm, out->split_cases, &out->split_case_count, out->split_score, out)) !=
+        KLCL_OK)
+        goto done;
+    /* The fastest only when it beats the built-in by SPLIT_MIN_GAIN (the top of this file says why); the
+     * fastest outright when the built-in was rejected. */
+    size_t sbest = 0;
+    for (size_t c = 0; c < nsc; c++)
+        if (out->split_score[c] < out->split_score[sbest]) sbest = c;
+    if (default_kept && out->split_score[sbest] > (1.0 - SPLIT_MIN_GAIN) * out->split_score[sdi]) sbest = sdi;
+    out->best_split_columns = out->split_columns[sbest];
+
     if (!o.dry_run) {
-        char wg[32], vw[32], best_ms[32], default_ms[32], date[32];
+        char wg[32], vw[32], split[32], best_ms[32], default_ms[32], date[32];
         snprintf(wg, sizeof wg, "%zu", out->best_work_group);
         snprintf(vw, sizeof vw, "%d", out->best_vector_width);
+        snprintf(split, sizeof split, "%zu", out->best_split_columns);
         snprintf(best_ms, sizeof best_ms, "%.4f", 1e3 * out->best_score);
         snprintf(default_ms, sizeof default_ms, "%.4f", 1e3 * out->default_score);
         time_t secs = time(NULL);
         struct tm utc;
         if (!gmtime_r(&secs, &utc) || !strftime(date, sizeof date, "%Y-%m-%d", &utc)) date[0] = '\0';
-        const char *names[] = {"work_group", "vector_width", "best_ms", "default_ms", "date"};
-        const char *values[] = {wg, vw, best_ms, default_ms, date};
-        st = klcl_tune_table_store(base, names, values, 5);
+        const char *names[] = {"work_group", "vector_width", "split_columns", "best_ms", "default_ms", "date"};
+        const char *values[] = {wg, vw, split, best_ms, default_ms, date};
+        st = klcl_tune_table_store(base, names, values, sizeof names / sizeof names[0]);
         if (st != KLCL_OK) {
             report_fail(out, st, "%s", klcl_last_error(base));
             goto done;
@@ -408,6 +501,7 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
 done:
     for (size_t c = 0; c < KLCL_TUNE_MAX_CANDIDATES; c++) klcl_context_destroy(cand[c]);
     for (size_t c = 0; c < 2; c++) klcl_context_destroy(vcand[c]);
+    for (size_t c = 0; c < KLCL_TUNE_MAX_SPLITS; c++) klcl_context_destroy(scand[c]);
     klcl_context_destroy(base);
     return st;
 }

@@ -740,11 +740,15 @@ typedef struct klcl_tune_options {
                                power of two up to the limit. `klcl tune` passes the sizes that passed the
                                check in a child process */
     size_t size_count;
+    const size_t *split_vocabs; /* vocabularies of the split phase, one row each (the rows a split is for);
+                                   NULL: 65536, 262144 and 1048576. At most KLCL_TUNE_MAX_CASES / 2 */
+    size_t split_vocab_count;
 } klcl_tune_options;
 
-#define KLCL_TUNE_OPTIONS_INIT {NULL, 0, 0, 0, 0.0, 0, 0, 0, NULL, 0}
+#define KLCL_TUNE_OPTIONS_INIT {NULL, 0, 0, 0, 0.0, 0, 0, 0, NULL, 0, NULL, 0}
 #define KLCL_TUNE_MAX_CANDIDATES 13 /* 1, 2, 4, ..., 4096 */
 #define KLCL_TUNE_MAX_CASES 8
+#define KLCL_TUNE_MAX_SPLITS 8 /* split columns timed: the built-in / 16, / 8, / 4, / 2, x 1, x 2, x 4 */
 
 typedef struct klcl_tune_case {
     char op[16];           /* "kl" (forward) or "kl+grad" */
@@ -776,8 +780,21 @@ typedef struct klcl_tune_report {
     size_t rejected_vector_width_count;
     int rejected_vector_widths[2];
     int best_vector_width, default_vector_width;
+    /* Then the split columns (the fewest columns per part of a split row) at best_work_group and
+     * best_vector_width, on one row at each of tune->split_vocabs: the candidates timed, ascending, their
+     * scores, those rejected by the check, the one stored and the built-in. best_split_columns is the
+     * built-in unless the fastest candidate's score is at least 3% lower than the built-in's: candidates
+     * that split the cases' rows alike time alike, and noise must not choose among them. */
+    size_t split_count;
+    size_t split_columns[KLCL_TUNE_MAX_SPLITS];
+    double split_score[KLCL_TUNE_MAX_SPLITS];
+    size_t rejected_split_count;
+    size_t rejected_split_columns[KLCL_TUNE_MAX_SPLITS];
+    size_t best_split_columns, default_split_columns;
+    size_t split_case_count;
+    klcl_tune_case split_cases[KLCL_TUNE_MAX_CASES]; /* seconds[c] and samples[c] per split candidate c */
     char table_path[1024];
-    int written;               /* 1 when the winner was stored in the table */
+    int written;               /* 1 when the winners were stored in the table */
     char error[512];           /* on failure: what went wrong, naming the option or the OpenCL call */
 } klcl_tune_report;
 
@@ -787,7 +804,10 @@ typedef struct klcl_tune_report {
  * anything is stored: `klcl tune` therefore checks each size in a child process first. Then it times the
  * rest on the row kernels, for kl forward and kl with gradient at each vocabulary, picks the size with the
  * lowest geometric mean of the median times, checks and times vector widths 8 and 16 at that size the
- * same way, and stores both winners in the tuning table (unless dry_run).
+ * same way, then split columns from 1/16 to 4 times the built-in at that size and width on one row at each
+ * of tune->split_vocabs (keeping the built-in unless another is at least 3% faster), and stores the three
+ * winners in the tuning table (unless dry_run). The check also splits each row of its batch into parts, so
+ * that the split kernels are checked at every candidate.
  * `ctx_opts` picks the device as klcl_context_create does (NULL: the default); an adopted queue is used
  * for the timing. Candidates are interleaved sample by sample, so a machine that slows down mid-run
  * slows all of them. Takes seconds to minutes (about candidates x cases x (reps + 1) x sample_seconds,

@@ -525,6 +525,19 @@ static void test_tune_bad_options(void **state)
     t.vocab_count = 2;
     expect_refused(&t, KLCL_ERR_INVALID_SHAPE, "vocabs[1]");
     t = (klcl_tune_options)KLCL_TUNE_OPTIONS_INIT;
+    t.split_vocab_count = 1;
+    expect_refused(&t, KLCL_ERR_NULL_POINTER, "split_vocabs");
+    size_t sv[5] = {4096, 0, 4096, 4096, 4096};
+    t.split_vocabs = sv;
+    t.split_vocab_count = 0;
+    expect_refused(&t, KLCL_ERR_INVALID_VALUE, "split_vocab_count");
+    t.split_vocab_count = 5;
+    expect_refused(&t, KLCL_ERR_INVALID_VALUE, "split_vocab_count");
+    t.split_vocab_count = 2;
+    expect_refused(&t, KLCL_ERR_INVALID_SHAPE, "split_vocabs[1]");
+    sv[1] = (size_t)1 << 31;
+    expect_refused(&t, KLCL_ERR_INVALID_SHAPE, "split_vocabs[1]");
+    t = (klcl_tune_options)KLCL_TUNE_OPTIONS_INIT;
     t.size_count = 2;
     expect_refused(&t, KLCL_ERR_NULL_POINTER, "sizes");
     const size_t odd[] = {4, 3};
@@ -547,27 +560,33 @@ static void test_tune_bad_options(void **state)
 static void test_tiny_tune_run(void **state)
 {
     (void)state;
-    size_t vocabs[] = {1000, 4096};
+    size_t vocabs[] = {1000, 4096}, split_vocabs[] = {4096, 16384};
     const size_t sizes[] = {16, 1, 8, 2, 4}; /* any order */
     klcl_tune_options t = KLCL_TUNE_OPTIONS_INIT;
     t.vocabs = vocabs;
     t.vocab_count = 2;
+    t.split_vocabs = split_vocabs;
+    t.split_vocab_count = 2;
     t.rows = 16;
     t.reps = 3;
     t.sample_seconds = 0.002;
-    t.sizes = sizes;
-    t.size_count = 5;
     klcl_context_options co = KLCL_CONTEXT_OPTIONS_INIT;
     co.device = device_spec();
     klcl_tune_report *r = calloc(1, sizeof *r);
     assert_non_null(r);
 
+    /* The dry run on one size: every candidate costs a build of all kernels, and what it tests (nothing
+     * written) does not need more. */
+    t.sizes = sizes + 1;
+    t.size_count = 1;
     t.dry_run = 1;
     klcl_status st = klcl_tune(&co, &t, r);
     if (st != KLCL_OK) fail_msg("dry run: %s", r->error);
     assert_false(r->written);
     assert_int_equal(access(table, F_OK), -1);
 
+    t.sizes = sizes;
+    t.size_count = 5;
     t.dry_run = 0;
     st = klcl_tune(&co, &t, r);
     if (st != KLCL_OK) fail_msg("klcl_tune: %s", r->error);
@@ -629,6 +648,40 @@ static void test_tiny_tune_run(void **state)
         klcl_context_destroy(c);
         unsetenv("KLCL_VECTOR_WIDTH");
     }
+
+    /* Split columns at that size and width: the built-in / 16 to x 4, all checked and timed on one row at
+     * each split vocabulary; the stored one is the built-in unless the fastest is 3% faster, and a new
+     * context takes it from the table. */
+    const size_t builtin = builtin_split();
+    assert_int_equal(r->default_split_columns, builtin);
+    assert_int_equal(r->rejected_split_count, 0);
+    assert_int_equal(r->split_count, 7);
+    size_t fastest = 0, default_at = 99, best_at = 99;
+    for (size_t c = 0; c < r->split_count; c++) {
+        assert_int_equal(r->split_columns[c], c < 4 ? builtin >> (4 - c) : builtin << (c - 4));
+        assert_true(isfinite(r->split_score[c]) && r->split_score[c] > 0.0);
+        if (r->split_score[c] < r->split_score[fastest]) fastest = c;
+        if (r->split_columns[c] == builtin) default_at = c;
+        if (r->split_columns[c] == r->best_split_columns) best_at = c;
+    }
+    assert_int_equal(default_at, 4);
+    assert_true(best_at < r->split_count);
+    assert_int_equal(best_at, r->split_score[fastest] <= 0.97 * r->split_score[default_at] ? fastest : default_at);
+    assert_int_equal(r->split_case_count, 4);
+    for (size_t k = 0; k < r->split_case_count; k++) {
+        assert_int_equal(r->split_cases[k].rows, 1);
+        assert_int_equal(r->split_cases[k].vocab, split_vocabs[k / 2]);
+        assert_string_equal(r->split_cases[k].op, k % 2 ? "kl+grad" : "kl");
+        for (size_t c = 0; c < r->split_count; c++) assert_true(r->split_cases[k].seconds[c] > 0.0);
+    }
+    assert_non_null(strstr(read_all(table), "\tsplit_columns\t"));
+    size_t columns = 0;
+    klcl_context *c = NULL;
+    assert_int_equal(klcl_context_create(&co, &c), KLCL_OK);
+    assert_int_equal(klcl_context_split_columns(c, &columns, &source), KLCL_OK);
+    assert_int_equal(source, KLCL_WORK_GROUP_TABLE);
+    assert_int_equal(columns, r->best_split_columns);
+    klcl_context_destroy(c);
     free(r);
 }
 
