@@ -1,6 +1,6 @@
-/* klcl tune: times the row kernels at every work-group size the device allows (klcl_tune), prints the
- * table of times, and stores the fastest size in the tuning table for the device; --show prints what is
- * stored and what a new context would use, without timing anything.
+/* klcl tune: times the row kernels at every work-group size the device allows, then vector widths and
+ * split columns (klcl_tune), prints the tables of times, and stores the winners in the tuning table for
+ * the device; --show prints what is stored and what a new context would use, without timing anything.
  *
  * Each size is first checked in a child process (every loss with gradient against the CPU reference,
  * klcl_tune on that size alone): a driver can crash on a size it claims to support, and a crash in a
@@ -21,25 +21,32 @@
 #define CMD "klcl tune"
 
 static const char *const tune_usage =
-    "usage: klcl tune [--device SPEC] [--vocab V,V,...] [--rows N] [--reps N] [--sample-seconds S]\n"
-    "                 [--max-work-group N] [--dry-run] [--json]\n"
+    "usage: klcl tune [--device SPEC] [--vocab V,V,...] [--split-vocab V,V,...] [--rows N] [--reps N]\n"
+    "                 [--sample-seconds S] [--max-work-group N] [--dry-run] [--json]\n"
     "       klcl tune --show [--device SPEC] [--json]\n"
     "\n"
     "Checks every power-of-two work-group size from 1 to the device's limit on every loss against the CPU\n"
     "reference, each in a child process (a size that fails, differs or crashes is rejected), times the\n"
-    "rest on the row kernels (kl forward and kl with gradient at each vocabulary), and stores the fastest\n"
-    "(lowest geometric mean of the median times) in the tuning table, keyed by device, vendor, driver,\n"
-    "platform version and klcl version.\n"
-    "Contexts created afterwards on that device use it, unless KLCL_WORK_GROUP is set.\n"
+    "rest on the row kernels (kl forward and kl with gradient at each vocabulary), and picks the fastest\n"
+    "(lowest geometric mean of the median times). At that size it checks and times vector widths 8 and 16\n"
+    "the same way, then at that width the split columns (the fewest columns per part when a row is split\n"
+    "across work-groups: 1/16 to 4 times the built-in, on one row at each split vocabulary; the built-in\n"
+    "is kept unless another is at least 3% faster). It stores the three in the tuning table, keyed by\n"
+    "device, vendor, driver, platform version and klcl version.\n"
+    "Contexts created afterwards on that device use them, unless KLCL_WORK_GROUP, KLCL_VECTOR_WIDTH or\n"
+    "KLCL_SPLIT_COLUMNS is set.\n"
     "\n"
     "  --device SPEC          P:D, opencl, or a device name substring (default: as klcl eval picks)\n"
     "  --vocab V,V,...        vocabularies to time, at most 4 (default 32768,131072)\n"
+    "  --split-vocab V,V,...  vocabularies of the split columns' cases, one row each, at most 4\n"
+    "                         (default 65536,262144,1048576)\n"
     "  --rows N               rows per call (default: as many as fit in 32 MiB per logits tensor)\n"
     "  --reps N               timed samples per size and case, the median kept (default 5)\n"
     "  --sample-seconds S     one sample repeats the call for about this long (default 0.1)\n"
     "  --max-work-group N     largest size to time (default: the device's limit)\n"
     "  --dry-run              time and print, leave the table alone\n"
-    "  --show                 print the table's path, this device's entry and the size a new context uses\n"
+    "  --show                 print the table's path, this device's entry and the settings a new context\n"
+    "                         uses\n"
     "  --json                 print one JSON object instead of text\n"
     "\n"
     "table: $KLCL_TUNE_FILE, else tuning.tsv in the binary cache folder ($KLCL_CACHE_DIR, else\n"
@@ -66,9 +73,10 @@ static int show(const char *device, int json)
                 klcl_status_string(st));
         return EXIT_DEVICE;
     }
-    size_t stored = 0, used = 0;
+    size_t stored = 0, used = 0, split = 0;
     int width = 0;
     klcl_work_group_source source = KLCL_WORK_GROUP_DEFAULT, width_source = KLCL_WORK_GROUP_DEFAULT;
+    klcl_work_group_source split_source = KLCL_WORK_GROUP_DEFAULT;
     if (klcl_context_is_reference(ctx)) {
         fprintf(stderr, CMD ": the CPU reference has no work-group size (pick an OpenCL device with --device)\n");
         klcl_context_destroy(ctx);
@@ -76,7 +84,8 @@ static int show(const char *device, int json)
     }
     if ((st = klcl_tune_table_get(ctx, &stored)) != KLCL_OK ||
         (st = klcl_context_work_group(ctx, &used, &source)) != KLCL_OK ||
-        (st = klcl_context_vector_width(ctx, &width, &width_source)) != KLCL_OK) {
+        (st = klcl_context_vector_width(ctx, &width, &width_source)) != KLCL_OK ||
+        (st = klcl_context_split_columns(ctx, &split, &split_source)) != KLCL_OK) {
         fprintf(stderr, CMD ": %s: %s\n", klcl_status_string(st), klcl_last_error(ctx));
         klcl_context_destroy(ctx);
         return device_exit(st);
@@ -94,8 +103,9 @@ static int show(const char *device, int json)
         else
             printf(",\n  \"stored_work_group\": null");
         printf(",\n  \"work_group\": %zu,\n  \"source\": \"%s\",\n  \"vector_width\": %d,\n  \"vector_width_source\": "
-               "\"%s\"\n}\n",
-               used, klcl_work_group_source_name(source), width, klcl_work_group_source_name(width_source));
+               "\"%s\",\n  \"split_columns\": %zu,\n  \"split_columns_source\": \"%s\"\n}\n",
+               used, klcl_work_group_source_name(source), width, klcl_work_group_source_name(width_source), split,
+               klcl_work_group_source_name(split_source));
     } else {
         printf("device      %s\n", klcl_context_device_name(ctx));
         printf("table       %s\n", path_st == KLCL_OK ? path : "(none: set KLCL_TUNE_FILE, KLCL_CACHE_DIR or HOME)");
@@ -105,6 +115,7 @@ static int show(const char *device, int json)
             printf("entry       none for this device, driver and klcl version\n");
         printf("work group  %zu (%s)\n", used, klcl_work_group_source_name(source));
         printf("vector      %d floats (%s)\n", width, klcl_work_group_source_name(width_source));
+        printf("split       parts of %zu columns or more (%s)\n", split, klcl_work_group_source_name(split_source));
     }
     klcl_context_destroy(ctx);
     return EXIT_OK;
@@ -119,7 +130,7 @@ typedef struct size_checks {
 
 enum { CHILD_OK = 0, CHILD_REJECTED = 10, CHILD_BEYOND = 11, CHILD_FAILED = 12 };
 
-/* In the child: klcl_tune on size w alone, tiny shapes, table untouched. */
+/* In the child: klcl_tune on size w alone, tiny shapes (the split phase's too), table untouched. */
 static int child_check(const char *device, size_t w)
 {
     klcl_context_options co = KLCL_CONTEXT_OPTIONS_INIT;
@@ -130,6 +141,8 @@ static int child_check(const char *device, size_t w)
     t.size_count = 1;
     t.vocabs = &vocab;
     t.vocab_count = 1;
+    t.split_vocabs = &vocab;
+    t.split_vocab_count = 1;
     t.rows = 1;
     t.reps = 1;
     t.sample_seconds = 1e-6;
@@ -174,24 +187,32 @@ static int check_sizes(const char *device, size_t max_wg, size_checks *c)
     return 0;
 }
 
-static void print_text(const klcl_tune_report *r, const size_checks *checks)
+/* A phase's times: one column per candidate (cand[0..n), the setting timed), one row per case, then the
+ * geometric means, marking the stored candidate (*) and the built-in default (d). */
+static void print_times(const klcl_tune_case *cases, size_t ncases, const size_t *cand, size_t n, const double *score,
+                        size_t best, size_t def)
 {
-    printf("klcl tune on %s: median ms per call; * fastest, d built-in default\n\n", r->device);
     printf("%-8s %7s %8s %6s", "op", "N", "V", "calls");
-    for (size_t c = 0; c < r->candidate_count; c++) printf(" %8zu", r->candidates[c]);
+    for (size_t c = 0; c < n; c++) printf(" %8zu", cand[c]);
     printf("\n");
-    for (size_t k = 0; k < r->case_count; k++) {
-        const klcl_tune_case *tc = &r->cases[k];
+    for (size_t k = 0; k < ncases; k++) {
+        const klcl_tune_case *tc = &cases[k];
         printf("%-8s %7zu %8zu %6zu", tc->op, tc->rows, tc->vocab, tc->calls);
-        for (size_t c = 0; c < r->candidate_count; c++)
-            printf(" %7.3f%s", 1e3 * tc->seconds[c], tc->samples[c] == 1 ? "~" : " ");
+        for (size_t c = 0; c < n; c++) printf(" %7.3f%s", 1e3 * tc->seconds[c], tc->samples[c] == 1 ? "~" : " ");
         printf("\n");
     }
     printf("%-8s %7s %8s %6s", "geomean", "", "", "");
-    for (size_t c = 0; c < r->candidate_count; c++)
-        printf(" %7.3f%c", 1e3 * r->score[c],
-               r->candidates[c] == r->best_work_group ? '*' : r->candidates[c] == r->default_work_group ? 'd' : ' ');
-    printf("\n(~: one sample only, over 3x slower than the best on its first)\n");
+    for (size_t c = 0; c < n; c++)
+        printf(" %7.3f%c", 1e3 * score[c], cand[c] == best ? '*' : cand[c] == def ? 'd' : ' ');
+    printf("\n");
+}
+
+static void print_text(const klcl_tune_report *r, const size_checks *checks)
+{
+    printf("klcl tune on %s: median ms per call; * fastest (stored), d built-in default\n\n", r->device);
+    print_times(r->cases, r->case_count, r->candidates, r->candidate_count, r->score, r->best_work_group,
+                r->default_work_group);
+    printf("(~: one sample only, over 3x slower than the best on its first)\n");
     for (size_t i = 0; i < checks->n_bad; i++)
         printf("rejected: work-group %zu: %s\n", checks->bad[i], checks->why[i]);
     for (size_t i = 0; i < r->rejected_count; i++)
@@ -207,11 +228,35 @@ static void print_text(const klcl_tune_report *r, const size_checks *checks)
                                                                  : "");
     for (size_t i = 0; i < r->rejected_vector_width_count; i++)
         printf("; %d rejected (results differ from the CPU reference)", r->rejected_vector_widths[i]);
+    printf("\n\n");
+    printf("split columns (the fewest per part of a split row) at work-group %zu, vector width %d; * stored, d\n"
+           "built-in default, kept unless another is at least 3%% faster:\n",
+           r->best_work_group, r->best_vector_width);
+    print_times(r->split_cases, r->split_case_count, r->split_columns, r->split_count, r->split_score,
+                r->best_split_columns, r->default_split_columns);
+    for (size_t i = 0; i < r->rejected_split_count; i++)
+        printf("rejected: split columns %zu: results differ from the CPU reference\n", r->rejected_split_columns[i]);
     printf("\n");
     if (r->written)
         printf("stored in %s\n", r->table_path);
     else
         printf("dry run: %s not changed\n", r->table_path[0] ? r->table_path : "the table");
+}
+
+/* A phase's cases as a JSON array (after its key), times per candidate in the report's order. */
+static void print_json_cases(const klcl_tune_case *cases, size_t ncases, size_t n)
+{
+    printf("[\n");
+    for (size_t k = 0; k < ncases; k++) {
+        const klcl_tune_case *tc = &cases[k];
+        printf("    {\"op\": \"%s\", \"rows\": %zu, \"vocab\": %zu, \"calls_per_sample\": %zu, \"ms\": [", tc->op,
+               tc->rows, tc->vocab, tc->calls);
+        for (size_t c = 0; c < n; c++) printf("%s%.6g", c ? ", " : "", 1e3 * tc->seconds[c]);
+        printf("], \"samples\": [");
+        for (size_t c = 0; c < n; c++) printf("%s%d", c ? ", " : "", tc->samples[c]);
+        printf("]}%s\n", k + 1 < ncases ? "," : "");
+    }
+    printf("  ]");
 }
 
 static void print_json(const klcl_tune_report *r, const size_checks *checks)
@@ -230,7 +275,19 @@ static void print_json(const klcl_tune_report *r, const size_checks *checks)
     for (size_t c = 0; c < r->vector_width_count; c++)
         printf("%s{\"vector_width\": %d, \"geomean_ms\": %.6g}", c ? ", " : "", r->vector_widths[c],
                1e3 * r->vector_width_score[c]);
-    printf("],\n  \"candidates\": [");
+    printf("],\n  \"rejected_vector_widths\": [");
+    for (size_t i = 0; i < r->rejected_vector_width_count; i++)
+        printf("%s%d", i ? ", " : "", r->rejected_vector_widths[i]);
+    printf("],\n  \"best_split_columns\": %zu,\n  \"default_split_columns\": %zu,\n  \"split_columns\": [",
+           r->best_split_columns, r->default_split_columns);
+    for (size_t c = 0; c < r->split_count; c++)
+        printf("%s{\"split_columns\": %zu, \"geomean_ms\": %.6g}", c ? ", " : "", r->split_columns[c],
+               1e3 * r->split_score[c]);
+    printf("],\n  \"rejected_split_columns\": [");
+    for (size_t i = 0; i < r->rejected_split_count; i++) printf("%s%zu", i ? ", " : "", r->rejected_split_columns[i]);
+    printf("],\n  \"split_cases\": ");
+    print_json_cases(r->split_cases, r->split_case_count, r->split_count);
+    printf(",\n  \"candidates\": [");
     for (size_t c = 0; c < r->candidate_count; c++)
         printf("%s{\"work_group\": %zu, \"geomean_ms\": %.6g}", c ? ", " : "", r->candidates[c], 1e3 * r->score[c]);
     printf("],\n  \"rejected\": [");
@@ -241,31 +298,43 @@ static void print_json(const klcl_tune_report *r, const size_checks *checks)
         tool_json_string(stdout, mine ? checks->why[i] : "results differ from the CPU reference");
         printf("}");
     }
-    printf("],\n  \"cases\": [\n");
-    for (size_t k = 0; k < r->case_count; k++) {
-        const klcl_tune_case *tc = &r->cases[k];
-        printf("    {\"op\": \"%s\", \"rows\": %zu, \"vocab\": %zu, \"calls_per_sample\": %zu, \"ms\": [", tc->op,
-               tc->rows, tc->vocab, tc->calls);
-        for (size_t c = 0; c < r->candidate_count; c++) printf("%s%.6g", c ? ", " : "", 1e3 * tc->seconds[c]);
-        printf("], \"samples\": [");
-        for (size_t c = 0; c < r->candidate_count; c++) printf("%s%d", c ? ", " : "", tc->samples[c]);
-        printf("]}%s\n", k + 1 < r->case_count ? "," : "");
+    printf("],\n  \"cases\": ");
+    print_json_cases(r->cases, r->case_count, r->candidate_count);
+    printf("\n}\n");
+}
+
+/* --vocab and --split-vocab: V,V,... into out[0..*count), at most KLCL_TUNE_MAX_CASES / 2. 0 when
+ * valid; else the message is printed. */
+static int parse_vocabs(const char *opt, const char *v, size_t *out, size_t *count)
+{
+    char item[32];
+    *count = 0;
+    for (const char *p = v; *p;) {
+        size_t len = strcspn(p, ",");
+        if (*count == KLCL_TUNE_MAX_CASES / 2) {
+            fprintf(stderr, CMD ": %s %s: at most %d vocabularies\n", opt, v, KLCL_TUNE_MAX_CASES / 2);
+            return 1;
+        }
+        snprintf(item, sizeof item, "%.*s", (int)(len < 31 ? len : 31), p);
+        if (parse_size(CMD, opt, item, 1, 0x7fffffff, &out[(*count)++])) return 1;
+        p += len + (p[len] == ',');
     }
-    printf("  ]\n}\n");
+    return 0;
 }
 
 int cmd_tune(int argc, char **argv)
 {
     klcl_tune_options t = KLCL_TUNE_OPTIONS_INIT;
-    size_t vocabs[KLCL_TUNE_MAX_CASES / 2];
+    size_t vocabs[KLCL_TUNE_MAX_CASES / 2], split_vocabs[KLCL_TUNE_MAX_CASES / 2];
     const char *device = NULL;
     int json = 0, show_only = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const int flag = !strcmp(a, "--dry-run") || !strcmp(a, "--json") || !strcmp(a, "--show") ||
                          !strcmp(a, "--help") || !strcmp(a, "-h");
-        const int valued = !strcmp(a, "--device") || !strcmp(a, "--vocab") || !strcmp(a, "--rows") ||
-                           !strcmp(a, "--reps") || !strcmp(a, "--sample-seconds") || !strcmp(a, "--max-work-group");
+        const int valued = !strcmp(a, "--device") || !strcmp(a, "--vocab") || !strcmp(a, "--split-vocab") ||
+                           !strcmp(a, "--rows") || !strcmp(a, "--reps") || !strcmp(a, "--sample-seconds") ||
+                           !strcmp(a, "--max-work-group");
         if (!flag && !valued) {
             fprintf(stderr, CMD ": unknown argument '%s' (see klcl tune --help)\n", a);
             return EXIT_USAGE;
@@ -290,19 +359,11 @@ int cmd_tune(int argc, char **argv)
         if (!strcmp(a, "--device")) {
             device = v;
         } else if (!strcmp(a, "--vocab")) {
-            char item[32];
-            t.vocab_count = 0;
-            for (const char *p = v; *p;) {
-                size_t len = strcspn(p, ",");
-                if (t.vocab_count == KLCL_TUNE_MAX_CASES / 2) {
-                    fprintf(stderr, CMD ": --vocab %s: at most %d vocabularies\n", v, KLCL_TUNE_MAX_CASES / 2);
-                    return EXIT_USAGE;
-                }
-                snprintf(item, sizeof item, "%.*s", (int)(len < 31 ? len : 31), p);
-                if (parse_size(CMD, "--vocab", item, 1, 0x7fffffff, &vocabs[t.vocab_count++])) return EXIT_USAGE;
-                p += len + (p[len] == ',');
-            }
+            if (parse_vocabs(a, v, vocabs, &t.vocab_count)) return EXIT_USAGE;
             t.vocabs = vocabs;
+        } else if (!strcmp(a, "--split-vocab")) {
+            if (parse_vocabs(a, v, split_vocabs, &t.split_vocab_count)) return EXIT_USAGE;
+            t.split_vocabs = split_vocabs;
         } else if (!strcmp(a, "--rows")) {
             if (parse_size(CMD, a, v, 1, 0x7fffffff, &t.rows)) return EXIT_USAGE;
         } else if (!strcmp(a, "--reps")) {

@@ -448,13 +448,15 @@ expect 2 "--reps 500" tune --reps 500
 expect 2 "--vocab" tune --vocab 0
 expect 2 "--vocab" tune --vocab 1024,x
 expect 2 "--vocab.*at most 4" tune --vocab 8,8,8,8,8
+expect 2 "--split-vocab 0" tune --split-vocab 0
+expect 2 "--split-vocab.*at most 4" tune --split-vocab 8,8,8,8,8
 expect 2 "--sample-seconds" tune --sample-seconds -1
 expect 2 "--max-work-group 5000" tune --max-work-group 5000
 expect 2 "--device cpu" tune --device cpu
 [ ! -e "$KLCL_TUNE_FILE" ] && ok || bad "a refused tune command wrote the table"
 if [ "$have_device" = 1 ]; then
     expect 3 "no-such-device" tune --device no-such-device --vocab 64 --rows 2 --reps 1
-    TINY=(--vocab 1000 --rows 8 --reps 1 --sample-seconds 0.002 --max-work-group 4)
+    TINY=(--vocab 1000 --split-vocab 4096 --rows 8 --reps 1 --sample-seconds 0.002 --max-work-group 4)
     expect 0 "" tune "${TINY[@]}" --dry-run
     [ ! -e "$KLCL_TUNE_FILE" ] && ok || bad "tune --dry-run wrote the table"
     expect 0 "" tune "${TINY[@]}" --json
@@ -462,6 +464,9 @@ if [ "$have_device" = 1 ]; then
     json_ok "$j" && ok || bad "tune --json is not valid JSON"
     [ "$(top "$j" written)" = true ] && [ -s "$KLCL_TUNE_FILE" ] && ok || bad "tune did not write the table"
     best=$(top "$j" best_work_group)
+    best_split=$(top "$j" best_split_columns)
+    [ -n "$best_split" ] && [ "$best_split" != null ] && grep -q '"split_columns": \[{"split_columns": ' "$j" &&
+        ok || bad "tune --json lacks the split columns"
     # Sizes the child checks rejected are never stored.
     for w in $(grep -o '"work_group": [0-9]*, "why"' "$j" | grep -o '[0-9]*'); do
         [ "$w" != "$best" ] && ok || bad "tune stored the rejected size $w"
@@ -471,11 +476,20 @@ if [ "$have_device" = 1 ]; then
     json_ok "expect$n_expect.out" && ok || bad "tune --show --json is not valid JSON"
     [ "$(top "expect$n_expect.out" source)" = '"table"' ] && [ "$(top "expect$n_expect.out" work_group)" = "$best" ] &&
         ok || bad "after tune, a new context does not use the table's $best: $(cat "expect$n_expect.out")"
+    [ "$(top "expect$n_expect.out" split_columns_source)" = '"table"' ] &&
+        [ "$(top "expect$n_expect.out" split_columns)" = "$best_split" ] &&
+        ok || bad "after tune, a new context does not use the table's split columns $best_split"
+    KLCL_SPLIT_COLUMNS=1024 expect 0 "" tune --show --json
+    [ "$(top "expect$n_expect.out" split_columns_source)" = '"env"' ] &&
+        [ "$(top "expect$n_expect.out" split_columns)" = 1024 ] &&
+        ok || bad "KLCL_SPLIT_COLUMNS does not take precedence over the table"
     KLCL_WORK_GROUP=2 expect 0 "" tune --show --json
     [ "$(top "expect$n_expect.out" source)" = '"env"' ] && [ "$(top "expect$n_expect.out" work_group)" = 2 ] &&
         ok || bad "KLCL_WORK_GROUP does not take precedence over the table"
     expect 0 "" tune --show
     grep -q "^work group  $best (table)" "expect$n_expect.out" && ok || bad "tune --show text lacks the size"
+    grep -q "^split       parts of $best_split columns or more (table)" "expect$n_expect.out" &&
+        ok || bad "tune --show text lacks the split columns"
 fi
 unset KLCL_TUNE_FILE
 
