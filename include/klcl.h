@@ -788,8 +788,6 @@ typedef struct klcl_tune_report {
     size_t split_count;
     size_t split_columns[KLCL_TUNE_MAX_SPLITS];
     double split_score[KLCL_TUNE_MAX_SPLITS];
-    size_t rejected_split_count;
-    size_t rejected_split_columns[KLCL_TUNE_MAX_SPLITS];
     size_t best_split_columns, default_split_columns;
     size_t split_case_count;
     klcl_tune_case split_cases[KLCL_TUNE_MAX_CASES]; /* seconds[c] and samples[c] per split candidate c */

@@ -654,7 +654,6 @@ static void test_tiny_tune_run(void **state)
      * context takes it from the table. */
     const size_t builtin = builtin_split();
     assert_int_equal(r->default_split_columns, builtin);
-    assert_int_equal(r->rejected_split_count, 0);
     assert_int_equal(r->split_count, 7);
     size_t fastest = 0, default_at = 99, best_at = 99;
     for (size_t c = 0; c < r->split_count; c++) {

@@ -234,8 +234,6 @@ static void print_text(const klcl_tune_report *r, const size_checks *checks)
            r->best_work_group, r->best_vector_width);
     print_times(r->split_cases, r->split_case_count, r->split_columns, r->split_count, r->split_score,
                 r->best_split_columns, r->default_split_columns);
-    for (size_t i = 0; i < r->rejected_split_count; i++)
-        printf("rejected: split columns %zu: results differ from the CPU reference\n", r->rejected_split_columns[i]);
     printf("\n");
     if (r->written)
         printf("stored in %s\n", r->table_path);
@@ -283,8 +281,6 @@ static void print_json(const klcl_tune_report *r, const size_checks *checks)
     for (size_t c = 0; c < r->split_count; c++)
         printf("%s{\"split_columns\": %zu, \"geomean_ms\": %.6g}", c ? ", " : "", r->split_columns[c],
                1e3 * r->split_score[c]);
-    printf("],\n  \"rejected_split_columns\": [");
-    for (size_t i = 0; i < r->rejected_split_count; i++) printf("%s%zu", i ? ", " : "", r->rejected_split_columns[i]);
     printf("],\n  \"split_cases\": ");
     print_json_cases(r->split_cases, r->split_case_count, r->split_count);
     printf(",\n  \"candidates\": [");
