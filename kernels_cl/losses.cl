@@ -160,7 +160,7 @@ KLCL_LOSS_HELPERS(floatV, intV, V)
 /* T: the sums' type; F: the scalar type of a rescale factor (double for the double accumulator, so
  * that a maximum rising at every step does not multiply the same rounded fp32 factor in thousands of
  * times: measured 2.2e-4 on kl at V = 262144 with one work-item per row). */
-#define KLCL_ROW_LANES(T, S, F)                                                                         \
+#define KLCL_ROW_LANES(T, S, F)                                                                          \
     typedef struct row_lanes##S {                                                                        \
         T st, bt, cts, ss, bs, cst, ss1, dsum;                                                           \
     } row_lanes##S;                                                                                      \
@@ -469,6 +469,27 @@ inline int row_skip_flags(ulong row, __global const int *labels, ulong l_off, in
  * else the block is summed again from the start against its own maxima (a range's first block when its
  * first vector is all -inf, or a huge jump). The argmax comes from the same lane-wise maxima: a block whose
  * maximum beats the best so far is searched once for its first index of that value. */
+/* The `bad` flags of vectors kb, kb + team, ... below ke, exactly: NaN or +inf in the student (2) or the
+ * teacher (1); mass against probability 0, a finite softcapped logit facing -inf (4 for kl, soft_ce and kd,
+ * 8 for rkl). pass 1 calls it only for the blocks that may hold one. */
+inline uint block_flags(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, uint kb, uint ke,
+                        uint team, int has_teacher, float cap)
+{
+    intV bad_sv = (intV)(0), bad_tv = (intV)(0), bad_zv = (intV)(0);
+    for (uint kk = kb; kk < ke; kk += team) {
+        const floatV rs = LOAD_SV(kk, s);
+        bad_sv |= ~(rs < (floatV)(INFINITY));
+        if (has_teacher) {
+            const floatV rt = LOAD_TV(kk, t);
+            bad_tv |= ~(rt < (floatV)(INFINITY));
+            const floatV xs = softcapV(rs, cap), xt = softcapV(rt, cap);
+            if (USES_CTS(loss)) bad_zv |= (xs == (floatV)(KLCL_NEG_INF)) & (xt != (floatV)(KLCL_NEG_INF));
+            if (loss == LOSS_RKL) bad_zv |= (xt == (floatV)(KLCL_NEG_INF)) & (xs != (floatV)(KLCL_NEG_INF));
+        }
+    }
+    return (any(bad_tv) ? 1u : 0u) | (any(bad_sv) ? 2u : 0u) | (any(bad_zv) ? (loss == LOSS_RKL ? 8u : 4u) : 0u);
+}
+
 inline row_state pass1(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, uint k0, uint k1,
                        uint v0, uint v1, uint tid, uint team, uint t_cols, uint s_cols, int has_teacher, float cap,
                        float k)
@@ -486,27 +507,28 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
     float atv = KLCL_NEG_INF, asv = KLCL_NEG_INF;
     uint ati = UINT_MAX, asi = UINT_MAX;
     uint bad = 0, count = 0; /* count: logits in acc */
-    /* The flags of `bad`, kept lane-wise in the vector loop (an OR per vector, no horizontal test) and
-     * folded after it: NaN or +inf in the student (2) or teacher (1) is "not below +inf"; mass against
-     * probability 0 (4 for kl, soft_ce and kd; 8 for rkl) is a finite logit facing -inf. */
-    intV bad_sv = (intV)(0), bad_tv = (intV)(0), bad_zv = (intV)(0);
     for (uint kb = k0 + tid; kb < k1; kb += ACC_BLOCK * team) {
         const uint ke = min(k1, kb + ACC_BLOCK * team);
         const uint in_block = (ke - kb + team - 1) / team;
-        floatV bmtv = (floatV)(KLCL_NEG_INF), bmsv = (floatV)(KLCL_NEG_INF);
+        /* NaN and +inf (flags 2, 1) and mass against probability 0 (4, 8) are not tested per vector: a
+         * block's flags are taken exactly (block_flags) only when it may hold one. Lane-wise maxima (a NaN
+         * never replaces one) show +inf; lane-wise minima of the side whose -inf would face mass show -inf;
+         * a NaN makes its weight, hence its block sum, NaN, unless the maximum it is weighed against is
+         * still -inf (then the block is checked too). A block that holds none of these costs only its
+         * maxima and minima. */
+        const int blind = ms == KLCL_NEG_INF || (has_teacher && mt == KLCL_NEG_INF);
+        floatV bmtv = (floatV)(KLCL_NEG_INF), bmsv = (floatV)(KLCL_NEG_INF), bminv = (floatV)(INFINITY);
         for (uint kk = kb; kk < ke; kk += team) {
             const floatV rs = LOAD_SV(kk, s);
-            bad_sv |= ~(rs < (floatV)(INFINITY));
-            bmsv = fmax(bmsv, rs);
+            bmsv = rs > bmsv ? rs : bmsv;
             const floatV xs = softcapV(rs, cap);
             floatV xt = (floatV)(0.0f);
             if (has_teacher) {
                 const floatV rt = LOAD_TV(kk, t);
-                bad_tv |= ~(rt < (floatV)(INFINITY));
-                bmtv = fmax(bmtv, rt);
+                bmtv = rt > bmtv ? rt : bmtv;
+                if (USES_CTS(loss)) bminv = rs < bminv ? rs : bminv;
+                if (loss == LOSS_RKL) bminv = rt < bminv ? rt : bminv;
                 xt = softcapV(rt, cap);
-                if (USES_CTS(loss)) bad_zv |= (xs == (floatV)(KLCL_NEG_INF)) & (xt != (floatV)(KLCL_NEG_INF));
-                if (loss == LOSS_RKL) bad_zv |= (xt == (floatV)(KLCL_NEG_INF)) & (xs != (floatV)(KLCL_NEG_INF));
             }
             lanes_addV(loss, &blk, mt, ms, xt, xs, k, has_teacher);
         }
@@ -528,6 +550,9 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
                 }
             }
         }
+        if (blind || bms == INFINITY || bmt == INFINITY || any(bminv == (floatV)(KLCL_NEG_INF)) ||
+            any(isnan(blk.ss)) || any(isnan(blk.st)))
+            bad |= block_flags(loss, t, s, kb, ke, team, has_teacher, cap);
         if (bms > asv) {
             asv = bms;
             asi = first_indexV_S(s, kb, ke, team, bms);
@@ -539,7 +564,6 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
         lanes_foldV(&acc, &blk);
         count += KLCL_VW * in_block;
     }
-    bad |= (any(bad_tv) ? 1u : 0u) | (any(bad_sv) ? 2u : 0u) | (any(bad_zv) ? (loss == LOSS_RKL ? 8u : 4u) : 0u);
     row_lanes1 tail = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     uint in_tail = 0;
     for (uint v = v0 + tid; v < v1; v += team) {
