@@ -160,7 +160,7 @@ KLCL_LOSS_HELPERS(floatV, intV, V)
 /* T: the sums' type; F: the scalar type of a rescale factor (double for the double accumulator, so
  * that a maximum rising at every step does not multiply the same rounded fp32 factor in thousands of
  * times: measured 2.2e-4 on kl at V = 262144 with one work-item per row). */
-#define KLCL_ROW_LANES(T, S, F)                                                                          \
+#define KLCL_ROW_LANES(T, S, F)                                                                         \
     typedef struct row_lanes##S {                                                                        \
         T st, bt, cts, ss, bs, cst, ss1, dsum;                                                           \
     } row_lanes##S;                                                                                      \
@@ -456,19 +456,6 @@ inline int row_skip_flags(ulong row, __global const int *labels, ulong l_off, in
     return flags;
 }
 
-/* Pass 1 of work-item `tid` of a team of `team` over vectors [k0, k1) of a row and its scalar columns
- * [v0, v1): softmax sums and argmax, KLCL_VW logits at a time in blocks of ACC_BLOCK vectors, then the scalar
- * columns one by one. The work-item reads vectors k0 + tid, k0 + tid + team, ... and columns v0 + tid,
- * v0 + tid + team, ...
- *
- * Within a block nothing is horizontal and nothing branches: the exponentials are taken against the
- * maxima known when the block starts (from the work-item's first vector at the start), the block's own
- * maxima are kept lane-wise, and only at the block's end are the sums moved to a higher maximum (one
- * rescale per block, not per vector). Logits above the block's reference make weights above 1; while they
- * stay below 2^BLOCK_HEADROOM the fp32 sums cannot overflow and are exact to the same relative rounding,
- * else the block is summed again from the start against its own maxima (a range's first block when its
- * first vector is all -inf, or a huge jump). The argmax comes from the same lane-wise maxima: a block whose
- * maximum beats the best so far is searched once for its first index of that value. */
 /* The `bad` flags of vectors kb, kb + team, ... below ke, exactly: NaN or +inf in the student (2) or the
  * teacher (1); mass against probability 0, a finite softcapped logit facing -inf (4 for kl, soft_ce and kd,
  * 8 for rkl). pass 1 calls it only for the blocks that may hold one. */
@@ -490,6 +477,19 @@ inline uint block_flags(const int loss, __global const T_ELEM *t, __global const
     return (any(bad_tv) ? 1u : 0u) | (any(bad_sv) ? 2u : 0u) | (any(bad_zv) ? (loss == LOSS_RKL ? 8u : 4u) : 0u);
 }
 
+/* Pass 1 of work-item `tid` of a team of `team` over vectors [k0, k1) of a row and its scalar columns
+ * [v0, v1): softmax sums and argmax, KLCL_VW logits at a time in blocks of ACC_BLOCK vectors, then the scalar
+ * columns one by one. The work-item reads vectors k0 + tid, k0 + tid + team, ... and columns v0 + tid,
+ * v0 + tid + team, ...
+ *
+ * Within a block nothing is horizontal and nothing branches: the exponentials are taken against the
+ * maxima known when the block starts (from the work-item's first vector at the start), the block's own
+ * maxima are kept lane-wise, and only at the block's end are the sums moved to a higher maximum (one
+ * rescale per block, not per vector). Logits above the block's reference make weights above 1; while they
+ * stay below 2^BLOCK_HEADROOM the fp32 sums cannot overflow and are exact to the same relative rounding,
+ * else the block is summed again from the start against its own maxima (a range's first block when its
+ * first vector is all -inf, or a huge jump). The argmax comes from the same lane-wise maxima: a block whose
+ * maximum beats the best so far is searched once for its first index of that value. */
 inline row_state pass1(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, uint k0, uint k1,
                        uint v0, uint v1, uint tid, uint team, uint t_cols, uint s_cols, int has_teacher, float cap,
                        float k)
