@@ -121,6 +121,7 @@ struct klcl_context {
     int from_cache; /* the fp32 program came from the binary cache */
     size_t wg; /* work-group size of the row kernels */
     int fuse_grad; /* synchronous calls: the row kernels write the gradient too (program.c) */
+    int prefetch;  /* the row loops load the next vectors first (GPUs; program.c) */
     int vw;        /* floats per vector load of the row and gradient kernels: 8 or 16 (program.c) */
     int vw_forced, vw_default;          /* klcl_tune's candidate (set before the build); the built-in */
     klcl_work_group_source vw_source;   /* where vw came from */

@@ -173,9 +173,10 @@ static klcl_status build_once(klcl_context *ctx, const char *src, int index, int
     cl_device_fp_config fp64 = 0; /* long row sums fold into double where the device has it */
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_DOUBLE_FP_CONFIG, sizeof fp64, &fp64, NULL) != CL_SUCCESS) fp64 = 0;
     snprintf(options, sizeof options,
-             "-DKLCL_WG=%zu -DKLCL_VW=%d -DKLCL_HOST_LAYOUT=%d -DKLCL_HOST_PART_WORDS=%d%s -DKLCL_GROUP=%d "
+             "-DKLCL_WG=%zu -DKLCL_VW=%d -DKLCL_HOST_LAYOUT=%d -DKLCL_HOST_PART_WORDS=%d%s%s -DKLCL_GROUP=%d "
              "-DKLCL_T_DTYPE=%d -DKLCL_S_DTYPE=%d -DKLCL_G_DTYPE=%d",
-             wg, ctx->vw, KLCL_HOST_LAYOUT, PART_STATE_WORDS, fp64 ? " -DKLCL_HAS_FP64" : "", group,
+             wg, ctx->vw, KLCL_HOST_LAYOUT, PART_STATE_WORDS, fp64 ? " -DKLCL_HAS_FP64" : "",
+             ctx->prefetch ? " -DKLCL_PREFETCH" : "", group,
              index / (KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT), index / KLCL_DTYPE_COUNT % KLCL_DTYPE_COUNT,
              index % KLCL_DTYPE_COUNT);
     klcl_program *v = &ctx->variants[index];
@@ -261,6 +262,13 @@ klcl_status klcl_program_build(klcl_context *ctx)
     wg = floor_pow2(wg < WG_MIN ? WG_MIN : wg);
 
     ctx->vw = vector_width(ctx, type);
+    /* The GPU row loop (losses.cl, KLCL_PREFETCH): each work-item loads its next vectors before it reduces
+     * the current ones, and keeps its argmax lane-wise rather than reading a block again. NVIDIA's compiler
+     * does not pipeline the loads across the loop's branches, so without it every iteration waits a full
+     * memory latency (BENCHMARKS.md). A CPU device keeps the plain loop: its caches prefetch and hold the
+     * block, and the spare vectors cost registers. KLCL_PREFETCH=0 or 1 overrides; the bits are the same. */
+    const char *pf = getenv("KLCL_PREFETCH");
+    ctx->prefetch = pf && (pf[0] == '0' || pf[0] == '1') && !pf[1] ? pf[0] == '1' : !(type & CL_DEVICE_TYPE_CPU);
     /* The fewest columns per part of an automatic row split (klcl_row_strategy explains the built-ins):
      * the host's choice of launches only, so the kernels are the same whatever it is. */
     ctx->split_columns =

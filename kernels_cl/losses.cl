@@ -222,6 +222,15 @@ KLCL_ROW_LANES(floatV, V, float)
  * 6e-5 of S measured at V = 32000); per block the loss is bounded by the block, and the fold is exact
  * enough in double. */
 #define ACC_BLOCK 32
+/* The GPU row loop (KLCL_PREFETCH, set by the host for GPU devices): each work-item loads its next vectors
+ * before it reduces the current ones, and keeps the argmax lane-wise (running maxima and the vector each
+ * was first seen in) instead of searching a block again for its first maximum, a second read that costs a
+ * GPU memory traffic where a CPU finds the block in its cache. Measured on an H200 (BENCHMARKS.md): either
+ * alone gains little or loses, both together raise kl forward at V = 131072 from 0.33 to 0.41-0.52 of the
+ * read bandwidth. The bits are the same either way. */
+#ifdef KLCL_PREFETCH
+#define KLCL_LANE_ARGMAX
+#endif
 /* log2 of the largest weight a block may sum against a stale maximum (see pass 1): 2^64 x 2^8 terms x a
  * logit difference stays far below FLT_MAX. */
 #define BLOCK_HEADROOM 64.0f
@@ -406,6 +415,21 @@ inline void state_merge(const int loss, row_state *a, row_state b, float k)
 KLCL_FIRST_INDEX(S, S_ELEM, LOAD_SV)
 KLCL_FIRST_INDEX(T, T_ELEM, LOAD_TV)
 
+/* The lowest column whose logit is v among lane-wise maxima m first seen in vectors i (-1: none); v = -inf
+ * (no logit above -inf) gives none, as the block search does. */
+inline uint lane_first(floatV m, intV i, float v)
+{
+    float mm[KLCL_VW];
+    int ii[KLCL_VW];
+    vstoreV(m, 0, mm);
+    vstoreV(i, 0, ii);
+    uint best = UINT_MAX;
+    if (v != KLCL_NEG_INF)
+        for (uint j = 0; j < KLCL_VW; j++)
+            if (mm[j] == v) best = min(best, (uint)ii[j] * KLCL_VW + j);
+    return best;
+}
+
 /* Writes the s_cols columns of a student-shaped gradient row from the row's statistics, columns
  * first, first + step, ... (KLCL_VW-wide vectors, then the tail): the loss's columns [0, vocab) (teacher
  * columns past t_cols read as -inf), zeros for student columns a truncated loss does not use; or, when
@@ -422,11 +446,28 @@ inline void grad_row(const int loss, __global const T_ELEM *t, __global const S_
     }
     const uint nvec = min(vocab, min(t_cols, s_cols)) / KLCL_VW;
     const intV lane = KLCL_CAT(as_int, KLCL_VW)(KLCL_LANES);
+#ifdef KLCL_PREFETCH
+    floatV next_t = (floatV)(0.0f), next_s = (floatV)(0.0f);
+    if (first < nvec) {
+        next_s = LOAD_SV(first, s);
+        if (loss != LOSS_CE) next_t = LOAD_TV(first, t);
+    }
+    for (uint kk = first; kk < nvec; kk += step) {
+        const floatV rt = next_t, rs = next_s;
+        if (kk + step < nvec) {
+            next_s = LOAD_SV(kk + step, s);
+            if (loss != LOSS_CE) next_t = LOAD_TV(kk + step, t);
+        }
+        const floatV ds = grad_V(loss, rt, rs, (intV)(kk * KLCL_VW) + lane, y, R, aux, g_ref, P);
+        STORE_GV(ds * inv_denom, kk, g);
+    }
+#else
     for (uint kk = first; kk < nvec; kk += step) {
         const floatV rt = loss != LOSS_CE ? LOAD_TV(kk, t) : (floatV)(0.0f);
         const floatV ds = grad_V(loss, rt, LOAD_SV(kk, s), (intV)(kk * KLCL_VW) + lane, y, R, aux, g_ref, P);
         STORE_GV(ds * inv_denom, kk, g);
     }
+#endif
     for (uint v = nvec * KLCL_VW + first; v < s_cols; v += step) {
         float ds = 0.0f;
         if (v < vocab) {
@@ -507,6 +548,11 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
     float atv = KLCL_NEG_INF, asv = KLCL_NEG_INF;
     uint ati = UINT_MAX, asi = UINT_MAX;
     uint bad = 0, count = 0; /* count: logits in acc */
+#ifdef KLCL_LANE_ARGMAX
+    /* Running lane-wise maxima of the raw logits and the vector each was first seen in. */
+    floatV amsv = (floatV)(KLCL_NEG_INF), amtv = (floatV)(KLCL_NEG_INF);
+    intV aisv = (intV)(-1), aitv = (intV)(-1);
+#endif
     for (uint kb = k0 + tid; kb < k1; kb += ACC_BLOCK * team) {
         const uint ke = min(k1, kb + ACC_BLOCK * team);
         const uint in_block = (ke - kb + team - 1) / team;
@@ -518,13 +564,38 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
          * maxima and minima. */
         const int blind = ms == KLCL_NEG_INF || (has_teacher && mt == KLCL_NEG_INF);
         floatV bmtv = (floatV)(KLCL_NEG_INF), bmsv = (floatV)(KLCL_NEG_INF), bminv = (floatV)(INFINITY);
+#ifdef KLCL_PREFETCH
+        floatV next_s = LOAD_SV(kb, s), next_t = has_teacher ? LOAD_TV(kb, t) : (floatV)(0.0f);
+#endif
         for (uint kk = kb; kk < ke; kk += team) {
+#ifdef KLCL_PREFETCH
+            const floatV rs = next_s, rt_now = next_t;
+            if (kk + team < ke) {
+                next_s = LOAD_SV(kk + team, s);
+                if (has_teacher) next_t = LOAD_TV(kk + team, t);
+            }
+#else
             const floatV rs = LOAD_SV(kk, s);
+#endif
+#ifdef KLCL_LANE_ARGMAX
+            const intV us = rs > amsv;
+            amsv = us ? rs : amsv;
+            aisv = us ? (intV)((int)kk) : aisv;
+#endif
             bmsv = rs > bmsv ? rs : bmsv;
             const floatV xs = softcapV(rs, cap);
             floatV xt = (floatV)(0.0f);
             if (has_teacher) {
+#ifdef KLCL_PREFETCH
+                const floatV rt = rt_now;
+#else
                 const floatV rt = LOAD_TV(kk, t);
+#endif
+#ifdef KLCL_LANE_ARGMAX
+                const intV ut = rt > amtv;
+                amtv = ut ? rt : amtv;
+                aitv = ut ? (intV)((int)kk) : aitv;
+#endif
                 bmtv = rt > bmtv ? rt : bmtv;
                 if (USES_CTS(loss)) bminv = rs < bminv ? rs : bminv;
                 if (loss == LOSS_RKL) bminv = rt < bminv ? rt : bminv;
@@ -553,6 +624,7 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
         if (blind || bms == INFINITY || bmt == INFINITY || any(bminv == (floatV)(KLCL_NEG_INF)) ||
             any(isnan(blk.ss)) || any(isnan(blk.st)))
             bad |= block_flags(loss, t, s, kb, ke, team, has_teacher, cap);
+#ifndef KLCL_LANE_ARGMAX
         if (bms > asv) {
             asv = bms;
             asi = first_indexV_S(s, kb, ke, team, bms);
@@ -561,9 +633,18 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
             atv = bmt;
             ati = first_indexV_T(t, kb, ke, team, bmt);
         }
+#endif
         lanes_foldV(&acc, &blk);
         count += KLCL_VW * in_block;
     }
+#ifdef KLCL_LANE_ARGMAX
+    asv = hmaxV(amsv);
+    asi = lane_first(amsv, aisv, asv);
+    if (has_teacher) {
+        atv = hmaxV(amtv);
+        ati = lane_first(amtv, aitv, atv);
+    }
+#endif
     row_lanes1 tail = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     uint in_tail = 0;
     for (uint v = v0 + tid; v < v1; v += team) {
@@ -684,8 +765,24 @@ inline float2 pass2(const int loss, __global const T_ELEM *t, __global const S_E
     floatV lv = (floatV)(0.0f), auxv = (floatV)(0.0f);
     acc_t l_acc = 0, aux_acc = 0;
     uint n = 0;
+#ifdef KLCL_PREFETCH
+    floatV next_t = (floatV)(0.0f), next_s = (floatV)(0.0f);
+    if (k0 + tid < k1) {
+        next_t = LOAD_TV(k0 + tid, t);
+        next_s = LOAD_SV(k0 + tid, s);
+    }
+#endif
     for (uint kk = k0 + tid; kk < k1; kk += team) {
+#ifdef KLCL_PREFETCH
+        const floatV rt = next_t, rs = next_s;
+        if (kk + team < k1) {
+            next_t = LOAD_TV(kk + team, t);
+            next_s = LOAD_SV(kk + team, s);
+        }
+        pass2_V(loss, teacher_ok, rt, rs, R, g_ref, P, &lv, &auxv);
+#else
         pass2_V(loss, teacher_ok, LOAD_TV(kk, t), LOAD_SV(kk, s), R, g_ref, P, &lv, &auxv);
+#endif
         if (++n == ACC_BLOCK) {
             l_acc += hsumV(lv);
             aux_acc += hsumV(auxv);
