@@ -415,6 +415,15 @@ inline void state_merge(const int loss, row_state *a, row_state b, float k)
 KLCL_FIRST_INDEX(S, S_ELEM, LOAD_SV)
 KLCL_FIRST_INDEX(T, T_ELEM, LOAD_TV)
 
+/* Raises the running lane-wise maxima m to vector kk's logits r, noting kk where a lane rises (strictly:
+ * a lane keeps the first vector of its maximum, and a NaN never rises). */
+inline void lane_max_at(floatV r, uint kk, floatV *m, intV *at)
+{
+    const intV up = r > *m;
+    *m = up ? r : *m;
+    *at = up ? (intV)((int)kk) : *at;
+}
+
 /* The lowest column whose logit is v among lane-wise maxima m first seen in vectors i (-1: none); v = -inf
  * (no logit above -inf) gives none, as the block search does. */
 inline uint lane_first(floatV m, intV i, float v)
@@ -578,9 +587,7 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
             const floatV rs = LOAD_SV(kk, s);
 #endif
 #ifdef KLCL_LANE_ARGMAX
-            const intV us = rs > amsv;
-            amsv = us ? rs : amsv;
-            aisv = us ? (intV)((int)kk) : aisv;
+            lane_max_at(rs, kk, &amsv, &aisv);
 #endif
             bmsv = rs > bmsv ? rs : bmsv;
             const floatV xs = softcapV(rs, cap);
@@ -592,9 +599,7 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
                 const floatV rt = LOAD_TV(kk, t);
 #endif
 #ifdef KLCL_LANE_ARGMAX
-                const intV ut = rt > amtv;
-                amtv = ut ? rt : amtv;
-                aitv = ut ? (intV)((int)kk) : aitv;
+                lane_max_at(rt, kk, &amtv, &aitv);
 #endif
                 bmtv = rt > bmtv ? rt : bmtv;
                 if (USES_CTS(loss)) bminv = rs < bminv ? rs : bminv;
