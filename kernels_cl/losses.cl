@@ -222,12 +222,12 @@ KLCL_ROW_LANES(floatV, V, float)
  * 6e-5 of S measured at V = 32000); per block the loss is bounded by the block, and the fold is exact
  * enough in double. */
 #define ACC_BLOCK 32
-/* The GPU row loop (KLCL_PREFETCH, set by the host for GPU devices): each work-item loads its next vectors
- * before it reduces the current ones, and keeps the argmax lane-wise (running maxima and the vector each
- * was first seen in) instead of searching a block again for its first maximum, a second read that costs a
- * GPU memory traffic where a CPU finds the block in its cache. Measured on an H200 (BENCHMARKS.md): either
- * alone gains little or loses, both together raise kl forward at V = 131072 from 0.33 to 0.41-0.52 of the
- * read bandwidth. The bits are the same either way. */
+/* The GPU row loop (KLCL_PREFETCH, set by the host for non-CPU devices): each work-item loads its next
+ * vectors before it reduces the current ones, and keeps the argmax lane-wise (running maxima and the vector
+ * each was first seen in) instead of searching a block again for its first maximum: a second read that a GPU
+ * pays in memory traffic, where a CPU finds the block in its cache. Measured on an H200 (BENCHMARKS.md):
+ * either alone gains little or loses, both together raise kl forward at V = 131072 from 0.33 to 0.41-0.52 of
+ * the read bandwidth. The bits are the same either way. */
 #ifdef KLCL_PREFETCH
 #define KLCL_LANE_ARGMAX
 #endif
