@@ -162,6 +162,13 @@ static size_t env_count(const char *name, size_t limit)
     return v >= 1 && v <= limit ? (size_t)v : 0;
 }
 
+/* KLCL_FUSE_GRAD and KLCL_PREFETCH: exactly "0" or "1" sets the switch; anything else leaves `fallback`. */
+static int env_switch(const char *name, int fallback)
+{
+    const char *s = getenv(name);
+    return s && (s[0] == '0' || s[0] == '1') && !s[1] ? s[0] == '1' : fallback;
+}
+
 /* One build of group `group` of variant `index` with work-group size wg; on success *kernel_limit is the
  * smallest CL_KERNEL_WORK_GROUP_SIZE of its work-group kernels on this device, *from_cache whether it came
  * from the binary cache. */
@@ -267,8 +274,7 @@ klcl_status klcl_program_build(klcl_context *ctx)
      * does not pipeline the loads across the loop's branches, so without it every iteration waits a full
      * memory latency (BENCHMARKS.md). A CPU device keeps the plain loop: its caches prefetch and hold the
      * block, and the spare vectors cost registers. KLCL_PREFETCH=0 or 1 overrides; the bits are the same. */
-    const char *pf = getenv("KLCL_PREFETCH");
-    ctx->prefetch = pf && (pf[0] == '0' || pf[0] == '1') && !pf[1] ? pf[0] == '1' : !(type & CL_DEVICE_TYPE_CPU);
+    ctx->prefetch = env_switch("KLCL_PREFETCH", !(type & CL_DEVICE_TYPE_CPU));
     /* The fewest columns per part of an automatic row split (klcl_row_strategy explains the built-ins):
      * the host's choice of launches only, so the kernels are the same whatever it is. */
     ctx->split_columns =
@@ -293,9 +299,7 @@ klcl_status klcl_program_build(klcl_context *ctx)
     /* One work-item per row on a CPU device: the row is still in its cache when the gradient is written
      * right after the statistics, instead of a second kernel reading it again from memory. A GPU keeps the
      * separate, fully parallel gradient kernel. KLCL_FUSE_GRAD=0 or 1 overrides (the bits are the same). */
-    const char *fuse = getenv("KLCL_FUSE_GRAD");
-    ctx->fuse_grad = fuse && (fuse[0] == '0' || fuse[0] == '1') && !fuse[1] ? fuse[0] == '1'
-                                                                               : (type & CL_DEVICE_TYPE_CPU) != 0;
+    ctx->fuse_grad = env_switch("KLCL_FUSE_GRAD", (type & CL_DEVICE_TYPE_CPU) != 0);
     cl_uint units = 1;
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof units, &units, NULL) != CL_SUCCESS || !units)
         units = 1;
