@@ -572,7 +572,10 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
          * still -inf (then the block is checked too). A block that holds none of these costs only its
          * maxima and minima. */
         const int blind = ms == KLCL_NEG_INF || (has_teacher && mt == KLCL_NEG_INF);
-        floatV bmtv = (floatV)(KLCL_NEG_INF), bmsv = (floatV)(KLCL_NEG_INF), bminv = (floatV)(INFINITY);
+        floatV bminv = (floatV)(INFINITY);
+#ifndef KLCL_LANE_ARGMAX
+        floatV bmtv = (floatV)(KLCL_NEG_INF), bmsv = (floatV)(KLCL_NEG_INF); /* the block's lane-wise maxima */
+#endif
 #ifdef KLCL_PREFETCH
         floatV next_s = LOAD_SV(kb, s), next_t = has_teacher ? LOAD_TV(kb, t) : (floatV)(0.0f);
 #endif
@@ -588,8 +591,9 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
 #endif
 #ifdef KLCL_LANE_ARGMAX
             lane_max_at(rs, kk, &amsv, &aisv);
-#endif
+#else
             bmsv = rs > bmsv ? rs : bmsv;
+#endif
             const floatV xs = softcapV(rs, cap);
             floatV xt = (floatV)(0.0f);
             if (has_teacher) {
@@ -600,15 +604,23 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
 #endif
 #ifdef KLCL_LANE_ARGMAX
                 lane_max_at(rt, kk, &amtv, &aitv);
-#endif
+#else
                 bmtv = rt > bmtv ? rt : bmtv;
+#endif
                 if (USES_CTS(loss)) bminv = rs < bminv ? rs : bminv;
                 if (loss == LOSS_RKL) bminv = rt < bminv ? rt : bminv;
                 xt = softcapV(rt, cap);
             }
             lanes_addV(loss, &blk, mt, ms, xt, xs, k, has_teacher);
         }
+#ifdef KLCL_LANE_ARGMAX
+        /* The running maxima, not the block's: the same new maxima ms_new, mt_new (ms, mt already cover the
+         * blocks before), one compare and select less per vector; a +inf seen once keeps every later block
+         * checked by block_flags, which only sets again the flag it set. */
+        const float bms = hmaxV(amsv), bmt = hmaxV(amtv);
+#else
         const float bms = hmaxV(bmsv), bmt = hmaxV(bmtv);
+#endif
         const float ms_new = fmax(ms, softcap1(bms, cap)), mt_new = fmax(mt, softcap1(bmt, cap));
         if (ms_new > ms || mt_new > mt) {
             const int again = (ms_new - ms) * k_room > BLOCK_HEADROOM || (mt_new - mt) * k_room > BLOCK_HEADROOM;
