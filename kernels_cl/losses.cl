@@ -415,6 +415,15 @@ inline void state_merge(const int loss, row_state *a, row_state b, float k)
 KLCL_FIRST_INDEX(S, S_ELEM, LOAD_SV)
 KLCL_FIRST_INDEX(T, T_ELEM, LOAD_TV)
 
+/* The GPU row loop's load (KLCL_PREFETCH): vector kk of the student and, when with_t, of the teacher, into
+ * the next-vector registers the loop reduces one iteration later. */
+inline void load_next(__global const T_ELEM *t, __global const S_ELEM *s, uint kk, int with_t, floatV *nt,
+                      floatV *ns)
+{
+    *ns = LOAD_SV(kk, s);
+    if (with_t) *nt = LOAD_TV(kk, t);
+}
+
 /* Raises the running lane-wise maxima m to vector kk's logits r, noting kk where a lane rises (strictly:
  * a lane keeps the first vector of its maximum, and a NaN never rises). */
 inline void lane_max_at(floatV r, uint kk, floatV *m, intV *at)
@@ -457,16 +466,10 @@ inline void grad_row(const int loss, __global const T_ELEM *t, __global const S_
     const intV lane = KLCL_CAT(as_int, KLCL_VW)(KLCL_LANES);
 #ifdef KLCL_PREFETCH
     floatV next_t = (floatV)(0.0f), next_s = (floatV)(0.0f);
-    if (first < nvec) {
-        next_s = LOAD_SV(first, s);
-        if (loss != LOSS_CE) next_t = LOAD_TV(first, t);
-    }
+    if (first < nvec) load_next(t, s, first, loss != LOSS_CE, &next_t, &next_s);
     for (uint kk = first; kk < nvec; kk += step) {
         const floatV rt = next_t, rs = next_s;
-        if (kk + step < nvec) {
-            next_s = LOAD_SV(kk + step, s);
-            if (loss != LOSS_CE) next_t = LOAD_TV(kk + step, t);
-        }
+        if (kk + step < nvec) load_next(t, s, kk + step, loss != LOSS_CE, &next_t, &next_s);
         const floatV ds = grad_V(loss, rt, rs, (intV)(kk * KLCL_VW) + lane, y, R, aux, g_ref, P);
         STORE_GV(ds * inv_denom, kk, g);
     }
@@ -577,15 +580,13 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
         floatV bmtv = (floatV)(KLCL_NEG_INF), bmsv = (floatV)(KLCL_NEG_INF); /* the block's lane-wise maxima */
 #endif
 #ifdef KLCL_PREFETCH
-        floatV next_s = LOAD_SV(kb, s), next_t = has_teacher ? LOAD_TV(kb, t) : (floatV)(0.0f);
+        floatV next_t = (floatV)(0.0f), next_s;
+        load_next(t, s, kb, has_teacher, &next_t, &next_s);
 #endif
         for (uint kk = kb; kk < ke; kk += team) {
 #ifdef KLCL_PREFETCH
             const floatV rs = next_s, rt_now = next_t;
-            if (kk + team < ke) {
-                next_s = LOAD_SV(kk + team, s);
-                if (has_teacher) next_t = LOAD_TV(kk + team, t);
-            }
+            if (kk + team < ke) load_next(t, s, kk + team, has_teacher, &next_t, &next_s);
 #else
             const floatV rs = LOAD_SV(kk, s);
 #endif
@@ -784,18 +785,12 @@ inline float2 pass2(const int loss, __global const T_ELEM *t, __global const S_E
     uint n = 0;
 #ifdef KLCL_PREFETCH
     floatV next_t = (floatV)(0.0f), next_s = (floatV)(0.0f);
-    if (k0 + tid < k1) {
-        next_t = LOAD_TV(k0 + tid, t);
-        next_s = LOAD_SV(k0 + tid, s);
-    }
+    if (k0 + tid < k1) load_next(t, s, k0 + tid, 1, &next_t, &next_s);
 #endif
     for (uint kk = k0 + tid; kk < k1; kk += team) {
 #ifdef KLCL_PREFETCH
         const floatV rt = next_t, rs = next_s;
-        if (kk + team < k1) {
-            next_t = LOAD_TV(kk + team, t);
-            next_s = LOAD_SV(kk + team, s);
-        }
+        if (kk + team < k1) load_next(t, s, kk + team, 1, &next_t, &next_s);
         pass2_V(loss, teacher_ok, rt, rs, R, g_ref, P, &lv, &auxv);
 #else
         pass2_V(loss, teacher_ok, LOAD_TV(kk, t), LOAD_SV(kk, s), R, g_ref, P, &lv, &auxv);
