@@ -223,14 +223,9 @@ KLCL_ROW_LANES(floatV, V, float)
  * enough in double. */
 #define ACC_BLOCK 32
 /* The GPU row loop (KLCL_PREFETCH, set by the host for non-CPU devices): each work-item loads its next
- * vectors before it reduces the current ones, and keeps the argmax lane-wise (running maxima and the vector
- * each was first seen in) instead of searching a block again for its first maximum: a second read that a GPU
- * pays in memory traffic, where a CPU finds the block in its cache. Measured on an H200 (BENCHMARKS.md):
- * either alone gains little or loses, both together raise kl forward at V = 131072 from 0.33 to 0.41-0.52 of
- * the read bandwidth. The bits are the same either way. */
-#ifdef KLCL_PREFETCH
-#define KLCL_LANE_ARGMAX
-#endif
+ * vectors before it reduces the current ones. Measured on an H200 (BENCHMARKS.md): with the lane-wise argmax
+ * of pass 1 it raises kl forward at V = 131072 from 0.33 to 0.41-0.52 of the read bandwidth. The bits are the
+ * same either way. */
 /* log2 of the largest weight a block may sum against a stale maximum (see pass 1): 2^64 x 2^8 terms x a
  * logit difference stays far below FLT_MAX. */
 #define BLOCK_HEADROOM 64.0f
@@ -399,22 +394,6 @@ inline void state_merge(const int loss, row_state *a, row_state b, float k)
 
 #define PARAMS_FROM_ARGS {inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, vocab}
 
-/* The first index, in the order a work-item reads its vectors kb, kb + step, ... < ke, whose logit
- * equals v (the block's maximum, so one exists): the argmax with ties to the lowest index. */
-#define KLCL_FIRST_INDEX(X, ELEM, LOADV)                                                               \
-    inline uint first_indexV_##X(__global const ELEM *p, uint kb, uint ke, uint step, float v)         \
-    {                                                                                                  \
-        for (uint kk = kb; kk < ke; kk += step) {                                                      \
-            float x[KLCL_VW];                                                                                \
-            vstoreV(LOADV(kk, p), 0, x);                                                               \
-            for (uint j = 0; j < KLCL_VW; j++)                                                               \
-                if (x[j] == v) return kk * KLCL_VW + j;                                                      \
-        }                                                                                              \
-        return UINT_MAX;                                                                               \
-    }
-KLCL_FIRST_INDEX(S, S_ELEM, LOAD_SV)
-KLCL_FIRST_INDEX(T, T_ELEM, LOAD_TV)
-
 /* The GPU row loop's load (KLCL_PREFETCH): vector kk of the student and, when with_t, of the teacher, into
  * the next-vector registers the loop reduces one iteration later. */
 inline void load_next(__global const T_ELEM *t, __global const S_ELEM *s, uint kk, int with_t, floatV *nt,
@@ -434,7 +413,7 @@ inline void lane_max_at(floatV r, uint kk, floatV *m, intV *at)
 }
 
 /* The lowest column whose logit is v among lane-wise maxima m first seen in vectors i (-1: none); v = -inf
- * (no logit above -inf) gives none, as the block search does. */
+ * (no logit above -inf) gives none. */
 inline uint lane_first(floatV m, intV i, float v)
 {
     float mm[KLCL_VW];
@@ -541,8 +520,8 @@ inline uint block_flags(const int loss, __global const T_ELEM *t, __global const
  * rescale per block, not per vector). Logits above the block's reference make weights above 1; while they
  * stay below 2^BLOCK_HEADROOM the fp32 sums cannot overflow and are exact to the same relative rounding,
  * else the block is summed again from the start against its own maxima (a range's first block when its
- * first vector is all -inf, or a huge jump). The argmax comes from the same lane-wise maxima: a block whose
- * maximum beats the best so far is searched once for its first index of that value. */
+ * first vector is all -inf, or a huge jump). The argmax comes from the running lane-wise maxima and the
+ * vector where each lane first reached its maximum. */
 inline row_state pass1(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, uint k0, uint k1,
                        uint v0, uint v1, uint tid, uint team, uint t_cols, uint s_cols, int has_teacher, float cap,
                        float k)
@@ -560,11 +539,11 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
     float atv = KLCL_NEG_INF, asv = KLCL_NEG_INF;
     uint ati = UINT_MAX, asi = UINT_MAX;
     uint bad = 0, count = 0; /* count: logits in acc */
-#ifdef KLCL_LANE_ARGMAX
-    /* Running lane-wise maxima of the raw logits and the vector each was first seen in. */
+    /* Running lane-wise maxima of the raw logits and the vector each was first seen in: the argmax, without
+     * searching a block again for its first maximum when it holds a new best (a second read and a scalar
+     * search, which cost kl forward 16% at V = 4096 on an AVX-512 CPU, BENCHMARKS.md). */
     floatV amsv = (floatV)(KLCL_NEG_INF), amtv = (floatV)(KLCL_NEG_INF);
     intV aisv = (intV)(-1), aitv = (intV)(-1);
-#endif
     for (uint kb = k0 + tid; kb < k1; kb += ACC_BLOCK * team) {
         const uint ke = min(k1, kb + ACC_BLOCK * team);
         const uint in_block = (ke - kb + team - 1) / team;
@@ -576,9 +555,6 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
          * maxima and minima. */
         const int blind = ms == KLCL_NEG_INF || (has_teacher && mt == KLCL_NEG_INF);
         floatV bminv = (floatV)(INFINITY);
-#ifndef KLCL_LANE_ARGMAX
-        floatV bmtv = (floatV)(KLCL_NEG_INF), bmsv = (floatV)(KLCL_NEG_INF); /* the block's lane-wise maxima */
-#endif
 #ifdef KLCL_PREFETCH
         floatV next_t = (floatV)(0.0f), next_s;
         load_next(t, s, kb, has_teacher, &next_t, &next_s);
@@ -590,11 +566,7 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
 #else
             const floatV rs = LOAD_SV(kk, s);
 #endif
-#ifdef KLCL_LANE_ARGMAX
             lane_max_at(rs, kk, &amsv, &aisv);
-#else
-            bmsv = rs > bmsv ? rs : bmsv;
-#endif
             const floatV xs = softcapV(rs, cap);
             floatV xt = (floatV)(0.0f);
             if (has_teacher) {
@@ -603,25 +575,17 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
 #else
                 const floatV rt = LOAD_TV(kk, t);
 #endif
-#ifdef KLCL_LANE_ARGMAX
                 lane_max_at(rt, kk, &amtv, &aitv);
-#else
-                bmtv = rt > bmtv ? rt : bmtv;
-#endif
                 if (USES_CTS(loss)) bminv = rs < bminv ? rs : bminv;
                 if (loss == LOSS_RKL) bminv = rt < bminv ? rt : bminv;
                 xt = softcapV(rt, cap);
             }
             lanes_addV(loss, &blk, mt, ms, xt, xs, k, has_teacher);
         }
-#ifdef KLCL_LANE_ARGMAX
         /* The running maxima, not the block's: the same new maxima ms_new, mt_new (ms, mt already cover the
          * blocks before), one compare and select less per vector; a +inf seen once keeps every later block
          * checked by block_flags, which only sets again the flag it set. */
         const float bms = hmaxV(amsv), bmt = hmaxV(amtv);
-#else
-        const float bms = hmaxV(bmsv), bmt = hmaxV(bmtv);
-#endif
         const float ms_new = fmax(ms, softcap1(bms, cap)), mt_new = fmax(mt, softcap1(bmt, cap));
         if (ms_new > ms || mt_new > mt) {
             const int again = (ms_new - ms) * k_room > BLOCK_HEADROOM || (mt_new - mt) * k_room > BLOCK_HEADROOM;
@@ -642,27 +606,15 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
         if (blind || bms == INFINITY || bmt == INFINITY || any(bminv == (floatV)(KLCL_NEG_INF)) ||
             any(isnan(blk.ss)) || any(isnan(blk.st)))
             bad |= block_flags(loss, t, s, kb, ke, team, has_teacher, cap);
-#ifndef KLCL_LANE_ARGMAX
-        if (bms > asv) {
-            asv = bms;
-            asi = first_indexV_S(s, kb, ke, team, bms);
-        }
-        if (has_teacher && bmt > atv) {
-            atv = bmt;
-            ati = first_indexV_T(t, kb, ke, team, bmt);
-        }
-#endif
         lanes_foldV(&acc, &blk);
         count += KLCL_VW * in_block;
     }
-#ifdef KLCL_LANE_ARGMAX
     asv = hmaxV(amsv);
     asi = lane_first(amsv, aisv, asv);
     if (has_teacher) {
         atv = hmaxV(amtv);
         ati = lane_first(amtv, aitv, atv);
     }
-#endif
     row_lanes1 tail = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     uint in_tail = 0;
     for (uint v = v0 + tid; v < v1; v += team) {
