@@ -50,6 +50,7 @@
 typedef struct loss_params {
     float inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb;
     uint vocab;
+    float wa, wb; /* e^lwa, e^lwb: the mixture's weights */
 } loss_params;
 
 /* Softmax statistics of one row (see common.cl): log p = (x_t - mt) / tau - lst, log q likewise. */
@@ -57,21 +58,27 @@ typedef struct row_softmax {
     float mt, lst, ms, lss, lss1;
 } row_softmax;
 
+#define MIXES(loss) ((loss) == LOSS_JSD || (loss) == LOSS_SKL || (loss) == LOSS_SRKL)
+
 #define KLCL_LOSS_HELPERS(T, IT, S)                                                                     \
+    /* log m, the log of the mixture of jsd, skl and srkl, from log p = a, log q = b and p, q; 0 for    \
+     * the other losses. */                                                                              \
+    inline T mix_log##S(const int loss, T a, T b, T p, T q, loss_params P)                              \
+    {                                                                                                    \
+        return MIXES(loss) ? log_mix_pq##S(a, b, p, q, P.wa, P.wb, P.lwa, P.lwb) : (T)(0.0f);           \
+    }                                                                                                    \
     /* g_u = dL/dq_u of the centred losses, up to a constant that cancels. xt, xs: softcapped logits;    \
-     * a, b: log p, log q. rkl's g = log q - log p = (xs - xt)/tau + const is formed from the logits,    \
-     * exact where both log-probabilities are far below 0. srkl's lambda q/m is exp(log lambda + log    \
-     * q/m), exactly 0 at lambda = 0. */                                                                 \
-    inline T centered_g##S(const int loss, T xt, T xs, T a, T b, loss_params P)                         \
+     * a, b: log p, log q; lm: log m (mix_log). rkl's g = log q - log p = (xs - xt)/tau + const is       \
+     * formed from the logits, exact where both log-probabilities are far below 0. srkl's lambda q/m is  \
+     * exp(log lambda + log q/m), exactly 0 at lambda = 0. */                                            \
+    inline T centered_g##S(const int loss, T xt, T xs, T a, T b, T lm, loss_params P)                   \
     {                                                                                                    \
         switch (loss) {                                                                                  \
         case LOSS_RKL: return (xs - xt) * P.inv_tau;                                                     \
-        case LOSS_JSD: return (1.0f - P.beta) * (b - log_mix##S(a, b, P.lwa, P.lwb));                    \
-        case LOSS_SKL:                                                                                   \
-            return a == (T)(KLCL_NEG_INF) ? (T)(0.0f)                                                    \
-                                          : -(1.0f - P.lambda) * exp(a - log_mix##S(a, b, P.lwa, P.lwb)); \
+        case LOSS_JSD: return (1.0f - P.beta) * (b - lm);                                                \
+        case LOSS_SKL: return a == (T)(KLCL_NEG_INF) ? (T)(0.0f) : -(1.0f - P.lambda) * exp(a - lm);      \
         case LOSS_SRKL: {                                                                                \
-            const T r = b - log_mix##S(a, b, P.lwa, P.lwb);                                              \
+            const T r = b - lm;                                                                          \
             return r - exp(P.lwb + r);                                                                   \
         }                                                                                                \
         case LOSS_TVD: return 0.5f * sign(exp(b) - exp(a));                                              \
@@ -80,15 +87,14 @@ typedef struct row_softmax {
     }                                                                                                    \
     /* q (g_r - g) with g_r at the reference token; skl forms q g directly (its g = -(1 - lambda) p/m    \
      * overflows where q is tiny, q g never does). */                                                    \
-    inline T centered_term##S(const int loss, T xt, T xs, T a, T b, T q, float g_ref, loss_params P)    \
+    inline T centered_term##S(const int loss, T xt, T xs, T a, T b, T q, T lm, float g_ref, loss_params P) \
     {                                                                                                    \
         if (loss == LOSS_SKL) {                                                                          \
-            const T qg = ((a == (T)(KLCL_NEG_INF)) | (q == (T)(0.0f)))                                   \
-                             ? (T)(0.0f)                                                                 \
-                             : -(1.0f - P.lambda) * exp(a + b - log_mix##S(a, b, P.lwa, P.lwb));         \
+            const T qg = ((a == (T)(KLCL_NEG_INF)) | (q == (T)(0.0f))) ? (T)(0.0f)                        \
+                                                                       : -(1.0f - P.lambda) * exp(a + b - lm); \
             return q * g_ref - qg;                                                                       \
         }                                                                                                \
-        return q * (g_ref - centered_g##S(loss, xt, xs, a, b, P));                                       \
+        return q * (g_ref - centered_g##S(loss, xt, xs, a, b, lm, P));                                   \
     }                                                                                                    \
     /* Pass 2 for one group of logits (jsd, skl, srkl, tvd): adds the loss terms and the centred row    \
      * sum. */                                                                                           \
@@ -98,17 +104,14 @@ typedef struct row_softmax {
         const T xs = softcap##S(rs, P.cap), xt = softcap##S(rt, P.cap);                                  \
         const T b = (xs - R.ms) * P.inv_tau - R.lss, q = exp(b);                                         \
         const T a = (xt - R.mt) * P.inv_tau - R.lst, p = exp(a);                                         \
+        const T lm = mix_log##S(loss, a, b, p, q, P);                                                    \
         switch (loss) {                                                                                  \
-        case LOSS_JSD: {                                                                                 \
-            const T lm = log_mix##S(a, b, P.lwa, P.lwb);                                                 \
-            *l += P.beta * xlogratio##S(p, a, lm) + (1.0f - P.beta) * xlogratio##S(q, b, lm);            \
-            break;                                                                                       \
-        }                                                                                                \
-        case LOSS_SKL: *l += xlogratio##S(p, a, log_mix##S(a, b, P.lwa, P.lwb)); break;                  \
-        case LOSS_SRKL: *l += xlogratio##S(q, b, log_mix##S(a, b, P.lwa, P.lwb)); break;                 \
+        case LOSS_JSD: *l += P.beta * xlogratio##S(p, a, lm) + (1.0f - P.beta) * xlogratio##S(q, b, lm); break; \
+        case LOSS_SKL: *l += xlogratio##S(p, a, lm); break;                                              \
+        case LOSS_SRKL: *l += xlogratio##S(q, b, lm); break;                                             \
         case LOSS_TVD: *l += 0.5f * fabs(p - q); break;                                                  \
         }                                                                                                \
-        *aux += q > (T)(0.0f) ? centered_term##S(loss, xt, xs, a, b, q, g_ref, P) : (T)(0.0f);           \
+        *aux += q > (T)(0.0f) ? centered_term##S(loss, xt, xs, a, b, q, lm, g_ref, P) : (T)(0.0f);       \
     }                                                                                                    \
     /* dL/ds for one group of logits, before 1/denominator; idx: their token indices. */                 \
     inline T grad_##S(const int loss, T rt, T rs, IT idx, int y, row_softmax R, float aux, float g_ref,  \
@@ -125,7 +128,9 @@ typedef struct row_softmax {
         const T onehot = idx == (IT)(y) ? (T)(1.0f) : (T)(0.0f);                                         \
         T dz, ds;                                                                                        \
         if (IS_CENTERED(loss))                                                                           \
-            dz = q == (T)(0.0f) ? (T)(0.0f) : q * aux - centered_term##S(loss, xt, xs, a, b, q, g_ref, P); \
+            dz = q == (T)(0.0f) ? (T)(0.0f)                                                              \
+                                : q * aux - centered_term##S(loss, xt, xs, a, b, q, mix_log##S(loss, a, b, p, q, P), \
+                                                             g_ref, P);                                  \
         else if (loss == LOSS_CE) /* q - onehot is formed in fp32 before anything else touches it */     \
             dz = (q - (1.0f - P.eps) * onehot) - P.eps / (float)P.vocab +                                \
                  2.0f * P.zl * (R.ms * P.inv_tau + R.lss) * q;                                           \
@@ -392,7 +397,7 @@ inline void state_merge(const int loss, row_state *a, row_state b, float k)
         lwa, lwb, row_loss, rl_off, row_stats, row_flags, row0, want_grad, grad, g_off, g_stride,      \
         inv_denom, fuse_grad, launch_rows, team_size, parts, partials, pass
 
-#define PARAMS_FROM_ARGS {inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, vocab}
+#define PARAMS_FROM_ARGS {inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, vocab, exp(lwa), exp(lwb)}
 
 /* The GPU row loop's load (KLCL_PREFETCH): vector kk of the student and, when with_t, of the teacher, into
  * the next-vector registers the loop reduces one iteration later. */
@@ -716,7 +721,8 @@ inline row_setup row_prepare(const int loss, row_state S, __global const T_ELEM 
     U.g_ref = 0.0f;
     if (IS_CENTERED(loss) && !U.invalid) {
         const float xt = softcap1(LOAD_T1(S.asi, t, t_cols), P.cap), xs = softcap1(LOAD_S1(S.asi, s, s_cols), P.cap);
-        U.g_ref = centered_g1(loss, xt, xs, (xt - U.R.mt) * P.inv_tau - U.R.lst, (xs - U.R.ms) * P.inv_tau - U.R.lss, P);
+        const float a = (xt - U.R.mt) * P.inv_tau - U.R.lst, b = (xs - U.R.ms) * P.inv_tau - U.R.lss;
+        U.g_ref = centered_g1(loss, xt, xs, a, b, mix_log1(loss, a, b, exp(a), exp(b), P), P);
     }
     return U;
 }
