@@ -1,7 +1,9 @@
 /* klcl-bench: how close klcl's kernels come to this device's limits, measured in the same run.
  *
  * For each vocabulary V it fills N x V teacher and student logits on the device (N chosen so that one
- * tensor holds about --mib MiB), then times, as the median of --reps runs after one warm-up:
+ * tensor holds about --mib MiB), then times, as the median of --reps samples after one warm-up (a sample is
+ * the mean of as many back-to-back runs as fill SAMPLE_MIN_S, at least one: a shape of a millisecond or
+ * less is then not timed by the driver's wake-up of its threads, and a training loop calls back to back):
  *   read       a streaming read of the bytes the loss must read (teacher + student): the bandwidth limit;
  *   exp        one exponential per logit read (the online softmax's minimum): the exp-throughput limit;
  *              each limit is the fastest of a GPU-style (strided) and a CPU-style (chunked) access pattern,
@@ -58,6 +60,9 @@ static const bench_op ops[] = {
     {"jsd+grad", KLCL_LOSS_JSD, 1},
 };
 enum { OP_COUNT = sizeof ops / sizeof ops[0], MAX_REPS = 101, REF_ROWS = 4, MAX_VOCABS = 16, MAX_DTYPES = 3 };
+/* The shortest timing sample, and the most runs one sample may take. */
+#define SAMPLE_MIN_S 0.02
+enum { SAMPLE_MAX_RUNS = 1000 };
 enum { MAX_SMALL = 8, MAX_SHAPES = MAX_VOCABS + MAX_SMALL };
 enum { FORMAT_TABLE, FORMAT_CSV, FORMAT_JSON };
 
@@ -87,6 +92,13 @@ static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+/* Runs per sample for a run that took `one` seconds. */
+static int runs_per_sample(double one)
+{
+    const double n = one > 0.0 ? ceil(SAMPLE_MIN_S / one) : SAMPLE_MAX_RUNS;
+    return n < 1.0 ? 1 : n > SAMPLE_MAX_RUNS ? SAMPLE_MAX_RUNS : (int)n;
 }
 
 static double median(double *t, int n)
@@ -252,12 +264,19 @@ static double time_kernel(cl_command_queue q, cl_kernel k, cl_mem x, size_t n, s
     clSetKernelArg(k, 1, sizeof nw, &nw);
     clSetKernelArg(k, 2, sizeof out, &out);
     double t[MAX_REPS];
+    int runs = 1;
     for (int r = -1; r < reps; r++) {
         double t0 = now();
-        cl_int err = clEnqueueNDRangeKernel(q, k, 1, NULL, &items, local ? &local : NULL, 0, NULL, NULL);
-        if (err != CL_SUCCESS) die("limit kernel launch failed", err);
+        for (int i = 0; i < runs; i++) {
+            cl_int err = clEnqueueNDRangeKernel(q, k, 1, NULL, &items, local ? &local : NULL, 0, NULL, NULL);
+            if (err != CL_SUCCESS) die("limit kernel launch failed", err);
+        }
         clFinish(q);
-        if (r >= 0) t[r] = now() - t0;
+        const double sec = (now() - t0) / runs;
+        if (r < 0)
+            runs = runs_per_sample(sec);
+        else
+            t[r] = sec;
     }
     return median(t, reps);
 }
@@ -491,10 +510,10 @@ int main(int argc, char **argv)
 
     FILE *table = format == FORMAT_TABLE ? stdout : NULL;
     if (table) {
-        printf("klcl-bench %s on %s (%u compute units, work-group %zu from %s): median of %d after a warm-up, "
-               "~%.0f MiB per tensor\n",
+        printf("klcl-bench %s on %s (%u compute units, work-group %zu from %s): median of %d samples of "
+               ">= %.0f ms of back-to-back runs after a warm-up, ~%.0f MiB per tensor\n",
                klcl_version_string(), klcl_context_device_name(ctx), units, wg, klcl_work_group_source_name(wg_source),
-               reps, mib);
+               reps, 1e3 * SAMPLE_MIN_S, mib);
         printf("a new process: ready in %.1f ms with warm caches (first: %.1f ms): context, kernels, one small call,\n"
                "  after the OpenCL platforms' own loading (%.1f ms, paid by any OpenCL program)\n",
                startup_warm, startup_first, platforms_ms);
@@ -573,11 +592,18 @@ int main(int argc, char **argv)
                     b.grad.dtype = dt;
                 }
                 double t[MAX_REPS];
+                int runs = 1;
                 for (int r = -1; r < reps; r++) {
                     double t0 = now();
-                    st = klcl_compute(ctx, &desc, &b, NULL);
-                    if (st != KLCL_OK) die(klcl_last_error(ctx), st);
-                    if (r >= 0) t[r] = now() - t0;
+                    for (int i = 0; i < runs; i++) {
+                        st = klcl_compute(ctx, &desc, &b, NULL);
+                        if (st != KLCL_OK) die(klcl_last_error(ctx), st);
+                    }
+                    const double sec = (now() - t0) / runs;
+                    if (r < 0)
+                        runs = runs_per_sample(sec);
+                    else
+                        t[r] = sec;
                 }
                 double sec = median(t, reps);
                 /* The reference on REF_ROWS rows of the same type, as a rate per logit. */

@@ -53,15 +53,26 @@ DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 OPS = {"kl": kl_forward, "kl+grad": kl_grad, "ce+grad": ce_grad, "jsd+grad": jsd_grad}
 
 
+# The shortest timing sample and the most runs in one, as klcl-bench times klcl.
+SAMPLE_MIN_S = 0.02
+SAMPLE_MAX_RUNS = 1000
+
+
 def median_seconds(fn, args, reps, sync):
+    """Median over reps samples, after a warm-up, of the mean of as many back-to-back runs as fill
+    SAMPLE_MIN_S (at least one)."""
+    t0 = time.perf_counter()
     fn(*args)  # warm-up
     sync()
+    one = time.perf_counter() - t0
+    runs = max(1, min(SAMPLE_MAX_RUNS, math.ceil(SAMPLE_MIN_S / one))) if one > 0 else SAMPLE_MAX_RUNS
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn(*args)
+        for _ in range(runs):
+            fn(*args)
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) / runs)
     return statistics.median(times)
 
 
