@@ -541,8 +541,6 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
     row_lanesA acc = {0, 0, 0, 0, 0, 0, 0, 0};
     row_lanesV blk = {(floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f),
                       (floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f)};
-    float atv = KLCL_NEG_INF, asv = KLCL_NEG_INF;
-    uint ati = UINT_MAX, asi = UINT_MAX;
     uint bad = 0, count = 0; /* count: logits in acc */
     /* Running lane-wise maxima of the raw logits and the vector each was first seen in: the argmax, without
      * searching a block again for its first maximum when it holds a new best (a second read and a scalar
@@ -614,12 +612,9 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
         lanes_foldV(&acc, &blk);
         count += KLCL_VW * in_block;
     }
-    asv = hmaxV(amsv);
-    asi = lane_first(amsv, aisv, asv);
-    if (has_teacher) {
-        atv = hmaxV(amtv);
-        ati = lane_first(amtv, aitv, atv);
-    }
+    /* Without a teacher amtv stays -inf: atv -inf and ati none. */
+    float asv = hmaxV(amsv), atv = hmaxV(amtv);
+    uint asi = lane_first(amsv, aisv, asv), ati = lane_first(amtv, aitv, atv);
     row_lanes1 tail = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     uint in_tail = 0;
     for (uint v = v0 + tid; v < v1; v += team) {
