@@ -113,6 +113,24 @@ static void die(const char *what, long code)
     exit(code < 0 ? 3 : 2);
 }
 
+/* Median seconds per run of `run(arg, n)`, which does n runs back to back and waits for them: over reps
+ * samples after a one-run warm-up, each sample as many runs as fill SAMPLE_MIN_S (at least one). */
+static double median_seconds(void (*run)(void *arg, int n), void *arg, int reps)
+{
+    double t[MAX_REPS];
+    int runs = 1;
+    for (int r = -1; r < reps; r++) {
+        const double t0 = now();
+        run(arg, runs);
+        const double sec = (now() - t0) / runs;
+        if (r < 0)
+            runs = runs_per_sample(sec);
+        else
+            t[r] = sec;
+    }
+    return median(t, reps);
+}
+
 #define USAGE                                                                                          \
     "usage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--dtype f32,bf16] "         \
     "[--small-rows N,N,...] [--small-vocab V] [--csv FILE] [--json FILE] [--format table|csv|json] [--tune]\n"
@@ -254,6 +272,40 @@ static void write_json(FILE *f, int argc, char **argv, cl_device_id dev, const c
     fprintf(f, "  ]\n}\n");
 }
 
+/* n launches of a limit kernel, queued back to back, then waited for. */
+typedef struct limit_launch {
+    cl_command_queue q;
+    cl_kernel k;
+    size_t items, local;
+} limit_launch;
+
+static void run_limit(void *arg, int n)
+{
+    const limit_launch *l = arg;
+    for (int i = 0; i < n; i++) {
+        cl_int err =
+            clEnqueueNDRangeKernel(l->q, l->k, 1, NULL, &l->items, l->local ? &l->local : NULL, 0, NULL, NULL);
+        if (err != CL_SUCCESS) die("limit kernel launch failed", err);
+    }
+    clFinish(l->q);
+}
+
+/* n klcl calls, one after the other (each returns when its results are ready). */
+typedef struct compute_call {
+    klcl_context *ctx;
+    const klcl_loss_desc *desc;
+    const klcl_batch *b;
+} compute_call;
+
+static void run_compute(void *arg, int n)
+{
+    const compute_call *c = arg;
+    for (int i = 0; i < n; i++) {
+        klcl_status st = klcl_compute(c->ctx, c->desc, c->b, NULL);
+        if (st != KLCL_OK) die(klcl_last_error(c->ctx), st);
+    }
+}
+
 /* Median seconds of a limit kernel over n floats read as vectors of `width`, in work-groups of `local`
  * work-items (0: the driver's choice). */
 static double time_kernel(cl_command_queue q, cl_kernel k, cl_mem x, size_t n, size_t width, cl_mem out,
@@ -263,22 +315,8 @@ static double time_kernel(cl_command_queue q, cl_kernel k, cl_mem x, size_t n, s
     clSetKernelArg(k, 0, sizeof x, &x);
     clSetKernelArg(k, 1, sizeof nw, &nw);
     clSetKernelArg(k, 2, sizeof out, &out);
-    double t[MAX_REPS];
-    int runs = 1;
-    for (int r = -1; r < reps; r++) {
-        double t0 = now();
-        for (int i = 0; i < runs; i++) {
-            cl_int err = clEnqueueNDRangeKernel(q, k, 1, NULL, &items, local ? &local : NULL, 0, NULL, NULL);
-            if (err != CL_SUCCESS) die("limit kernel launch failed", err);
-        }
-        clFinish(q);
-        const double sec = (now() - t0) / runs;
-        if (r < 0)
-            runs = runs_per_sample(sec);
-        else
-            t[r] = sec;
-    }
-    return median(t, reps);
+    limit_launch l = {q, k, items, local};
+    return median_seconds(run_limit, &l, reps);
 }
 
 /* A limit: the fastest of its kernels k[4], two access patterns (strided suits GPUs, chunked suits CPUs)
@@ -591,21 +629,8 @@ int main(int argc, char **argv)
                     b.grad = klcl_mem_tensor(grad, 0, 0);
                     b.grad.dtype = dt;
                 }
-                double t[MAX_REPS];
-                int runs = 1;
-                for (int r = -1; r < reps; r++) {
-                    double t0 = now();
-                    for (int i = 0; i < runs; i++) {
-                        st = klcl_compute(ctx, &desc, &b, NULL);
-                        if (st != KLCL_OK) die(klcl_last_error(ctx), st);
-                    }
-                    const double sec = (now() - t0) / runs;
-                    if (r < 0)
-                        runs = runs_per_sample(sec);
-                    else
-                        t[r] = sec;
-                }
-                double sec = median(t, reps);
+                compute_call call = {ctx, &desc, &b};
+                double sec = median_seconds(run_compute, &call, reps);
                 /* The reference on REF_ROWS rows of the same type, as a rate per logit. */
                 klcl_batch rb = KLCL_BATCH_INIT;
                 size_t rr = rows < REF_ROWS ? rows : REF_ROWS;
