@@ -230,7 +230,14 @@ inline float hmax8(float8 x)
     return fmax(fmax(fmax(x.s0, x.s1), fmax(x.s2, x.s3)), fmax(fmax(x.s4, x.s5), fmax(x.s6, x.s7)));
 }
 
+inline uint hminu8(uint8 x)
+{
+    return min(min(min(x.s0, x.s1), min(x.s2, x.s3)), min(min(x.s4, x.s5), min(x.s6, x.s7)));
+}
+
 inline float hsum16(float16 x) { return hsum8(x.lo) + hsum8(x.hi); }
 inline float hmax16(float16 x) { return fmax(hmax8(x.lo), hmax8(x.hi)); }
+inline uint hminu16(uint16 x) { return min(hminu8(x.lo), hminu8(x.hi)); }
 #define hsumV KLCL_CAT(hsum, KLCL_VW)
 #define hmaxV KLCL_CAT(hmax, KLCL_VW)
+#define hminuV KLCL_CAT(hminu, KLCL_VW)

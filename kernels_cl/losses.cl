@@ -228,9 +228,10 @@ KLCL_ROW_LANES(floatV, V, float)
  * enough in double. */
 #define ACC_BLOCK 32
 /* The GPU row loop (KLCL_PREFETCH, set by the host for non-CPU devices): each work-item loads its next
- * vectors before it reduces the current ones. Measured on an H200 (BENCHMARKS.md): with the lane-wise argmax
- * of pass 1 it raises kl forward at V = 131072 from 0.33 to 0.41-0.52 of the read bandwidth. The bits are the
- * same either way. */
+ * vectors before it reduces the current ones. Measured on an H200 (BENCHMARKS.md): with the argmax kept in
+ * registers it raised kl forward at V = 131072 from 0.33 to 0.41-0.52 of the read bandwidth. Its block sums
+ * and running maxima are scalars (row_block, run_max below), so that the registers a work-item holds no
+ * longer grow with the vector width, only its loads do. */
 /* log2 of the largest weight a block may sum against a stale maximum (see pass 1): 2^64 x 2^8 terms x a
  * logit difference stays far below FLT_MAX. */
 #define BLOCK_HEADROOM 64.0f
@@ -242,18 +243,17 @@ typedef float acc_t;
 #endif
 KLCL_ROW_LANES(acc_t, A, acc_t)
 
-inline void lanes_foldV(row_lanesA *acc, row_lanesV *blk)
+/* Adds each lane sum of v, summed across its lanes in a fixed order, to the scalar sums h. */
+inline void lanes_hsum_into(row_lanes1 *h, const row_lanesV *v)
 {
-    acc->st += hsumV(blk->st);
-    acc->bt += hsumV(blk->bt);
-    acc->cts += hsumV(blk->cts);
-    acc->ss += hsumV(blk->ss);
-    acc->bs += hsumV(blk->bs);
-    acc->cst += hsumV(blk->cst);
-    acc->ss1 += hsumV(blk->ss1);
-    acc->dsum += hsumV(blk->dsum);
-    const floatV z = (floatV)(0.0f);
-    blk->st = blk->bt = blk->cts = blk->ss = blk->bs = blk->cst = blk->ss1 = blk->dsum = z;
+    h->st += hsumV(v->st);
+    h->bt += hsumV(v->bt);
+    h->cts += hsumV(v->cts);
+    h->ss += hsumV(v->ss);
+    h->bs += hsumV(v->bs);
+    h->cst += hsumV(v->cst);
+    h->ss1 += hsumV(v->ss1);
+    h->dsum += hsumV(v->dsum);
 }
 
 inline void lanes_fold1(row_lanesA *acc, row_lanes1 *blk)
@@ -268,6 +268,58 @@ inline void lanes_fold1(row_lanesA *acc, row_lanes1 *blk)
     acc->dsum += blk->dsum;
     blk->st = blk->bt = blk->cts = blk->ss = blk->bs = blk->cst = blk->ss1 = blk->dsum = 0.0f;
 }
+
+inline void lanes_clearV(row_lanesV *v)
+{
+    const floatV z = (floatV)(0.0f);
+    v->st = v->bt = v->cts = v->ss = v->bs = v->cst = v->ss1 = v->dsum = z;
+}
+
+/* The sums of one block of pass 1. A CPU device keeps them lane-wise (a lane's own sum, across lanes
+ * once per block). The GPU row loop keeps one scalar per sum: each vector's terms are summed across their
+ * lanes as they come (the same pairwise tree, then the vectors in order), which costs a few adds per
+ * vector and saves the 7 (or 15) other lanes of every sum in registers. */
+#ifdef KLCL_PREFETCH
+typedef row_lanes1 row_block;
+inline void block_add(const int loss, row_block *b, float mt, float ms, floatV xt, floatV xs, float k,
+                      int has_teacher)
+{
+    row_lanesV v;
+    lanes_clearV(&v);
+    lanes_addV(loss, &v, mt, ms, xt, xs, k, has_teacher);
+    lanes_hsum_into(b, &v);
+}
+/* vecs: the vectors each work-item added (a sum counts KLCL_VW logits per vector) */
+inline void block_rescale(const int loss, row_block *b, float *mt, float *ms, float mt_new, float ms_new,
+                          uint vecs, float k)
+{
+    lanes_rescale1(loss, b, mt, ms, mt_new, ms_new, (float)(KLCL_VW * vecs), k);
+}
+inline void block_fold(row_lanesA *acc, row_block *b) { lanes_fold1(acc, b); }
+inline void block_clear(row_block *b) { b->st = b->bt = b->cts = b->ss = b->bs = b->cst = b->ss1 = b->dsum = 0.0f; }
+inline int block_nan(const row_block *b) { return isnan(b->ss) || isnan(b->st); }
+#else
+typedef row_lanesV row_block;
+inline void block_add(const int loss, row_block *b, float mt, float ms, floatV xt, floatV xs, float k,
+                      int has_teacher)
+{
+    lanes_addV(loss, b, mt, ms, xt, xs, k, has_teacher);
+}
+inline void block_rescale(const int loss, row_block *b, float *mt, float *ms, float mt_new, float ms_new,
+                          uint vecs, float k)
+{
+    lanes_rescaleV(loss, b, mt, ms, mt_new, ms_new, (float)vecs, k);
+}
+inline void block_fold(row_lanesA *acc, row_block *b)
+{
+    row_lanes1 h = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    lanes_hsum_into(&h, b);
+    lanes_fold1(acc, &h);
+    lanes_clearV(b);
+}
+inline void block_clear(row_block *b) { lanes_clearV(b); }
+inline int block_nan(const row_block *b) { return any(isnan(b->ss)) || any(isnan(b->st)); }
+#endif
 
 /* Pass-1 state of some of a row's columns: one work-item's, a team's after the merge tree, or one part's
  * of a split row. The maxima of the softcapped logits and the row_lanes sums against them, the logits
@@ -408,29 +460,63 @@ inline void load_next(__global const T_ELEM *t, __global const S_ELEM *s, uint k
     if (with_t) *nt = LOAD_TV(kk, t);
 }
 
-/* Raises the running lane-wise maxima m to vector kk's logits r, noting kk where a lane rises (strictly:
- * a lane keeps the first vector of its maximum, and a NaN never rises). */
-inline void lane_max_at(floatV r, uint kk, floatV *m, intV *at)
+/* A work-item's running maximum of one side's raw logits and the lowest column where it was first seen
+ * (the argmax; UINT_MAX while no logit is above -inf). A NaN never raises it. */
+#ifdef KLCL_PREFETCH
+/* The GPU row loop: one value and one column. A vector that beats the maximum (a few times per row
+ * after the first vectors) is searched for the first lane that holds its maximum. */
+typedef struct run_max {
+    float m;
+    uint at;
+} run_max;
+inline void run_max_init(run_max *r)
 {
-    const intV up = r > *m;
-    *m = up ? r : *m;
-    *at = up ? (intV)((int)kk) : *at;
+    r->m = KLCL_NEG_INF;
+    r->at = UINT_MAX;
 }
-
-/* The lowest column whose logit is v among lane-wise maxima m first seen in vectors i (-1: none); v = -inf
- * (no logit above -inf) gives none. */
-inline uint lane_first(floatV m, intV i, float v)
+inline void run_max_add(run_max *r, floatV x, uint kk)
 {
+    const float h = hmaxV(x);
+    if (h > r->m) {
+        r->m = h;
+        r->at = kk * KLCL_VW + hminuV(x == (floatV)(h) ? KLCL_LANES : (uintV)(UINT_MAX));
+    }
+}
+inline float run_max_value(const run_max *r) { return r->m; }
+inline uint run_max_index(const run_max *r) { return r->at; }
+#else
+/* A CPU device: lane-wise maxima and the vector where each lane first reached its maximum (one compare
+ * and two selects per vector), searched once per row. */
+typedef struct run_max {
+    floatV m;
+    intV at;
+} run_max;
+inline void run_max_init(run_max *r)
+{
+    r->m = (floatV)(KLCL_NEG_INF);
+    r->at = (intV)(-1);
+}
+inline void run_max_add(run_max *r, floatV x, uint kk)
+{
+    const intV up = x > r->m;
+    r->m = up ? x : r->m;
+    r->at = up ? (intV)((int)kk) : r->at;
+}
+inline float run_max_value(const run_max *r) { return hmaxV(r->m); }
+inline uint run_max_index(const run_max *r)
+{
+    const float v = hmaxV(r->m);
     float mm[KLCL_VW];
     int ii[KLCL_VW];
-    vstoreV(m, 0, mm);
-    vstoreV(i, 0, ii);
+    vstoreV(r->m, 0, mm);
+    vstoreV(r->at, 0, ii);
     uint best = UINT_MAX;
     if (v != KLCL_NEG_INF)
         for (uint j = 0; j < KLCL_VW; j++)
             if (mm[j] == v) best = min(best, (uint)ii[j] * KLCL_VW + j);
     return best;
 }
+#endif
 
 /* Writes the s_cols columns of a student-shaped gradient row from the row's statistics, columns
  * first, first + step, ... (KLCL_VW-wide vectors, then the tail): the loss's columns [0, vocab) (teacher
@@ -539,14 +625,15 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
     /* kd also sums exp(x_s - ms) at tau = 1: the headroom holds for the larger of the two scales. */
     const float k_room = loss == LOSS_KD ? fmax(k, M_LOG2E_F) : k;
     row_lanesA acc = {0, 0, 0, 0, 0, 0, 0, 0};
-    row_lanesV blk = {(floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f),
-                      (floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f), (floatV)(0.0f)};
+    row_block blk;
+    block_clear(&blk);
     uint bad = 0, count = 0; /* count: logits in acc */
-    /* Running lane-wise maxima of the raw logits and the vector each was first seen in: the argmax, without
-     * searching a block again for its first maximum when it holds a new best (a second read and a scalar
-     * search, which cost kl forward 16% at V = 4096 on an AVX-512 CPU, BENCHMARKS.md). */
-    floatV amsv = (floatV)(KLCL_NEG_INF), amtv = (floatV)(KLCL_NEG_INF);
-    intV aisv = (intV)(-1), aitv = (intV)(-1);
+    /* Running maxima of the raw logits and where they were first seen: the argmax, without searching a
+     * block again for its first maximum when it holds a new best (a second read and a scalar search, which
+     * cost kl forward 16% at V = 4096 on an AVX-512 CPU, BENCHMARKS.md). */
+    run_max ams, amt;
+    run_max_init(&ams);
+    run_max_init(&amt);
     for (uint kb = k0 + tid; kb < k1; kb += ACC_BLOCK * team) {
         const uint ke = min(k1, kb + ACC_BLOCK * team);
         const uint in_block = (ke - kb + team - 1) / team;
@@ -569,7 +656,7 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
 #else
             const floatV rs = LOAD_SV(kk, s);
 #endif
-            lane_max_at(rs, kk, &amsv, &aisv);
+            run_max_add(&ams, rs, kk);
             const floatV xs = softcapV(rs, cap);
             floatV xt = (floatV)(0.0f);
             if (has_teacher) {
@@ -578,43 +665,43 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
 #else
                 const floatV rt = LOAD_TV(kk, t);
 #endif
-                lane_max_at(rt, kk, &amtv, &aitv);
+                run_max_add(&amt, rt, kk);
                 if (USES_CTS(loss)) bminv = rs < bminv ? rs : bminv;
                 if (loss == LOSS_RKL) bminv = rt < bminv ? rt : bminv;
                 xt = softcapV(rt, cap);
             }
-            lanes_addV(loss, &blk, mt, ms, xt, xs, k, has_teacher);
+            block_add(loss, &blk, mt, ms, xt, xs, k, has_teacher);
         }
         /* The running maxima, not the block's: the same new maxima ms_new, mt_new (ms, mt already cover the
          * blocks before), one compare and select less per vector; a +inf seen once keeps every later block
          * checked by block_flags, which only sets again the flag it set. */
-        const float bms = hmaxV(amsv), bmt = hmaxV(amtv);
+        const float bms = run_max_value(&ams), bmt = run_max_value(&amt);
         const float ms_new = fmax(ms, softcap1(bms, cap)), mt_new = fmax(mt, softcap1(bmt, cap));
         if (ms_new > ms || mt_new > mt) {
             const int again = (ms_new - ms) * k_room > BLOCK_HEADROOM || (mt_new - mt) * k_room > BLOCK_HEADROOM;
             if (!again) {
                 float bt_ = mt, bs_ = ms;
-                lanes_rescaleV(loss, &blk, &bt_, &bs_, mt_new, ms_new, (float)in_block, k);
+                block_rescale(loss, &blk, &bt_, &bs_, mt_new, ms_new, in_block, k);
             }
             lanes_rescaleA(loss, &acc, &mt, &ms, mt_new, ms_new, (float)count, k);
             if (again) {
-                blk.st = blk.bt = blk.cts = blk.ss = blk.bs = blk.cst = blk.ss1 = blk.dsum = (floatV)(0.0f);
+                block_clear(&blk);
                 for (uint kk = kb; kk < ke; kk += team) {
                     const floatV xs = softcapV(LOAD_SV(kk, s), cap);
                     const floatV xt = has_teacher ? softcapV(LOAD_TV(kk, t), cap) : (floatV)(0.0f);
-                    lanes_addV(loss, &blk, mt, ms, xt, xs, k, has_teacher);
+                    block_add(loss, &blk, mt, ms, xt, xs, k, has_teacher);
                 }
             }
         }
         if (blind || bms == INFINITY || bmt == INFINITY || any(bminv == (floatV)(KLCL_NEG_INF)) ||
-            any(isnan(blk.ss)) || any(isnan(blk.st)))
+            block_nan(&blk))
             bad |= block_flags(loss, t, s, kb, ke, team, has_teacher, cap);
-        lanes_foldV(&acc, &blk);
+        block_fold(&acc, &blk);
         count += KLCL_VW * in_block;
     }
-    /* Without a teacher amtv stays -inf: atv -inf and ati none. */
-    float asv = hmaxV(amsv), atv = hmaxV(amtv);
-    uint asi = lane_first(amsv, aisv, asv), ati = lane_first(amtv, aitv, atv);
+    /* Without a teacher amt stays -inf: atv -inf and ati none. */
+    float asv = run_max_value(&ams), atv = run_max_value(&amt);
+    uint asi = run_max_index(&ams), ati = run_max_index(&amt);
     row_lanes1 tail = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     uint in_tail = 0;
     for (uint v = v0 + tid; v < v1; v += team) {
