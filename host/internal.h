@@ -14,6 +14,8 @@ enum { RF_FLAGS = 0, RF_COUNT = 4 };
 /* Words of one part's record in a split row's scratch: its pass-1 state (STATE_WORDS in
  * kernels_cl/losses.cl), then its pass-2 pair. */
 enum { PART_STATE_WORDS = 16, PART_WORDS = PART_STATE_WORDS + 2 };
+/* The longest KLCL_BUILD_OPTIONS: options a caller adds to every kernel build (program.c). */
+enum { KLCL_BUILD_EXTRA_MAX = 255 };
 #define KLCL_HOST_LAYOUT (RS_COUNT * 1000 + RS_H_T * 100 + RS_H_S * 10 + RF_COUNT)
 enum {
     FLAG_SKIPPED = 1,
@@ -122,6 +124,7 @@ struct klcl_context {
     size_t wg; /* work-group size of the row kernels */
     int fuse_grad; /* synchronous calls: the row kernels write the gradient too (program.c) */
     int prefetch;  /* the row loops load the next vectors first (GPUs; program.c) */
+    char build_extra[KLCL_BUILD_EXTRA_MAX + 1]; /* KLCL_BUILD_OPTIONS, read when the kernels build (program.c) */
     int vw;        /* floats per vector load of the row and gradient kernels: 8 or 16 (program.c) */
     int vw_forced, vw_default;          /* klcl_tune's candidate (set before the build); the built-in */
     klcl_work_group_source vw_source;   /* where vw came from */

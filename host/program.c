@@ -176,16 +176,16 @@ static klcl_status build_once(klcl_context *ctx, const char *src, int index, int
                               size_t *kernel_limit, int use_cache, int *from_cache)
 {
     cl_int err;
-    char options[320];
+    char options[320 + KLCL_BUILD_EXTRA_MAX];
     cl_device_fp_config fp64 = 0; /* long row sums fold into double where the device has it */
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_DOUBLE_FP_CONFIG, sizeof fp64, &fp64, NULL) != CL_SUCCESS) fp64 = 0;
     snprintf(options, sizeof options,
              "-DKLCL_WG=%zu -DKLCL_VW=%d -DKLCL_HOST_LAYOUT=%d -DKLCL_HOST_PART_WORDS=%d%s%s -DKLCL_GROUP=%d "
-             "-DKLCL_T_DTYPE=%d -DKLCL_S_DTYPE=%d -DKLCL_G_DTYPE=%d",
+             "-DKLCL_T_DTYPE=%d -DKLCL_S_DTYPE=%d -DKLCL_G_DTYPE=%d%s%s",
              wg, ctx->vw, KLCL_HOST_LAYOUT, PART_STATE_WORDS, fp64 ? " -DKLCL_HAS_FP64" : "",
              ctx->prefetch ? " -DKLCL_PREFETCH" : "", group,
              index / (KLCL_DTYPE_COUNT * KLCL_DTYPE_COUNT), index / KLCL_DTYPE_COUNT % KLCL_DTYPE_COUNT,
-             index % KLCL_DTYPE_COUNT);
+             index % KLCL_DTYPE_COUNT, ctx->build_extra[0] ? " " : "", ctx->build_extra);
     klcl_program *v = &ctx->variants[index];
     release_group(v, group);
     cl_program *prog = &v->program[group];
@@ -275,6 +275,14 @@ klcl_status klcl_program_build(klcl_context *ctx)
      * memory latency (BENCHMARKS.md). A CPU device keeps the plain loop: its caches prefetch and hold the
      * block, and the spare vectors cost registers. KLCL_PREFETCH=0 or 1 overrides; the bits are the same. */
     ctx->prefetch = env_switch("KLCL_PREFETCH", !(type & CL_DEVICE_TYPE_CPU));
+    /* Options for the device's own compiler, added to every build of this context (and so to the binary
+     * cache's key): a register limit on NVIDIA (-cl-nv-maxrregcount=N), say. */
+    const char *extra = getenv("KLCL_BUILD_OPTIONS");
+    if (!extra) extra = "";
+    if (strlen(extra) > KLCL_BUILD_EXTRA_MAX)
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "KLCL_BUILD_OPTIONS: %zu characters, at most %d",
+                         strlen(extra), KLCL_BUILD_EXTRA_MAX);
+    memcpy(ctx->build_extra, extra, strlen(extra) + 1);
     /* The fewest columns per part of an automatic row split (klcl_row_strategy explains the built-ins):
      * the host's choice of launches only, so the kernels are the same whatever it is. */
     ctx->split_columns =

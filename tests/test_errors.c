@@ -44,6 +44,7 @@ typedef struct fault {
 } fault;
 
 static fault f_build, f_buffer, f_launch, f_context;
+static char last_build_options[1024]; /* the options of the last clBuildProgram */
 
 static int inject(fault *f)
 {
@@ -59,6 +60,7 @@ static int inject(fault *f)
 cl_int __wrap_clBuildProgram(cl_program program, cl_uint num_devices, const cl_device_id *devices,
                              const char *options, void(CL_CALLBACK *notify)(cl_program, void *), void *user)
 {
+    snprintf(last_build_options, sizeof last_build_options, "%s", options ? options : "");
     if (inject(&f_build)) return CL_BUILD_PROGRAM_FAILURE;
     return __real_clBuildProgram(program, num_devices, devices, options, notify, user);
 }
@@ -118,6 +120,7 @@ static int cleanup(void **state)
     else
         unsetenv("KLCL_DEVICE");
     unsetenv("KLCL_KERNEL_DIR");
+    unsetenv("KLCL_BUILD_OPTIONS");
     return 0;
 }
 
@@ -806,6 +809,46 @@ static void test_build_failure(void **state)
     EXPECT_USABLE(dev);
 }
 
+/* KLCL_BUILD_OPTIONS reaches every build after klcl's own options; an option the compiler refuses fails
+ * the build, naming clBuildProgram; one too long fails before any build, naming the variable. */
+static void test_build_options(void **state)
+{
+    (void)state;
+    setenv("KLCL_BUILD_OPTIONS", "-cl-mad-enable", 1);
+    klcl_context *ctx = own = tu_device_context(0);
+    assert_int_equal(klcl_context_prepare(ctx), KLCL_OK);
+    const size_t n = strlen(last_build_options);
+    if (n < 15 || strcmp(last_build_options + n - 15, " -cl-mad-enable") != 0 ||
+        strstr(last_build_options, "-DKLCL_WG=") == NULL)
+        fail_msg("build options \"%s\" do not end with KLCL_BUILD_OPTIONS", last_build_options);
+    EXPECT_USABLE(ctx);
+    klcl_context_destroy(own);
+
+    setenv("KLCL_BUILD_OPTIONS", "-klcl-no-such-option", 1);
+    ctx = own = tu_device_context(0);
+    klcl_status st = klcl_context_prepare(ctx);
+    if (st != CL_INVALID_BUILD_OPTIONS && st != CL_BUILD_PROGRAM_FAILURE)
+        fail_msg("an unknown build option gave status %d (%s)", (int)st, klcl_last_error(ctx));
+    expect_status(ctx, st, st, "clBuildProgram", __LINE__);
+    klcl_context_destroy(own);
+
+    char big[257]; /* 256 characters: one more than README allows */
+    memset(big, 'x', sizeof big - 1);
+    big[0] = '-';
+    big[sizeof big - 1] = '\0';
+    setenv("KLCL_BUILD_OPTIONS", big, 1);
+    ctx = own = tu_device_context(0);
+    expect_status(ctx, klcl_context_prepare(ctx), KLCL_ERR_INVALID_VALUE, "KLCL_BUILD_OPTIONS", __LINE__);
+    klcl_loss_desc d = valid_desc(KLCL_LOSS_KL);
+    klcl_batch b = host_batch(ROWS);
+    klcl_result r;
+    expect_status(ctx, klcl_compute(ctx, &d, &b, &r), KLCL_ERR_INVALID_VALUE, "KLCL_BUILD_OPTIONS", __LINE__);
+    /* Read again at the next build: unset, the same context builds and computes. */
+    unsetenv("KLCL_BUILD_OPTIONS");
+    assert_int_equal(klcl_context_prepare(ctx), KLCL_OK);
+    EXPECT_USABLE(ctx);
+}
+
 static void test_allocation_failure(void **state)
 {
     (void)state;
@@ -1015,6 +1058,7 @@ int main(void)
         cmocka_unit_test_teardown(test_names_and_statuses, cleanup),
         cmocka_unit_test_teardown(test_reference_row_errors, cleanup),
         cmocka_unit_test_teardown(test_build_failure, cleanup),
+        cmocka_unit_test_teardown(test_build_options, cleanup),
         cmocka_unit_test_teardown(test_allocation_failure, cleanup),
         cmocka_unit_test_teardown(test_launch_failure, cleanup),
         cmocka_unit_test_teardown(test_create_context_failure, cleanup),
