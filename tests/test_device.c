@@ -313,8 +313,9 @@ static void test_rising_rows(void **state)
 /* Rows laid out against pass 1's blocks (ACC_BLOCK vectors per work-item): a first vector of -inf (no
  * reference maximum: the block is summed again), a jump of 300 mid-row (beyond the block's headroom),
  * maxima tied across blocks (the argmax is the lowest index, for the metrics and the centred losses'
- * reference token; within one lane too, where the first vector must win), mass against probability 0 in a
- * late block, and NaN or +inf in a late block. */
+ * reference token; within one lane too, where the first vector must win; within one vector, where the
+ * first lane must win; and between two vectors of one work-item of a team, where the first must win),
+ * mass against probability 0 in a late block, and NaN or +inf in a late block. */
 static void test_block_boundaries(void **state)
 {
     (void)state;
@@ -325,9 +326,15 @@ static void test_block_boundaries(void **state)
     float *t = d.teacher, *s = d.student;
     for (size_t v = 0; v < 16; v++) t[v] = s[v] = -INFINITY;
     for (size_t v = vocab / 2; v < vocab; v++) t[vocab + v] += 300.0f, s[vocab + v] += 300.0f;
-    /* ties in one block and across, and in one lane: 5, 13, 21 at width 8, 5 and 21 at width 16 */
-    t[2 * vocab + 5] = t[2 * vocab + 13] = t[2 * vocab + 21] = t[2 * vocab + tie] = 50.0f;
-    s[2 * vocab + 5] = s[2 * vocab + 13] = s[2 * vocab + 21] = s[2 * vocab + tie] = 40.0f;
+    /* ties in one block and across, and in one lane: 5, 13, 21 at width 8, 5 and 21 at width 16; the
+     * teacher's also in one vector (3, 4 and 5); the student's also at 5 + far, which the work-item that
+     * reads column 5 reads too in any team of up to 256 work-items (16 under the small grid) at either
+     * width. Six teacher maxima against five student ones keep p and q apart where both tie: at p = q, tvd's
+     * gradient is a subgradient whose sign fp32 and the double reference may take differently. */
+    const size_t far = small_grid ? 256 : 4096;
+    for (size_t v = 3; v <= 5; v++) t[2 * vocab + v] = 50.0f;
+    t[2 * vocab + 13] = t[2 * vocab + 21] = t[2 * vocab + tie] = 50.0f;
+    s[2 * vocab + 5] = s[2 * vocab + 13] = s[2 * vocab + 21] = s[2 * vocab + 5 + far] = s[2 * vocab + tie] = 40.0f;
     d.labels[2] = 5;
     s[3 * vocab + vocab * 3 / 4] = -INFINITY; /* kl, soft_ce, kd: +inf */
     t[4 * vocab + vocab / 3] = -INFINITY;     /* rkl: +inf */
