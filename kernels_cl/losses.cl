@@ -820,29 +820,39 @@ inline float2 pass2(const int loss, __global const T_ELEM *t, __global const S_E
                     uint v1, uint tid, uint team, uint t_cols, uint s_cols, row_softmax R, float g_ref,
                     int teacher_ok, loss_params P)
 {
-    floatV lv = (floatV)(0.0f), auxv = (floatV)(0.0f);
     acc_t l_acc = 0, aux_acc = 0;
     uint n = 0;
 #ifdef KLCL_PREFETCH
+    /* The GPU row loop's block sums are scalars, each vector's terms summed across lanes as they come (as
+     * pass 1's row_block); a CPU device keeps them lane-wise. */
+    float lv = 0.0f, auxv = 0.0f;
+#define P2_TOTAL(x) (x)
     floatV next_t = (floatV)(0.0f), next_s = (floatV)(0.0f);
     if (k0 + tid < k1) load_next(t, s, k0 + tid, 1, &next_t, &next_s);
+#else
+    floatV lv = (floatV)(0.0f), auxv = (floatV)(0.0f);
+#define P2_TOTAL(x) hsumV(x)
 #endif
     for (uint kk = k0 + tid; kk < k1; kk += team) {
 #ifdef KLCL_PREFETCH
         const floatV rt = next_t, rs = next_s;
         if (kk + team < k1) load_next(t, s, kk + team, 1, &next_t, &next_s);
-        pass2_V(loss, teacher_ok, rt, rs, R, g_ref, P, &lv, &auxv);
+        floatV lt = (floatV)(0.0f), at = (floatV)(0.0f);
+        pass2_V(loss, teacher_ok, rt, rs, R, g_ref, P, &lt, &at);
+        lv += hsumV(lt);
+        auxv += hsumV(at);
 #else
         pass2_V(loss, teacher_ok, LOAD_TV(kk, t), LOAD_SV(kk, s), R, g_ref, P, &lv, &auxv);
 #endif
         if (++n == ACC_BLOCK) {
-            l_acc += hsumV(lv);
-            aux_acc += hsumV(auxv);
-            lv = auxv = (floatV)(0.0f);
+            l_acc += P2_TOTAL(lv);
+            aux_acc += P2_TOTAL(auxv);
+            lv = auxv = 0.0f;
             n = 0;
         }
     }
-    float l1 = hsumV(lv), aux1 = hsumV(auxv);
+    float l1 = P2_TOTAL(lv), aux1 = P2_TOTAL(auxv);
+#undef P2_TOTAL
     for (uint v = v0 + tid; v < v1; v += team)
         pass2_1(loss, teacher_ok, LOAD_T1(v, t, t_cols), LOAD_S1(v, s, s_cols), R, g_ref, P, &l1, &aux1);
     return (float2)((float)(l_acc + l1), (float)(aux_acc + aux1));
