@@ -518,6 +518,21 @@ inline uint run_max_index(const run_max *r)
 }
 #endif
 
+/* Whether a block holds a -inf logit on the side whose -inf would face mass (pass 1 then takes its flags
+ * exactly): one flag in the GPU row loop, lane-wise minima on a CPU device (one instruction per vector
+ * there, where the flag's horizontal test costs more; on a GPU the minima cost 7 registers more). */
+#ifdef KLCL_PREFETCH
+typedef int neg_seen;
+inline neg_seen neg_none(void) { return 0; }
+inline neg_seen neg_note(neg_seen n, floatV x) { return n | any(x == (floatV)(KLCL_NEG_INF)); }
+inline int neg_any(neg_seen n) { return n; }
+#else
+typedef floatV neg_seen;
+inline neg_seen neg_none(void) { return (floatV)(INFINITY); }
+inline neg_seen neg_note(neg_seen n, floatV x) { return x < n ? x : n; }
+inline int neg_any(neg_seen n) { return any(n == (floatV)(KLCL_NEG_INF)); }
+#endif
+
 /* Writes the s_cols columns of a student-shaped gradient row from the row's statistics, columns
  * first, first + step, ... (KLCL_VW-wide vectors, then the tail): the loss's columns [0, vocab) (teacher
  * columns past t_cols read as -inf), zeros for student columns a truncated loss does not use; or, when
@@ -638,13 +653,13 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
         const uint ke = min(k1, kb + ACC_BLOCK * team);
         const uint in_block = (ke - kb + team - 1) / team;
         /* NaN and +inf (flags 2, 1) and mass against probability 0 (4, 8) are not tested per vector: a
-         * block's flags are taken exactly (block_flags) only when it may hold one. Lane-wise maxima (a NaN
-         * never replaces one) show +inf; lane-wise minima of the side whose -inf would face mass show -inf;
+         * block's flags are taken exactly (block_flags) only when it may hold one. The running maxima (a
+         * NaN never raises one) show +inf; neg_seen shows a -inf on the side whose -inf would face mass;
          * a NaN makes its weight, hence its block sum, NaN, unless the maximum it is weighed against is
          * still -inf (then the block is checked too). A block that holds none of these costs only its
-         * maxima and minima. */
+         * maxima and neg_seen. */
         const int blind = ms == KLCL_NEG_INF || (has_teacher && mt == KLCL_NEG_INF);
-        floatV bminv = (floatV)(INFINITY);
+        neg_seen bneg = neg_none();
 #ifdef KLCL_PREFETCH
         floatV next_t = (floatV)(0.0f), next_s;
         load_next(t, s, kb, has_teacher, &next_t, &next_s);
@@ -666,8 +681,8 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
                 const floatV rt = LOAD_TV(kk, t);
 #endif
                 run_max_add(&amt, rt, kk);
-                if (USES_CTS(loss)) bminv = rs < bminv ? rs : bminv;
-                if (loss == LOSS_RKL) bminv = rt < bminv ? rt : bminv;
+                if (USES_CTS(loss)) bneg = neg_note(bneg, rs);
+                if (loss == LOSS_RKL) bneg = neg_note(bneg, rt);
                 xt = softcapV(rt, cap);
             }
             block_add(loss, &blk, mt, ms, xt, xs, k, has_teacher);
@@ -693,7 +708,7 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
                 }
             }
         }
-        if (blind || bms == INFINITY || bmt == INFINITY || any(bminv == (floatV)(KLCL_NEG_INF)) ||
+        if (blind || bms == INFINITY || bmt == INFINITY || neg_any(bneg) ||
             block_nan(&blk))
             bad |= block_flags(loss, t, s, kb, ke, team, has_teacher, cap);
         block_fold(&acc, &blk);
