@@ -270,10 +270,12 @@ klcl_status klcl_program_build(klcl_context *ctx)
 
     ctx->vw = vector_width(ctx, type);
     /* The GPU row loop (losses.cl, KLCL_PREFETCH): each work-item loads its next vectors before it reduces
-     * the current ones, and keeps its argmax lane-wise rather than reading a block again. NVIDIA's compiler
-     * does not pipeline the loads across the loop's branches, so without it every iteration waits a full
-     * memory latency (BENCHMARKS.md). A CPU device keeps the plain loop: its caches prefetch and hold the
-     * block, and the spare vectors cost registers. KLCL_PREFETCH=0 or 1 overrides; the bits are the same. */
+     * the current ones, and keeps its block sums and running maxima as scalars, which saves registers.
+     * NVIDIA's compiler does not pipeline the loads across the loop's branches, so without it every
+     * iteration waits a full memory latency (BENCHMARKS.md). A CPU device keeps the plain loop: its caches
+     * prefetch and hold the block, the spare vectors cost registers, and lane-wise sums save horizontal
+     * work. KLCL_PREFETCH=0 or 1 overrides; the two add their sums in different orders, so their last bits
+     * may differ. */
     ctx->prefetch = env_switch("KLCL_PREFETCH", !(type & CL_DEVICE_TYPE_CPU));
     /* Options for the device's own compiler, added to every build of this context (and so to the binary
      * cache's key): a register limit on NVIDIA (-cl-nv-maxrregcount=N), say. */
