@@ -520,7 +520,7 @@ inline uint run_max_index(const run_max *r)
 
 /* Whether a block holds a -inf logit on the side whose -inf would face mass (pass 1 then takes its flags
  * exactly): one flag in the GPU row loop, lane-wise minima on a CPU device (one instruction per vector
- * there, where the flag's horizontal test costs more; on a GPU the minima cost 7 registers more). */
+ * there, where the flag's horizontal test costs more; on a GPU the minima cost about 6 registers more). */
 #ifdef KLCL_PREFETCH
 typedef int neg_seen;
 inline neg_seen neg_none(void) { return 0; }
