@@ -55,9 +55,12 @@ llvm-link "$work/k.bc" "$libclc" -o "$work/linked.bc"
 opt -O3 "$work/linked.bc" -o "$work/opt.bc"
 llc -mcpu=sm_70 -mattr=+ptx64 "$work/opt.bc" -o "$work/k.ptx"
 # shellcheck disable=SC2086
-ptxas -arch="$arch" -v $maxreg "$work/k.ptx" -o "$work/k.cubin" 2>&1 |
-    awk '/Compiling entry function/ { name = $7; gsub("\047", "", name) }
-         /bytes stack frame/ && name != "" { stack = $1; spill_st = $5; spill_ld = $9 }
-         /Used [0-9]+ registers/ && name != "" {
-             printf "%-22s %3d registers, %4d bytes stack, %4d/%4d bytes spilled (stores/loads)\n",
-                    name, $5, stack, spill_st, spill_ld; name = "" }'
+if ! ptxas -arch="$arch" -v $maxreg "$work/k.ptx" -o "$work/k.cubin" >"$work/ptxas.log" 2>&1; then
+    cat "$work/ptxas.log" >&2
+    exit 1
+fi
+awk '/Compiling entry function/ { name = $7; gsub("\047", "", name) }
+    /bytes stack frame/ && name != "" { stack = $1; spill_st = $5; spill_ld = $9 }
+    /Used [0-9]+ registers/ && name != "" {
+        printf "%-22s %3d registers, %4d bytes stack, %4d/%4d bytes spilled (stores/loads)\n",
+               name, $5, stack, spill_st, spill_ld; name = "" }' "$work/ptxas.log"
