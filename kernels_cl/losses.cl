@@ -169,6 +169,11 @@ KLCL_LOSS_HELPERS(floatV, intV, V)
     typedef struct row_lanes##S {                                                                        \
         T st, bt, cts, ss, bs, cst, ss1, dsum;                                                           \
     } row_lanes##S;                                                                                      \
+    /* Every sum back to 0. */                                                                           \
+    inline void lanes_clear##S(row_lanes##S *L)                                                          \
+    {                                                                                                    \
+        L->st = L->bt = L->cts = L->ss = L->bs = L->cst = L->ss1 = L->dsum = (T)(0.0f);                  \
+    }                                                                                                    \
     /* Moves the sums to larger maxima; cnt: logits each lane has seen (for dsum). An old maximum of    \
      * -inf means no mass yet: the sums are 0 (or -inf where they must be) and stay. */                 \
     inline void lanes_rescale##S(const int loss, row_lanes##S *L, float *mt, float *ms, float mt_new,    \
@@ -266,13 +271,7 @@ inline void lanes_fold1(row_lanesA *acc, row_lanes1 *blk)
     acc->cst += blk->cst;
     acc->ss1 += blk->ss1;
     acc->dsum += blk->dsum;
-    blk->st = blk->bt = blk->cts = blk->ss = blk->bs = blk->cst = blk->ss1 = blk->dsum = 0.0f;
-}
-
-inline void lanes_clearV(row_lanesV *v)
-{
-    const floatV z = (floatV)(0.0f);
-    v->st = v->bt = v->cts = v->ss = v->bs = v->cst = v->ss1 = v->dsum = z;
+    lanes_clear1(blk);
 }
 
 /* The sums of one block of pass 1. A CPU device keeps them lane-wise (a lane's own sum, across lanes
@@ -296,7 +295,7 @@ inline void block_rescale(const int loss, row_block *b, float *mt, float *ms, fl
     lanes_rescale1(loss, b, mt, ms, mt_new, ms_new, (float)(KLCL_VW * vecs), k);
 }
 inline void block_fold(row_lanesA *acc, row_block *b) { lanes_fold1(acc, b); }
-inline void block_clear(row_block *b) { b->st = b->bt = b->cts = b->ss = b->bs = b->cst = b->ss1 = b->dsum = 0.0f; }
+inline void block_clear(row_block *b) { lanes_clear1(b); }
 inline int block_nan(const row_block *b) { return isnan(b->ss) || isnan(b->st); }
 #else
 typedef row_lanesV row_block;
