@@ -280,11 +280,11 @@ klcl_status klcl_program_build(klcl_context *ctx)
     /* Options for the device's own compiler, added to every build of this context (and so to the binary
      * cache's key): a register limit on NVIDIA (-cl-nv-maxrregcount=N), say. */
     const char *extra = getenv("KLCL_BUILD_OPTIONS");
-    if (!extra) extra = "";
-    if (strlen(extra) > KLCL_BUILD_EXTRA_MAX)
-        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "KLCL_BUILD_OPTIONS: %zu characters, at most %d",
-                         strlen(extra), KLCL_BUILD_EXTRA_MAX);
-    memcpy(ctx->build_extra, extra, strlen(extra) + 1);
+    const size_t extra_len = extra ? strlen(extra) : 0;
+    if (extra_len > KLCL_BUILD_EXTRA_MAX)
+        return klcl_fail(ctx, KLCL_ERR_INVALID_VALUE, "KLCL_BUILD_OPTIONS: %zu characters, at most %d", extra_len,
+                         KLCL_BUILD_EXTRA_MAX);
+    memcpy(ctx->build_extra, extra ? extra : "", extra_len + 1);
     /* The fewest columns per part of an automatic row split (klcl_row_strategy explains the built-ins):
      * the host's choice of launches only, so the kernels are the same whatever it is. */
     ctx->split_columns =
