@@ -179,6 +179,9 @@ int klcl_cache_dir(char *out, size_t cap, int create);
 size_t klcl_work_group_request(klcl_context *ctx, size_t builtin);
 /* The vector width a build uses: ctx->vw_forced, else KLCL_VECTOR_WIDTH, else the table, else `builtin`. */
 int klcl_vector_width_request(klcl_context *ctx, int builtin);
+/* The vector width a build of ctx would use, without building (program.c): the request above with the
+ * device's built-in (16 on a CPU device whose preferred float vector is 16 wide, else 8). */
+int klcl_vector_width_choice(klcl_context *ctx);
 /* The fewest columns per part of an automatic row split: ctx->split_forced, else KLCL_SPLIT_COLUMNS, else
  * the table's split_columns, else `builtin`. */
 size_t klcl_split_columns_request(klcl_context *ctx, size_t builtin);

@@ -140,6 +140,13 @@ static int vector_width(klcl_context *ctx, cl_device_type type)
     return klcl_vector_width_request(ctx, (type & CL_DEVICE_TYPE_CPU) && preferred >= 16 ? 16 : 8);
 }
 
+int klcl_vector_width_choice(klcl_context *ctx)
+{
+    cl_device_type type = 0;
+    clGetDeviceInfo(ctx->device, CL_DEVICE_TYPE, sizeof type, &type, NULL);
+    return vector_width(ctx, type);
+}
+
 static size_t floor_pow2(size_t x)
 {
     size_t p = 1;

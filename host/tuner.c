@@ -51,6 +51,19 @@ static double median(double *t, int n)
 
 static klcl_status report_fail(klcl_tune_report *out, klcl_status st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+static void progress(const klcl_tune_options *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* One line to o->progress, when there is one. */
+static void progress(const klcl_tune_options *o, const char *fmt, ...)
+{
+    if (!o->progress) return;
+    char line[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    o->progress(o->progress_user, line);
+}
+
 static klcl_status report_fail(klcl_tune_report *out, klcl_status st, const char *fmt, ...)
 {
     va_list ap;
@@ -165,16 +178,23 @@ static klcl_status check_options(const klcl_tune_options *o, klcl_tune_report *o
                                KLCL_WORK_GROUP_LIMIT);
     if (o->rows > 0x7fffffff)
         return report_fail(out, KLCL_ERR_INVALID_SHAPE, "tune->rows %zu: must be below 2^31", o->rows);
+    if (o->vector_width != 0 && o->vector_width != 8 && o->vector_width != 16)
+        return report_fail(out, KLCL_ERR_INVALID_VALUE, "tune->vector_width %d: must be 8, 16 or 0 (the context's)",
+                           o->vector_width);
+    if (o->check_only != 0 && o->check_only != 1)
+        return report_fail(out, KLCL_ERR_INVALID_VALUE, "tune->check_only %d: must be 0 or 1", o->check_only);
     return KLCL_OK;
 }
 
 /* What measure() times: kl forward and kl with gradient at each vocabulary, rows filling tensor_bytes per
  * tensor (or `rows`). */
 typedef struct measure_setup {
+    const char *what; /* the phase, for progress lines: "work-group sizes", ... */
     const size_t *vocabs;
     size_t nv, rows, tensor_bytes;
     int reps;
     double sample_seconds;
+    const klcl_tune_options *o; /* its progress callback */
 } measure_setup;
 
 /* Times candidates cand[0..nc) on every case of m into cases[0..*case_count) (di: the built-in default,
@@ -226,6 +246,8 @@ static klcl_status measure(klcl_context *base, klcl_context *const *cand, size_t
             goto done;
         }
         for (int op = 0; op < 2; op++) {
+            progress(m->o, "timing %s (%zu candidate%s): %s at %zu x %zu, case %zu of %zu", m->what, nc, nc == 1 ? "" : "s",
+                     ops[op].name, rows, vocab, *case_count + 1, 2 * m->nv);
             klcl_tune_case *tc = &cases[(*case_count)++];
             snprintf(tc->op, sizeof tc->op, "%s", ops[op].name);
             tc->rows = rows;
@@ -368,14 +390,22 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
     if (limit > dev_max) limit = dev_max;
     klcl_context_options shared = KLCL_CONTEXT_OPTIONS_INIT;
     shared.queue = base->queue;
+    /* Every size at one width, forced, so that a precheck in another process checks the same pair. */
+    const int width = o.vector_width ? o.vector_width : klcl_vector_width_choice(base);
+    out->work_group_vector_width = width;
     size_t nc = 0;
     for (size_t w = 1; w <= limit && nc < KLCL_TUNE_MAX_CANDIDATES; w *= 2) {
         int listed = !o.sizes;
         for (size_t i = 0; i < o.size_count; i++) listed |= o.sizes[i] == w;
         if (!listed) continue;
+        if (o.precheck && !o.precheck(o.precheck_user, w, width)) {
+            out->rejected[out->rejected_count++] = w;
+            continue;
+        }
         klcl_context *c = NULL;
+        progress(&o, "checking work-group size %zu at vector width %d", w, width);
         snprintf(what, sizeof what, "work-group size %zu", w);
-        if ((st = forced_context(&shared, w, 0, 0, what, &c, out)) != KLCL_OK) goto done;
+        if ((st = forced_context(&shared, w, width, 0, what, &c, out)) != KLCL_OK) goto done;
         if (c->wg != w) {
             klcl_context_destroy(c);
             break;
@@ -393,12 +423,13 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
         st = report_fail(out, KLCL_ERR_UNSUPPORTED, "no work-group size computes the losses correctly on this device");
         goto done;
     }
+    if (o.check_only) goto done;
     size_t di = 0; /* the candidate the built-in default becomes after clamping */
     for (size_t c = 0; c < nc; c++)
         if (out->candidates[c] <= cand[0]->wg_default) di = c;
     out->default_work_group = out->candidates[di];
 
-    const measure_setup m = {vocabs, nv, o.rows, tensor_bytes, reps, sample_seconds};
+    const measure_setup m = {"work-group sizes", vocabs, nv, o.rows, tensor_bytes, reps, sample_seconds, &o};
     if ((st = measure(base, cand, nc, di, &m, out->cases, &out->case_count, out->score, out)) != KLCL_OK) goto done;
     size_t best = 0;
     for (size_t c = 0; c < nc; c++)
@@ -411,7 +442,12 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
     static const int widths[2] = {8, 16};
     size_t nvc = 0, vdi = 0;
     for (size_t i = 0; i < 2; i++) {
+        if (o.precheck && !o.precheck(o.precheck_user, out->best_work_group, widths[i])) {
+            out->rejected_vector_widths[out->rejected_vector_width_count++] = widths[i];
+            continue;
+        }
         klcl_context *c = NULL;
+        progress(&o, "checking vector width %d at work-group size %zu", widths[i], out->best_work_group);
         snprintf(what, sizeof what, "vector width %d", widths[i]);
         if ((st = forced_context(&shared, out->best_work_group, widths[i], 0, what, &c, out)) != KLCL_OK) goto done;
         if (!computes_correctly(c)) {
@@ -430,7 +466,8 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
     }
     klcl_tune_case vcases[KLCL_TUNE_MAX_CASES];
     size_t nvcases = 0;
-    if ((st = measure(base, vcand, nvc, vdi, &m, vcases, &nvcases, out->vector_width_score, out)) != KLCL_OK)
+    const measure_setup vm = {"vector widths", vocabs, nv, o.rows, tensor_bytes, reps, sample_seconds, &o};
+    if ((st = measure(base, vcand, nvc, vdi, &vm, vcases, &nvcases, out->vector_width_score, out)) != KLCL_OK)
         goto done;
     size_t vbest = 0;
     for (size_t c = 0; c < nvc; c++)
@@ -456,7 +493,7 @@ klcl_status klcl_tune(const klcl_context_options *ctx_opts, const klcl_tune_opti
         scand[nsc++] = c;
     }
     out->split_count = nsc;
-    const measure_setup sm = {split_vocabs, nsv, 1, tensor_bytes, reps, sample_seconds};
+    const measure_setup sm = {"split columns", split_vocabs, nsv, 1, tensor_bytes, reps, sample_seconds, &o};
     if ((st = measure(base, scand, nsc, sdi, &sm, out->split_cases, &out->split_case_count, out->split_score, out)) !=
         KLCL_OK)
         goto done;

@@ -743,9 +743,22 @@ typedef struct klcl_tune_options {
     const size_t *split_vocabs; /* vocabularies of the split phase, one row each (the rows a split is for);
                                    NULL: 65536, 262144 and 1048576. At most KLCL_TUNE_MAX_CASES / 2 */
     size_t split_vocab_count;
+    int vector_width;       /* the width the work-group sizes are checked and timed at (8 or 16); 0: what a
+                               context on the device would use (KLCL_VECTOR_WIDTH, the table, the default) */
+    int check_only;         /* 1: build and check the sizes at that width, reporting those that pass in
+                               candidates[] and the others in rejected[]; time nothing, store nothing */
+    /* Called before a (work-group size, vector width) pair is first built and run in this process; 0
+     * rejects the pair untried (reported as rejected), anything else lets the check go on. NULL: every
+     * pair is tried. `klcl tune` answers by checking the pair in a fresh process (check_only), so that a
+     * pair that crashes the driver is rejected instead of ending the run. */
+    int (*precheck)(void *user, size_t work_group, int vector_width);
+    void *precheck_user;
+    /* Called with one line saying what comes next (a check, the timing of a case); NULL: silent. */
+    void (*progress)(void *user, const char *what);
+    void *progress_user;
 } klcl_tune_options;
 
-#define KLCL_TUNE_OPTIONS_INIT {NULL, 0, 0, 0, 0.0, 0, 0, 0, NULL, 0, NULL, 0}
+#define KLCL_TUNE_OPTIONS_INIT {NULL, 0, 0, 0, 0.0, 0, 0, 0, NULL, 0, NULL, 0, 0, 0, NULL, NULL, NULL, NULL}
 #define KLCL_TUNE_MAX_CANDIDATES 13 /* 1, 2, 4, ..., 4096 */
 #define KLCL_TUNE_MAX_CASES 8
 #define KLCL_TUNE_MAX_SPLITS 8 /* split columns timed: the built-in / 16, / 8, / 4, / 2, x 1, x 2, x 4 */
@@ -769,6 +782,7 @@ typedef struct klcl_tune_report {
     double score[KLCL_TUNE_MAX_CANDIDATES];      /* geometric mean over the cases of seconds per call */
     size_t case_count;
     klcl_tune_case cases[KLCL_TUNE_MAX_CASES];
+    int work_group_vector_width; /* the vector width the sizes were checked and timed at */
     size_t best_work_group;    /* the candidate with the lowest score */
     size_t default_work_group; /* what the built-in default gives on this device (after clamping) */
     double best_score, default_score;
@@ -799,7 +813,9 @@ typedef struct klcl_tune_report {
 /* Checks every power-of-two work-group size from 1 to the device's limit (or tune->max_work_group, or the
  * listed tune->sizes) on all losses with gradient against the CPU reference on a small batch: a size that
  * fails or differs is rejected, never stored. A size that crashes the driver ends the process before
- * anything is stored: `klcl tune` therefore checks each size in a child process first. Then it times the
+ * anything is stored, unless tune->precheck rejects it first: `klcl tune` checks each size in a process of
+ * its own (check_only), several at once, and the other vector width at the fastest size the same way,
+ * before this process builds it. Then it times the
  * rest on the row kernels, for kl forward and kl with gradient at each vocabulary, picks the size with the
  * lowest geometric mean of the median times, checks and times vector widths 8 and 16 at that size the
  * same way, then split columns from 1/16 to 4 times the built-in at that size and width on one row at each

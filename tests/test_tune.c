@@ -546,12 +546,113 @@ static void test_tune_bad_options(void **state)
     t = (klcl_tune_options)KLCL_TUNE_OPTIONS_INIT;
     t.max_work_group = 8192;
     expect_refused(&t, KLCL_ERR_INVALID_VALUE, "max_work_group");
+    t = (klcl_tune_options)KLCL_TUNE_OPTIONS_INIT;
+    t.vector_width = 4;
+    expect_refused(&t, KLCL_ERR_INVALID_VALUE, "vector_width");
+    t = (klcl_tune_options)KLCL_TUNE_OPTIONS_INIT;
+    t.check_only = 2;
+    expect_refused(&t, KLCL_ERR_INVALID_VALUE, "check_only");
     klcl_context_options cpu = KLCL_CONTEXT_OPTIONS_INIT;
     cpu.device = "cpu";
     klcl_tune_report r;
     assert_int_equal(klcl_tune(&cpu, NULL, &r), KLCL_ERR_UNSUPPORTED);
     assert_non_null(strstr(r.error, "CPU reference"));
     assert_int_equal(access(table, F_OK), -1);
+}
+
+/* What the precheck and progress callbacks saw: the pairs asked about, in order, and the lines. */
+typedef struct seen {
+    size_t w[16];
+    int vw[16];
+    size_t n;
+    int reject_vw;    /* reject every pair at a width other than the first pair's (-1: none) */
+    size_t reject_w;  /* reject this size (0: none) */
+    int reject_all;
+    char lines[64][160];
+    size_t nlines;
+} seen;
+
+static int record_precheck(void *user, size_t w, int vw)
+{
+    seen *s = user;
+    if (s->n < 16) {
+        s->w[s->n] = w;
+        s->vw[s->n++] = vw;
+    }
+    return !(s->reject_all || w == s->reject_w || (s->reject_vw >= 0 && vw != s->vw[0]));
+}
+
+static void record_progress(void *user, const char *what)
+{
+    seen *s = user;
+    assert_true(strlen(what) < 160 && what[0]);
+    if (s->nlines < 64) snprintf(s->lines[s->nlines++], 160, "%s", what);
+}
+
+/* The first progress line that starts with `prefix`, or NULL. */
+static const char *line_starting(const seen *s, const char *prefix)
+{
+    for (size_t i = 0; i < s->nlines; i++)
+        if (!strncmp(s->lines[i], prefix, strlen(prefix))) return s->lines[i];
+    return NULL;
+}
+
+/* check_only: sizes built and checked at the width asked for, a precheck's refusal reported as a rejection
+ * without a build, nothing timed or stored; a precheck that refuses every size leaves none. */
+static void test_check_only_and_precheck(void **state)
+{
+    (void)state;
+    const size_t sizes[] = {1, 2};
+    seen *s = calloc(1, sizeof *s);
+    klcl_tune_report *r = calloc(1, sizeof *r);
+    assert_non_null(s);
+    assert_non_null(r);
+    s->reject_vw = -1;
+    s->reject_w = 2;
+    klcl_tune_options t = KLCL_TUNE_OPTIONS_INIT;
+    t.sizes = sizes;
+    t.size_count = 2;
+    t.vector_width = 8;
+    t.check_only = 1;
+    t.precheck = record_precheck;
+    t.precheck_user = s;
+    t.progress = record_progress;
+    t.progress_user = s;
+    klcl_context_options co = KLCL_CONTEXT_OPTIONS_INIT;
+    co.device = device_spec();
+    klcl_status st = klcl_tune(&co, &t, r);
+    if (st != KLCL_OK) fail_msg("check only: %s", r->error);
+    assert_int_equal(r->work_group_vector_width, 8);
+    assert_int_equal(r->candidate_count, 1);
+    assert_int_equal(r->candidates[0], 1);
+    assert_int_equal(r->rejected_count, 1);
+    assert_int_equal(r->rejected[0], 2);
+    assert_int_equal(r->case_count, 0);
+    assert_int_equal(r->vector_width_count, 0);
+    assert_int_equal(r->split_count, 0);
+    assert_false(r->written);
+    assert_int_equal(access(table, F_OK), -1);
+    assert_int_equal(s->n, 2);
+    assert_int_equal(s->w[0], 1);
+    assert_int_equal(s->vw[0], 8);
+    assert_int_equal(s->w[1], 2);
+    assert_int_equal(s->vw[1], 8);
+    /* Only the size the precheck let through was built and checked; nothing was timed. */
+    assert_int_equal(s->nlines, 1);
+    assert_string_equal(s->lines[0], "checking work-group size 1 at vector width 8");
+
+    memset(s, 0, sizeof *s);
+    s->reject_vw = -1;
+    s->reject_all = 1;
+    t.vector_width = 0;
+    assert_int_equal(klcl_tune(&co, &t, r), KLCL_ERR_UNSUPPORTED);
+    assert_non_null(strstr(r->error, "no work-group size"));
+    assert_int_equal(r->rejected_count, 2);
+    assert_int_equal(s->nlines, 0);
+    assert_true(s->vw[0] == 8 || s->vw[0] == 16); /* the context's own width */
+    assert_int_equal(r->work_group_vector_width, s->vw[0]);
+    free(s);
+    free(r);
 }
 
 /* A real run on small shapes: every listed candidate checked and timed, the fastest stored, and a new
@@ -581,10 +682,38 @@ static void test_tiny_tune_run(void **state)
     t.sizes = sizes + 1;
     t.size_count = 1;
     t.dry_run = 1;
+    /* A precheck refusing the other width: only the sizes' width is timed, the other reported rejected. */
+    seen *s = calloc(1, sizeof *s);
+    assert_non_null(s);
+    s->reject_vw = 1;
+    t.precheck = record_precheck;
+    t.precheck_user = s;
+    t.progress = record_progress;
+    t.progress_user = s;
     klcl_status st = klcl_tune(&co, &t, r);
     if (st != KLCL_OK) fail_msg("dry run: %s", r->error);
     assert_false(r->written);
     assert_int_equal(access(table, F_OK), -1);
+    const int w0 = r->work_group_vector_width;
+    assert_int_equal(s->n, 3);
+    assert_int_equal(s->w[0], 1);
+    assert_int_equal(s->vw[0], w0);
+    assert_int_equal(s->w[1] + s->w[2], 2);
+    assert_int_equal(s->vw[1], 8);
+    assert_int_equal(s->vw[2], 16);
+    assert_int_equal(r->rejected_vector_width_count, 1);
+    assert_int_equal(r->rejected_vector_widths[0], 24 - w0);
+    assert_int_equal(r->vector_width_count, 1);
+    assert_int_equal(r->vector_widths[0], w0);
+    assert_int_equal(r->best_vector_width, w0);
+    assert_non_null(line_starting(s, "checking work-group size 1 at vector width "));
+    assert_non_null(line_starting(s, "timing work-group sizes (1 candidate): kl at 16 x 1000, case 1 of 4"));
+    assert_non_null(line_starting(s, "timing work-group sizes (1 candidate): kl+grad at 16 x 4096, case 4 of 4"));
+    assert_non_null(line_starting(s, "timing vector widths (1 candidate): "));
+    assert_non_null(line_starting(s, "timing split columns (7 candidates): kl at 1 x 16384, case 3 of 4"));
+    free(s);
+    t.precheck = NULL;
+    t.progress = NULL;
 
     t.sizes = sizes;
     t.size_count = 2;
@@ -699,6 +828,7 @@ int main(void)
         cmocka_unit_test_setup(test_row_strategy_follows_split_columns, clean),
         cmocka_unit_test_setup(test_bad_arguments, clean),
         cmocka_unit_test_setup(test_tune_bad_options, clean),
+        cmocka_unit_test_setup(test_check_only_and_precheck, clean),
         cmocka_unit_test_setup(test_tiny_tune_run, clean),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

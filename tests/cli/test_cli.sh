@@ -453,6 +453,11 @@ expect 2 "--split-vocab.*at most 4" tune --split-vocab 8,8,8,8,8
 expect 2 "--sample-seconds" tune --sample-seconds -1
 expect 2 "--max-work-group 5000" tune --max-work-group 5000
 expect 2 "--device cpu" tune --device cpu
+expect 2 "--jobs" tune --jobs 0
+expect 2 "--jobs" tune --jobs 65
+expect 2 "--check 3:0" tune --check 3:0
+expect 2 "--check 4:12" tune --check 4:12
+expect 2 "--check 1:8x" tune --check 1:8x
 [ ! -e "$KLCL_TUNE_FILE" ] && ok || bad "a refused tune command wrote the table"
 if [ "$have_device" = 1 ]; then
     expect 3 "no-such-device" tune --device no-such-device --vocab 64 --rows 2 --reps 1
@@ -460,6 +465,23 @@ if [ "$have_device" = 1 ]; then
     TINY=(--vocab 1000 --split-vocab 4096 --rows 8 --reps 1 --sample-seconds 0.002 --max-work-group 2)
     expect 0 "" tune "${TINY[@]}" --dry-run
     [ ! -e "$KLCL_TUNE_FILE" ] && ok || bad "tune --dry-run wrote the table"
+    # Progress on stderr: both sizes checked in processes of their own, then the timing.
+    for line in "work-group size 1: passed" "work-group size 2: passed" "timing work-group sizes \\(2 candidates\\)" \
+        "checking vector width (8|16) at work-group size [12] in a process of its own" "timing split columns"; do
+        grep -qE "^klcl tune: $line" "expect$n_expect.err" && ok || bad "tune progress lacks '$line'"
+    done
+    expect 0 "" tune "${TINY[@]}" --dry-run --quiet --jobs 1
+    [ ! -s "expect$n_expect.err" ] && ok || bad "tune --quiet wrote to stderr: $(cat "expect$n_expect.err")"
+    # One pair checked the way the tuner's own processes check it: the width it used, then exit 0.
+    expect 0 "" tune --check 1:8
+    [ "$(cat "expect$n_expect.out")" = "8 " ] && ok || bad "tune --check 1:8 printed '$(cat "expect$n_expect.out")'"
+    # A build the device's compiler refuses: each check fails, saying why, and so does the run.
+    KLCL_BUILD_OPTIONS=-no-such-option expect 3 "clBuildProgram" tune "${TINY[@]}" --dry-run
+    grep -q "^klcl tune: work-group size 1: failed (exit status 12): .*clBuildProgram" "expect$n_expect.err" &&
+        ok || bad "a failed check does not say why: $(cat "expect$n_expect.err")"
+    KLCL_BUILD_OPTIONS=-no-such-option run check-fails tune --check 1:0
+    [ "$rc" = 12 ] && grep -q "clBuildProgram" check-fails.out && ok ||
+        bad "tune --check with a refused build: exit $rc, '$(cat check-fails.out)'"
     expect 0 "" tune "${TINY[@]}" --json
     j="expect$n_expect.out"
     json_ok "$j" && ok || bad "tune --json is not valid JSON"
