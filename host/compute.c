@@ -483,6 +483,8 @@ typedef struct launch {
     cl_mem rs, rf;
     cl_int has_teacher, t_logprob, want_grad;
     cl_int fuse_grad;  /* the row kernel writes the gradient (no launch_grad) */
+    cl_int exact_max;  /* ce with a gradient, one work-item per row: the row's maximum before pass 1 */
+    cl_int keep_exps;  /* and, fused, the gradient from the weights pass 1 kept in the gradient's rows */
     float inv_denom;   /* 1/denominator known to the host, */
     cl_mem denom_buf;  /* or, when set, read by the gradient kernel from this buffer */
     klcl_strategy how; /* team and parts per row, for the whole call (klcl_row_strategy) */
@@ -502,6 +504,20 @@ static int needs_pass2(klcl_loss kind, int want_grad)
     case KLCL_LOSS_RKL: return want_grad;
     default: return 0;
     }
+}
+
+/* Whether the caller's gradient may share memory with its student logits (written over them in place):
+ * the same cl_mem, or a sub-buffer on either side, which may lie inside the other. Host tensors go
+ * through scratch buffers of their own. */
+static int grad_may_overlap_student(const klcl_batch *b)
+{
+    const cl_mem g = b->grad.mem, s = b->student.mem;
+    cl_mem parent = NULL;
+    if (!g || !s) return 0;
+    if (g == s) return 1;
+    if (clGetMemObjectInfo(g, CL_MEM_ASSOCIATED_MEMOBJECT, sizeof parent, &parent, NULL) != CL_SUCCESS || parent)
+        return 1;
+    return clGetMemObjectInfo(s, CL_MEM_ASSOCIATED_MEMOBJECT, sizeof parent, &parent, NULL) != CL_SUCCESS || parent;
 }
 
 /* The arguments the row, part and merge kernels share, for rows [r, r + nl) of the current chunk, the
@@ -529,6 +545,8 @@ static cl_int row_args(cl_kernel k, const launch *L, const matrix *mt, const mat
     arg(&a, sizeof(cl_uint), &parts);
     arg(&a, sizeof(cl_mem), &L->parts);
     arg(&a, sizeof(cl_int), &pass);
+    arg(&a, sizeof(cl_int), &L->exact_max);
+    arg(&a, sizeof(cl_int), &L->keep_exps);
     return a.err;
 }
 
@@ -616,6 +634,11 @@ static klcl_status launch_init(klcl_context *ctx, const klcl_loss_desc *desc, co
     L->t_logprob = b->teacher_logprobs && desc->tau == 1.0f && desc->softcap == 0.0f;
     L->want_grad = tensor_given(&b->grad);
     L->pass2 = needs_pass2(L->kind, L->want_grad);
+    /* Whether or not the row kernel writes the gradient (asynchronous calls leave it to the gradient
+     * kernel), and whether or not over the student: the same statistics, hence the same bits, either way.
+     * An fp32 gradient only: only there can its row keep the weights. */
+    L->exact_max = L->want_grad && L->kind == KLCL_LOSS_CE && ctx->wg == 1 && ctx->keep_exps &&
+                   b->grad.dtype == KLCL_DTYPE_F32;
     L->how = klcl_row_strategy(ctx, rows, L->w.width,
                                (L->w.t_cols < L->w.s_cols ? L->w.t_cols : L->w.s_cols) / (size_t)ctx->vw);
     const size_t launch_max = rows < ROWS_PER_LAUNCH ? rows : ROWS_PER_LAUNCH;
@@ -665,6 +688,7 @@ static klcl_status device_compute(klcl_context *ctx, const klcl_loss_desc *desc,
     L.inv_denom = inv_denom;
     /* A split row's gradient comes from the gradient kernel: no work-group holds the whole row. */
     L.fuse_grad = want_grad && ctx->fuse_grad && L.how.parts == 1;
+    L.keep_exps = L.fuse_grad && L.exact_max && !grad_may_overlap_student(b);
 
     matrix mt = matrix_of(&b->teacher, vt, SCRATCH_TEACHER), ms = matrix_of(&b->student, b->vocab, SCRATCH_STUDENT);
     matrix mg = matrix_of(&b->grad, b->vocab, SCRATCH_GRAD);

@@ -58,6 +58,9 @@ typedef struct row_softmax {
     float mt, lst, ms, lss, lss1;
 } row_softmax;
 
+/* ce's q = exp2((x_s - ms) k) times this: 1/S, the sum of the weights, as exp2(-log2 S). */
+inline float ce_q_scale(row_softmax R) { return exp2(-R.lss * M_LOG2E_F); }
+
 #define MIXES(loss) ((loss) == LOSS_JSD || (loss) == LOSS_SKL || (loss) == LOSS_SRKL)
 
 #define KLCL_LOSS_HELPERS(T, IT, S)                                                                     \
@@ -113,27 +116,37 @@ typedef struct row_softmax {
         }                                                                                                \
         *aux += q > (T)(0.0f) ? centered_term##S(loss, xt, xs, a, b, q, lm, g_ref, P) : (T)(0.0f);       \
     }                                                                                                    \
+    /* ce's dL/ds from q, the student's probabilities, and the raw logits rs (for the softcap), before   \
+     * 1/denominator; idx: their token indices. q - onehot is formed in fp32 before anything else       \
+     * touches it. */                                                                                    \
+    inline T ce_grad##S(T q, T rs, IT idx, int y, row_softmax R, loss_params P)                          \
+    {                                                                                                    \
+        const T onehot = idx == (IT)(y) ? (T)(1.0f) : (T)(0.0f);                                         \
+        const T dz = (q - (1.0f - P.eps) * onehot) - P.eps / (float)P.vocab +                            \
+                     2.0f * P.zl * (R.ms * P.inv_tau + R.lss) * q;                                       \
+        T ds = P.scale * dz * P.inv_tau;                                                                 \
+        if (P.cap > 0.0f) {                                                                              \
+            const T th = tanh(rs / P.cap);                                                               \
+            ds *= 1.0f - th * th;                                                                        \
+        }                                                                                                \
+        return ds;                                                                                       \
+    }                                                                                                    \
     /* dL/ds for one group of logits, before 1/denominator; idx: their token indices. */                 \
     inline T grad_##S(const int loss, T rt, T rs, IT idx, int y, row_softmax R, float aux, float g_ref,  \
                       loss_params P)                                                                     \
     {                                                                                                    \
         const T xs = softcap##S(rs, P.cap);                                                              \
+        if (loss == LOSS_CE) /* the weights of pass 1, scaled: what grad_kept does with kept ones */     \
+            return ce_grad##S(exp2((xs - R.ms) * (M_LOG2E_F * P.inv_tau)) * ce_q_scale(R), rs, idx, y, R, P); \
         const T b = (xs - R.ms) * P.inv_tau - R.lss, q = exp(b);                                         \
-        T xt = (T)(0.0f), a = (T)(KLCL_NEG_INF), p = (T)(0.0f);                                          \
-        if (loss != LOSS_CE) {                                                                           \
-            xt = softcap##S(rt, P.cap);                                                                  \
-            a = (xt - R.mt) * P.inv_tau - R.lst;                                                         \
-            p = exp(a);                                                                                  \
-        }                                                                                                \
+        const T xt = softcap##S(rt, P.cap);                                                              \
+        const T a = (xt - R.mt) * P.inv_tau - R.lst, p = exp(a);                                         \
         const T onehot = idx == (IT)(y) ? (T)(1.0f) : (T)(0.0f);                                         \
         T dz, ds;                                                                                        \
         if (IS_CENTERED(loss))                                                                           \
             dz = q == (T)(0.0f) ? (T)(0.0f)                                                              \
                                 : q * aux - centered_term##S(loss, xt, xs, a, b, q, mix_log##S(loss, a, b, p, q, P), \
                                                              g_ref, P);                                  \
-        else if (loss == LOSS_CE) /* q - onehot is formed in fp32 before anything else touches it */     \
-            dz = (q - (1.0f - P.eps) * onehot) - P.eps / (float)P.vocab +                                \
-                 2.0f * P.zl * (R.ms * P.inv_tau + R.lss) * q;                                           \
         else                                                                                             \
             dz = q - p; /* kl, soft_ce, and kd's soft part */                                            \
         if (loss == LOSS_KD)                                                                             \
@@ -202,9 +215,10 @@ KLCL_LOSS_HELPERS(floatV, intV, V)
             *ms = ms_new;                                                                                \
         }                                                                                                \
     }                                                                                                    \
-    /* Adds softcapped logits xt, xs (maxima already raised to cover them). */                           \
-    inline void lanes_add##S(const int loss, row_lanes##S *L, float mt, float ms, T xt, T xs, float k,  \
-                             int has_teacher)                                                            \
+    /* Adds softcapped logits xt, xs (maxima already raised to cover them); returns the student's       \
+     * weights w_s. */                                                                                   \
+    inline T lanes_add##S(const int loss, row_lanes##S *L, float mt, float ms, T xt, T xs, float k,     \
+                          int has_teacher)                                                               \
     {                                                                                                    \
         const T ds = xs - ms;                                                                            \
         const T ws = ms == KLCL_NEG_INF ? (T)(0.0f) : exp2(ds * k);                                      \
@@ -212,7 +226,7 @@ KLCL_LOSS_HELPERS(floatV, intV, V)
         L->bs += ws * fmax(ds, (T)(-FLT_MAX)); /* -inf - ms is -inf, and 0 x -inf would be NaN */        \
         if (loss == LOSS_KD) L->ss1 += ms == KLCL_NEG_INF ? (T)(0.0f) : exp2(ds * M_LOG2E_F);           \
         if (loss == LOSS_CE) L->dsum += xs == (T)(KLCL_NEG_INF) ? (T)(KLCL_NEG_INF) : ds;                \
-        if (!has_teacher) return;                                                                        \
+        if (!has_teacher) return ws;                                                                     \
         const T dt = xt - mt;                                                                            \
         const T wt = mt == KLCL_NEG_INF ? (T)(0.0f) : exp2(dt * k);                                      \
         L->st += wt;                                                                                     \
@@ -221,6 +235,7 @@ KLCL_LOSS_HELPERS(floatV, intV, V)
          * row value +inf whatever their weight has underflowed to; what they add here is then unused. */  \
         if (USES_CTS(loss)) L->cts += wt * fmax(ds, (T)(-FLT_MAX));                                      \
         if (loss == LOSS_RKL) L->cst += ws * fmax(dt, (T)(-FLT_MAX));                                    \
+        return ws;                                                                                       \
     }
 
 KLCL_ROW_LANES(float, 1, float)
@@ -280,13 +295,14 @@ inline void lanes_fold1(row_lanesA *acc, row_lanes1 *blk)
  * vector and saves the 7 (or 15) other lanes of every sum in registers. */
 #ifdef KLCL_PREFETCH
 typedef row_lanes1 row_block;
-inline void block_add(const int loss, row_block *b, float mt, float ms, floatV xt, floatV xs, float k,
-                      int has_teacher)
+inline floatV block_add(const int loss, row_block *b, float mt, float ms, floatV xt, floatV xs, float k,
+                        int has_teacher)
 {
     row_lanesV v;
     lanes_clearV(&v);
-    lanes_addV(loss, &v, mt, ms, xt, xs, k, has_teacher);
+    const floatV ws = lanes_addV(loss, &v, mt, ms, xt, xs, k, has_teacher);
     lanes_hsum_into(b, &v);
+    return ws;
 }
 /* vecs: the vectors each work-item added (a sum counts KLCL_VW logits per vector) */
 inline void block_rescale(const int loss, row_block *b, float *mt, float *ms, float mt_new, float ms_new,
@@ -299,10 +315,10 @@ inline void block_clear(row_block *b) { lanes_clear1(b); }
 inline int block_nan(const row_block *b) { return isnan(b->ss) || isnan(b->st); }
 #else
 typedef row_lanesV row_block;
-inline void block_add(const int loss, row_block *b, float mt, float ms, floatV xt, floatV xs, float k,
-                      int has_teacher)
+inline floatV block_add(const int loss, row_block *b, float mt, float ms, floatV xt, floatV xs, float k,
+                        int has_teacher)
 {
-    lanes_addV(loss, b, mt, ms, xt, xs, k, has_teacher);
+    return lanes_addV(loss, b, mt, ms, xt, xs, k, has_teacher);
 }
 inline void block_rescale(const int loss, row_block *b, float *mt, float *ms, float mt_new, float ms_new,
                           uint vecs, float k)
@@ -440,13 +456,14 @@ inline void state_merge(const int loss, row_state *a, row_state b, float k)
         float eps, float zl, float lwa, float lwb, __global float *row_loss, ulong rl_off,              \
         __global float *row_stats, __global int *row_flags, ulong row0, int want_grad,                  \
         __global G_ELEM *grad, ulong g_off, ulong g_stride, float inv_denom, int fuse_grad,            \
-        uint launch_rows, uint team_size, uint parts, __global float *partials, int pass
+        uint launch_rows, uint team_size, uint parts, __global float *partials, int pass, int exact_max,     \
+        int keep_exps
 
 #define ROW_ARG_NAMES                                                                                  \
     teacher, t_off, t_stride, student, s_off, s_stride, labels, l_off, has_labels, mask, m_off,         \
         has_mask, vocab, t_cols, s_cols, t_logprob, has_teacher, ignore_index, inv_tau, cap, scale, alpha, beta, lambda, eps, zl,  \
         lwa, lwb, row_loss, rl_off, row_stats, row_flags, row0, want_grad, grad, g_off, g_stride,      \
-        inv_denom, fuse_grad, launch_rows, team_size, parts, partials, pass
+        inv_denom, fuse_grad, launch_rows, team_size, parts, partials, pass, exact_max, keep_exps
 
 #define PARAMS_FROM_ARGS {inv_tau, cap, scale, alpha, beta, lambda, eps, zl, lwa, lwb, vocab, exp(lwa), exp(lwb)}
 
@@ -627,15 +644,31 @@ inline uint block_flags(const int loss, __global const T_ELEM *t, __global const
  * else the block is summed again from the start against its own maxima (a range's first block when its
  * first vector is all -inf, or a huge jump). The argmax comes from the running lane-wise maxima and the
  * vector where each lane first reached its maximum. */
+/* ce with its gradient on one work-item per row (exact_max; CPU devices): the row's largest softcapped
+ * student logit, taken before pass 1 so that pass 1 weighs every logit against the final maximum ms.
+ * Its weights exp2((x_s - ms) k) are then the exponentials of the gradient's q = exp2((x_s - ms) k)
+ * exp2(-log2 S), bit for bit: pass 1 stores them in the gradient's row (keep_exps), and the gradient
+ * scales them (grad_kept) instead of taking one more exponential per logit. The same maximum as pass 1
+ * would end with: softcap is monotonic, and fmax ignores NaN as the running maxima do. */
+inline float student_max(__global const S_ELEM *s, uint nvec, uint v0, uint v1, uint s_cols, float cap)
+{
+    floatV m = (floatV)(KLCL_NEG_INF);
+    for (uint kk = 0; kk < nvec; kk++) m = fmax(m, LOAD_SV(kk, s));
+    float r = hmaxV(m);
+    for (uint v = v0; v < v1; v++) r = fmax(r, LOAD_S1(v, s, s_cols));
+    return softcap1(r, cap);
+}
+
 inline row_state pass1(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, uint k0, uint k1,
                        uint v0, uint v1, uint tid, uint team, uint t_cols, uint s_cols, int has_teacher, float cap,
-                       float k)
+                       float k, float ms_floor, __global float *keep, int *keeping)
 {
     float mt = KLCL_NEG_INF, ms = KLCL_NEG_INF;
     if (k0 + tid < k1) {
         ms = softcap1(hmaxV(LOAD_SV(k0 + tid, s)), cap);
         if (has_teacher) mt = softcap1(hmaxV(LOAD_TV(k0 + tid, t)), cap);
     }
+    if (ms_floor > ms) ms = ms_floor; /* student_max: every weight against the final maximum */
     /* kd also sums exp(x_s - ms) at tau = 1: the headroom holds for the larger of the two scales. */
     const float k_room = loss == LOSS_KD ? fmax(k, M_LOG2E_F) : k;
     row_lanesA acc = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -684,7 +717,10 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
                 if (loss == LOSS_RKL) bneg = neg_note(bneg, rt);
                 xt = softcapV(rt, cap);
             }
-            block_add(loss, &blk, mt, ms, xt, xs, k, has_teacher);
+            const floatV ws = block_add(loss, &blk, mt, ms, xt, xs, k, has_teacher);
+#if KLCL_G_DTYPE == 0
+            if (*keeping) KLCL_CAT(vstore, KLCL_VW)(ws, kk, keep);
+#endif
         }
         /* The running maxima, not the block's: the same new maxima ms_new, mt_new (ms, mt already cover the
          * blocks before), one compare and select less per vector; a +inf seen once keeps every later block
@@ -692,6 +728,7 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
         const float bms = run_max_value(&ams), bmt = run_max_value(&amt);
         const float ms_new = fmax(ms, softcap1(bms, cap)), mt_new = fmax(mt, softcap1(bmt, cap));
         if (ms_new > ms || mt_new > mt) {
+            *keeping = 0; /* never with student_max; kept weights would be against another maximum */
             const int again = (ms_new - ms) * k_room > BLOCK_HEADROOM || (mt_new - mt) * k_room > BLOCK_HEADROOM;
             if (!again) {
                 float bt_ = mt, bs_ = ms;
@@ -762,6 +799,23 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
     S.bad = bad;
     S.count = count;
     return S;
+}
+
+/* ce's gradient of one row from the weights pass 1 kept in g (keep_exps): the whole vectors [0, nvec)
+ * from them, the same bits as grad_row's exponentials; the columns past them as grad_row computes them.
+ * One work-item per row; g holds fp32. */
+inline void grad_kept(__global const S_ELEM *s, __global float *g, uint nvec, uint vocab, uint s_cols, int y,
+                      row_softmax R, loss_params P, float inv_denom)
+{
+    const intV lane = KLCL_CAT(as_int, KLCL_VW)(KLCL_LANES);
+    const float qs = ce_q_scale(R);
+    for (uint kk = 0; kk < nvec; kk++) {
+        const floatV q = KLCL_CAT(vload, KLCL_VW)(kk, g) * qs;
+        const floatV rs = P.cap > 0.0f ? LOAD_SV(kk, s) : (floatV)(0.0f);
+        KLCL_CAT(vstore, KLCL_VW)(ce_gradV(q, rs, (intV)(kk * KLCL_VW) + lane, y, R, P) * inv_denom, kk, g);
+    }
+    for (uint v = nvec * KLCL_VW; v < s_cols; v++)
+        g[v] = v < vocab ? grad_1(LOSS_CE, 0.0f, LOAD_S1(v, s, s_cols), (int)v, y, R, 0.0f, 0.0f, P) * inv_denom : 0.0f;
 }
 
 /* Merges the pass-1 states of each team's work-items in a fixed tree (work-item tid takes tid + off for
@@ -991,8 +1045,15 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     const ulong at = in_launch ? lrow : 0;
     __global const T_ELEM *t = teacher + t_off + at * t_stride;
     __global const S_ELEM *s = student + s_off + at * s_stride;
+    /* ce with its gradient on one work-item per row: the exact maximum first (student_max), and pass 1
+     * keeps its weights in the gradient's row where the host allows it (keep_exps: an fp32 gradient in a
+     * buffer of its own). */
+    const int exact = KLCL_WG == 1 && loss == LOSS_CE && exact_max && used;
+    const float ms_floor = exact ? student_max(s, nvec, nvec * KLCL_VW, vocab, s_cols, cap) : KLCL_NEG_INF;
+    int keeping = KLCL_G_DTYPE == 0 && exact && keep_exps && fuse_grad && in_launch;
+    __global float *keep = (__global float *)(grad + g_off + at * g_stride);
     row_state S = pass1(loss, t, s, 0, used ? nvec : 0, nvec * KLCL_VW, used ? vocab : 0, tid, team, t_cols, s_cols,
-                        has_teacher, cap, k);
+                        has_teacher, cap, k, ms_floor, keep, &keeping);
     S = team_merge(loss, lf, lu, lid, tid, team, S, k);
     const row_setup U = row_prepare(loss, S, t, s, t_cols, s_cols, has_teacher, t_logprob, P);
     float2 p2 = (float2)(0.0f);
@@ -1016,7 +1077,9 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     if (fuse_grad) {
         barrier(CLK_GLOBAL_MEM_FENCE);
         const int compute = used && !U.invalid && !(loss == LOSS_RKL && (S.bad & 8u));
-        if (in_launch)
+        if (in_launch && compute && keeping)
+            grad_kept(s, keep, nvec, vocab, s_cols, y, U.R, P, inv_denom);
+        else if (in_launch)
             grad_row(loss, t, s, grad + g_off + lrow * g_stride, tid, team, vocab, t_cols, s_cols, y, U.R, p2.y,
                      U.g_ref, P, inv_denom, compute, used ? NAN : 0.0f);
     }
@@ -1050,8 +1113,9 @@ inline void part_body(const int loss, __local float *lf, __local uint *lu, __loc
     const uint k0 = (uint)((ulong)part * nvec / parts), k1 = (uint)((ulong)(part + 1) * nvec / parts);
     const uint v1 = part == parts - 1 ? vocab : 0;
     if (pass == 1) {
+        int keeping = 0; /* a split row's gradient comes from the gradient kernel */
         row_state S = pass1(loss, t, s, k0, used ? k1 : k0, nvec * KLCL_VW, used ? v1 : 0, tid, team, t_cols, s_cols,
-                            has_teacher, cap, k);
+                            has_teacher, cap, k, KLCL_NEG_INF, (__global float *)grad, &keeping);
         S = team_merge(loss, lf, lu, lid, tid, team, S, k);
         if (in_launch && tid == 0) state_store_global(partials + unit * STATE_WORDS, S);
     } else {

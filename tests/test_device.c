@@ -777,6 +777,69 @@ static void test_cl_mem_tensors(void **state)
     data_free(&d);
 }
 
+/* The gradient written over the student in place (the same cl_mem, or a sub-buffer of it: what the fused
+ * linear path does) has the same bits, and the row losses too, as one written to a buffer of its own. A
+ * CPU device's ce weighs every logit in pass 1 and scales those weights for the gradient where it may
+ * (kept in the gradient's row); in place that would overwrite logits still to be read (the label's for
+ * the loss, every one for the softcap's derivative), so klcl must see the overlap. With and without
+ * softcap, labels inside the rows, V not a multiple of 16. */
+static void test_grad_in_place(void **state)
+{
+    (void)state;
+    const size_t rows = 6, vocab = small_grid ? 1003 : 40001, n = rows * vocab;
+    batch_data d;
+    tu_seed(23);
+    data_alloc(&d, rows, vocab, 1);
+    cl_context cc = klcl_context_cl_context(ctx);
+    cl_command_queue q = klcl_context_cl_queue(ctx);
+    float *g_own = malloc(n * sizeof(float)), *g_in = malloc(n * sizeof(float));
+    float l_own[6], l_in[6];
+    assert_true(g_own && g_in);
+    cl_mem t = make_buffer(cc, n * sizeof(float), 0, d.teacher, n * sizeof(float));
+    cl_mem y = make_buffer(cc, rows * sizeof(int32_t), 0, d.labels, rows * sizeof(int32_t));
+    cl_mem g = make_buffer(cc, n * sizeof(float), 0, NULL, 0);
+    const klcl_loss losses[] = {KLCL_LOSS_CE, KLCL_LOSS_KL};
+    for (size_t li = 0; li < 2; li++)
+        for (int cap = 0; cap < 2; cap++)
+            for (int sub = 0; sub < 2; sub++) {
+                klcl_loss_desc desc = desc_for(losses[li]);
+                desc.softcap = cap ? 8.0f : 0.0f;
+                cl_mem s = make_buffer(cc, n * sizeof(float), 0, d.student, n * sizeof(float));
+                klcl_batch b = KLCL_BATCH_INIT;
+                b.rows = rows;
+                b.vocab = vocab;
+                b.teacher = klcl_mem_tensor(t, 0, 0);
+                b.student = klcl_mem_tensor(s, 0, 0);
+                b.labels = klcl_mem_tensor(y, 0, 0);
+                b.grad = klcl_mem_tensor(g, 0, 0);
+                b.row_loss = klcl_host_tensor(l_own, 0);
+                if (klcl_compute(ctx, &desc, &b, NULL) != KLCL_OK) fail_msg("%s", klcl_last_error(ctx));
+                assert_int_equal(clEnqueueReadBuffer(q, g, CL_TRUE, 0, n * sizeof(float), g_own, 0, NULL, NULL),
+                                 CL_SUCCESS);
+                cl_buffer_region whole = {0, n * sizeof(float)};
+                cl_int err = CL_SUCCESS;
+                cl_mem over = sub ? clCreateSubBuffer(s, CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &whole, &err)
+                                  : s;
+                assert_int_equal(err, CL_SUCCESS);
+                b.grad = klcl_mem_tensor(over, 0, 0);
+                b.row_loss = klcl_host_tensor(l_in, 0);
+                if (klcl_compute(ctx, &desc, &b, NULL) != KLCL_OK) fail_msg("%s", klcl_last_error(ctx));
+                assert_int_equal(clEnqueueReadBuffer(q, s, CL_TRUE, 0, n * sizeof(float), g_in, 0, NULL, NULL),
+                                 CL_SUCCESS);
+                if (memcmp(l_own, l_in, sizeof l_own) != 0 || memcmp(g_own, g_in, n * sizeof(float)) != 0)
+                    fail_msg("%s softcap %d, %s: in place differs from a gradient buffer of its own",
+                             klcl_loss_name(losses[li]), cap ? 8 : 0, sub ? "sub-buffer" : "same cl_mem");
+                if (sub) clReleaseMemObject(over);
+                clReleaseMemObject(s);
+            }
+    clReleaseMemObject(t);
+    clReleaseMemObject(y);
+    clReleaseMemObject(g);
+    free(g_own);
+    free(g_in);
+    data_free(&d);
+}
+
 /* A one-column vocabulary still honours a cl_mem gradient's row stride. */
 static void test_cl_mem_grad_stride_vocab_one(void **state)
 {
@@ -932,6 +995,7 @@ int main(void)
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_row_strategies),
         cmocka_unit_test(test_cl_mem_tensors),
+        cmocka_unit_test(test_grad_in_place),
         cmocka_unit_test(test_cl_mem_grad_stride_vocab_one),
         cmocka_unit_test(test_adopted_queue),
         cmocka_unit_test(test_verify_mode),
