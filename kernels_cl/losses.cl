@@ -631,19 +631,6 @@ inline uint block_flags(const int loss, __global const T_ELEM *t, __global const
     return (any(bad_tv) ? 1u : 0u) | (any(bad_sv) ? 2u : 0u) | (any(bad_zv) ? (loss == LOSS_RKL ? 8u : 4u) : 0u);
 }
 
-/* Pass 1 of work-item `tid` of a team of `team` over vectors [k0, k1) of a row and its scalar columns
- * [v0, v1): softmax sums and argmax, KLCL_VW logits at a time in blocks of ACC_BLOCK vectors, then the scalar
- * columns one by one. The work-item reads vectors k0 + tid, k0 + tid + team, ... and columns v0 + tid,
- * v0 + tid + team, ...
- *
- * Within a block nothing is horizontal and nothing branches: the exponentials are taken against the
- * maxima known when the block starts (from the work-item's first vector at the start), the block's own
- * maxima are kept lane-wise, and only at the block's end are the sums moved to a higher maximum (one
- * rescale per block, not per vector). Logits above the block's reference make weights above 1; while they
- * stay below 2^BLOCK_HEADROOM the fp32 sums cannot overflow and are exact to the same relative rounding,
- * else the block is summed again from the start against its own maxima (a range's first block when its
- * first vector is all -inf, or a huge jump). The argmax comes from the running lane-wise maxima and the
- * vector where each lane first reached its maximum. */
 /* ce with its gradient on one work-item per row (exact_max; CPU devices): the row's largest softcapped
  * student logit, taken before pass 1 so that pass 1 weighs every logit against the final maximum ms.
  * Its weights exp2((x_s - ms) k) are then the exponentials of the gradient's q = exp2((x_s - ms) k)
@@ -659,6 +646,19 @@ inline float student_max(__global const S_ELEM *s, uint nvec, uint v0, uint v1, 
     return softcap1(r, cap);
 }
 
+/* Pass 1 of work-item `tid` of a team of `team` over vectors [k0, k1) of a row and its scalar columns
+ * [v0, v1): softmax sums and argmax, KLCL_VW logits at a time in blocks of ACC_BLOCK vectors, then the scalar
+ * columns one by one. The work-item reads vectors k0 + tid, k0 + tid + team, ... and columns v0 + tid,
+ * v0 + tid + team, ...
+ *
+ * Within a block nothing is horizontal and nothing branches: the exponentials are taken against the
+ * maxima known when the block starts (from the work-item's first vector at the start), the block's own
+ * maxima are kept lane-wise, and only at the block's end are the sums moved to a higher maximum (one
+ * rescale per block, not per vector). Logits above the block's reference make weights above 1; while they
+ * stay below 2^BLOCK_HEADROOM the fp32 sums cannot overflow and are exact to the same relative rounding,
+ * else the block is summed again from the start against its own maxima (a range's first block when its
+ * first vector is all -inf, or a huge jump). The argmax comes from the running lane-wise maxima and the
+ * vector where each lane first reached its maximum. */
 inline row_state pass1(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, uint k0, uint k1,
                        uint v0, uint v1, uint tid, uint team, uint t_cols, uint s_cols, int has_teacher, float cap,
                        float k, float ms_floor, __global float *keep, int *keeping)
@@ -727,8 +727,8 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
          * checked by block_flags, which only sets again the flag it set. */
         const float bms = run_max_value(&ams), bmt = run_max_value(&amt);
         const float ms_new = fmax(ms, softcap1(bms, cap)), mt_new = fmax(mt, softcap1(bmt, cap));
+        if (ms_new > ms) *keeping = 0; /* never after student_max: the weights kept are against ms */
         if (ms_new > ms || mt_new > mt) {
-            *keeping = 0; /* never with student_max; kept weights would be against another maximum */
             const int again = (ms_new - ms) * k_room > BLOCK_HEADROOM || (mt_new - mt) * k_room > BLOCK_HEADROOM;
             if (!again) {
                 float bt_ = mt, bs_ = ms;
