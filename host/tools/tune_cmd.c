@@ -244,7 +244,7 @@ static int check_end(check_run *run, int status, int *vw, char *why)
     if (code == CHILD_REJECTED)
         snprintf(why, WHY_CHARS, "results differ from the CPU reference");
     else if (code == CHILD_NO_EXEC)
-        snprintf(why, WHY_CHARS, "not checked: /proc/self/exe could not be run to check it");
+        snprintf(why, WHY_CHARS, "failed: /proc/self/exe could not be run to check it"); /* so: in-process */
     else
         snprintf(why, WHY_CHARS, "failed (exit status %d)%s%.*s", code, error[0] ? ": " : "", WHY_CHARS - 40, error);
     return code == CHILD_REJECTED ? CHILD_REJECTED : CHILD_FAILED; /* CHILD_NO_EXEC too */
@@ -619,8 +619,9 @@ int cmd_tune(int argc, char **argv)
         t.sizes = checks.ok;
         t.size_count = checks.n_ok;
     }
-    /* When size 1 failed (rather than crashed or differed), the device itself is at fault: no precheck,
-     * so that this process meets the same failure and reports it with its status. */
+    /* When size 1 failed (rather than crashed or differed), the device itself is at fault, or no check
+     * process could run: no precheck, so that this process meets the same failure and reports it with its
+     * status, or checks the sizes itself. */
     if (!(checks.n_ok == 0 && checks.n_bad > 0 && checks.bad[0] == 1 && !strncmp(checks.why[0], "failed", 6))) {
         t.precheck = precheck;
         t.precheck_user = &checks;
