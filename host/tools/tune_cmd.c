@@ -622,7 +622,9 @@ int cmd_tune(int argc, char **argv)
     /* When size 1 failed (rather than crashed or differed), the device itself is at fault, or no check
      * process could run: no precheck, so that this process meets the same failure and reports it with its
      * status, or checks the sizes itself. */
-    if (!(checks.n_ok == 0 && checks.n_bad > 0 && checks.bad[0] == 1 && !strncmp(checks.why[0], "failed", 6))) {
+    if (checks.n_ok == 0 && checks.n_bad > 0 && checks.bad[0] == 1 && !strncmp(checks.why[0], "failed", 6)) {
+        checks.n_bad = 0; /* what this process finds is the report */
+    } else {
         t.precheck = precheck;
         t.precheck_user = &checks;
     }
