@@ -1048,9 +1048,14 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     /* ce with its gradient on one work-item per row: the exact maximum first (student_max), and pass 1
      * keeps its weights in the gradient's row where the host allows it (keep_exps: an fp32 gradient in a
      * buffer of its own). */
-    const int exact = KLCL_WG == 1 && loss == LOSS_CE && exact_max && used;
+    int exact = 0, keeping = 0;
+#if KLCL_WG == 1
+    exact = loss == LOSS_CE && exact_max && used;
+#if KLCL_G_DTYPE == 0
+    keeping = exact && keep_exps && fuse_grad && in_launch;
+#endif
+#endif
     const float ms_floor = exact ? student_max(s, nvec, nvec * KLCL_VW, vocab, s_cols, cap) : KLCL_NEG_INF;
-    int keeping = KLCL_G_DTYPE == 0 && exact && keep_exps && fuse_grad && in_launch;
     __global float *keep = (__global float *)(grad + g_off + at * g_stride);
     row_state S = pass1(loss, t, s, 0, used ? nvec : 0, nvec * KLCL_VW, used ? vocab : 0, tid, team, t_cols, s_cols,
                         has_teacher, cap, k, ms_floor, keep, &keeping);
