@@ -58,8 +58,8 @@ typedef struct row_softmax {
     float mt, lst, ms, lss, lss1;
 } row_softmax;
 
-/* ce's q = exp2((x_s - ms) k) times this: 1/S, the sum of the weights, as exp2(-log2 S). */
-inline float ce_q_scale(row_softmax R) { return exp2(-R.lss * M_LOG2E_F); }
+/* The losses whose gradient forms q, and p, as pass 1 forms its weights (exact_max): ce, kl, soft_ce. */
+#define WEIGHED_GRAD(loss) ((loss) == LOSS_CE || (loss) == LOSS_KL || (loss) == LOSS_SOFT_CE)
 
 #define MIXES(loss) ((loss) == LOSS_JSD || (loss) == LOSS_SKL || (loss) == LOSS_SRKL)
 
@@ -116,28 +116,43 @@ inline float ce_q_scale(row_softmax R) { return exp2(-R.lss * M_LOG2E_F); }
         }                                                                                                \
         *aux += q > (T)(0.0f) ? centered_term##S(loss, xt, xs, a, b, q, lm, g_ref, P) : (T)(0.0f);       \
     }                                                                                                    \
-    /* ce's dL/ds from q, the student's probabilities, and the raw logits rs (for the softcap), before   \
-     * 1/denominator; idx: their token indices. q - onehot is formed in fp32 before anything else       \
-     * touches it. */                                                                                    \
-    inline T ce_grad##S(T q, T rs, IT idx, int y, row_softmax R, loss_params P)                          \
+    /* ds times the softcap's derivative at the raw logits rs. */                                      \
+    inline T capped##S(T ds, T rs, loss_params P)                                                        \
     {                                                                                                    \
-        const T onehot = idx == (IT)(y) ? (T)(1.0f) : (T)(0.0f);                                         \
-        const T dz = (q - (1.0f - P.eps) * onehot) - P.eps / (float)P.vocab +                            \
-                     2.0f * P.zl * (R.ms * P.inv_tau + R.lss) * q;                                       \
-        T ds = P.scale * dz * P.inv_tau;                                                                 \
         if (P.cap > 0.0f) {                                                                              \
             const T th = tanh(rs / P.cap);                                                               \
             ds *= 1.0f - th * th;                                                                        \
         }                                                                                                \
         return ds;                                                                                       \
     }                                                                                                    \
+    /* exp((x - m)/tau - l) as exp2((x - m) k) exp2(-l log2(e)): the first factor is pass 1's weight    \
+     * bit for bit (exact_max), which grad_kept scales instead of computing again. */                    \
+    inline T weighed##S(T x, float m, float l, loss_params P)                                            \
+    {                                                                                                    \
+        return exp2((x - m) * (M_LOG2E_F * P.inv_tau)) * exp2(-l * M_LOG2E_F);                          \
+    }                                                                                                    \
+    /* dL/ds of ce, kl and soft_ce from q (the student's probabilities), before 1/denominator; rt, rs:  \
+     * the raw logits; idx: their token indices. ce's q - onehot is formed in fp32 before anything else  \
+     * touches it. */                                                                                    \
+    inline T weighed_grad##S(const int loss, T q, T rt, T rs, IT idx, int y, row_softmax R, loss_params P) \
+    {                                                                                                    \
+        T dz;                                                                                            \
+        if (loss == LOSS_CE) {                                                                           \
+            const T onehot = idx == (IT)(y) ? (T)(1.0f) : (T)(0.0f);                                     \
+            dz = (q - (1.0f - P.eps) * onehot) - P.eps / (float)P.vocab +                                \
+                 2.0f * P.zl * (R.ms * P.inv_tau + R.lss) * q;                                           \
+        } else {                                                                                         \
+            dz = q - weighed##S(softcap##S(rt, P.cap), R.mt, R.lst, P);                                  \
+        }                                                                                                \
+        return capped##S(P.scale * dz * P.inv_tau, rs, P);                                               \
+    }                                                                                                    \
     /* dL/ds for one group of logits, before 1/denominator; idx: their token indices. */                 \
     inline T grad_##S(const int loss, T rt, T rs, IT idx, int y, row_softmax R, float aux, float g_ref,  \
                       loss_params P)                                                                     \
     {                                                                                                    \
         const T xs = softcap##S(rs, P.cap);                                                              \
-        if (loss == LOSS_CE) /* the weights of pass 1, scaled: what grad_kept does with kept ones */     \
-            return ce_grad##S(exp2((xs - R.ms) * (M_LOG2E_F * P.inv_tau)) * ce_q_scale(R), rs, idx, y, R, P); \
+        if (WEIGHED_GRAD(loss))                                                                          \
+            return weighed_grad##S(loss, weighed##S(xs, R.ms, R.lss, P), rt, rs, idx, y, R, P);           \
         const T b = (xs - R.ms) * P.inv_tau - R.lss, q = exp(b);                                         \
         const T xt = softcap##S(rt, P.cap);                                                              \
         const T a = (xt - R.mt) * P.inv_tau - R.lst, p = exp(a);                                         \
@@ -148,16 +163,12 @@ inline float ce_q_scale(row_softmax R) { return exp2(-R.lss * M_LOG2E_F); }
                                 : q * aux - centered_term##S(loss, xt, xs, a, b, q, mix_log##S(loss, a, b, p, q, P), \
                                                              g_ref, P);                                  \
         else                                                                                             \
-            dz = q - p; /* kl, soft_ce, and kd's soft part */                                            \
+            dz = q - p; /* kd's soft part */                                                             \
         if (loss == LOSS_KD)                                                                             \
             ds = P.alpha * (exp((xs - R.ms) - R.lss1) - onehot) + (1.0f - P.alpha) * P.scale * dz * P.inv_tau; \
         else                                                                                             \
             ds = P.scale * dz * P.inv_tau;                                                               \
-        if (P.cap > 0.0f) {                                                                              \
-            const T th = tanh(rs / P.cap);                                                               \
-            ds *= 1.0f - th * th;                                                                        \
-        }                                                                                                \
-        return ds;                                                                                       \
+        return capped##S(ds, rs, P);                                                                     \
     }
 
 KLCL_LOSS_HELPERS(float, int, 1)
@@ -631,12 +642,13 @@ inline uint block_flags(const int loss, __global const T_ELEM *t, __global const
     return (any(bad_tv) ? 1u : 0u) | (any(bad_sv) ? 2u : 0u) | (any(bad_zv) ? (loss == LOSS_RKL ? 8u : 4u) : 0u);
 }
 
-/* ce with its gradient on one work-item per row (exact_max; CPU devices): the row's largest softcapped
- * student logit, taken before pass 1 so that pass 1 weighs every logit against the final maximum ms.
- * Its weights exp2((x_s - ms) k) are then the exponentials of the gradient's q = exp2((x_s - ms) k)
- * exp2(-log2 S), bit for bit: pass 1 stores them in the gradient's row (keep_exps), and the gradient
- * scales them (grad_kept) instead of taking one more exponential per logit. The same maximum as pass 1
- * would end with: softcap is monotonic, and fmax ignores NaN as the running maxima do. */
+/* ce, kl and soft_ce with their gradient on one work-item per row (exact_max; CPU devices): the row's
+ * largest softcapped student logit, taken before pass 1 so that pass 1 weighs every logit against the
+ * final maximum ms. Its weights exp2((x_s - ms) k) are then the exponentials of the gradient's
+ * q = exp2((x_s - ms) k) exp2(-log S log2(e)) (weighed), bit for bit: pass 1 stores them in the gradient's
+ * row (keep_exps), and the gradient scales them (grad_kept) instead of taking that exponential again.
+ * The same maximum as pass 1 would end with: softcap is monotonic, and fmax ignores NaN as the running
+ * maxima do. */
 inline float student_max(__global const S_ELEM *s, uint nvec, uint v0, uint v1, uint s_cols, float cap)
 {
     floatV m = (floatV)(KLCL_NEG_INF);
@@ -801,21 +813,30 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
     return S;
 }
 
-/* ce's gradient of one row from the weights pass 1 kept in g (keep_exps): the whole vectors [0, nvec)
- * from them, the same bits as grad_row's exponentials; the columns past them as grad_row computes them.
- * One work-item per row; g holds fp32. */
-inline void grad_kept(__global const S_ELEM *s, __global float *g, uint nvec, uint vocab, uint s_cols, int y,
-                      row_softmax R, loss_params P, float inv_denom)
+/* The gradient of one row of ce, kl or soft_ce from the student's weights pass 1 kept in g (keep_exps):
+ * the whole vectors [0, nvec) from them, the same bits as grad_row's exponentials (weighed); the columns
+ * past them as grad_row computes them. One work-item per row; g holds fp32. */
+inline void grad_kept(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, __global float *g,
+                      uint nvec, uint vocab, uint t_cols, uint s_cols, int y, row_softmax R, loss_params P,
+                      float inv_denom)
 {
     const intV lane = KLCL_CAT(as_int, KLCL_VW)(KLCL_LANES);
-    const float qs = ce_q_scale(R);
+    const float qs = exp2(-R.lss * M_LOG2E_F);
     for (uint kk = 0; kk < nvec; kk++) {
         const floatV q = KLCL_CAT(vload, KLCL_VW)(kk, g) * qs;
+        const floatV rt = loss != LOSS_CE ? LOAD_TV(kk, t) : (floatV)(0.0f);
         const floatV rs = P.cap > 0.0f ? LOAD_SV(kk, s) : (floatV)(0.0f);
-        KLCL_CAT(vstore, KLCL_VW)(ce_gradV(q, rs, (intV)(kk * KLCL_VW) + lane, y, R, P) * inv_denom, kk, g);
+        const floatV ds = weighed_gradV(loss, q, rt, rs, (intV)(kk * KLCL_VW) + lane, y, R, P);
+        KLCL_CAT(vstore, KLCL_VW)(ds * inv_denom, kk, g);
     }
-    for (uint v = nvec * KLCL_VW; v < s_cols; v++)
-        g[v] = v < vocab ? grad_1(LOSS_CE, 0.0f, LOAD_S1(v, s, s_cols), (int)v, y, R, 0.0f, 0.0f, P) * inv_denom : 0.0f;
+    for (uint v = nvec * KLCL_VW; v < s_cols; v++) {
+        float ds = 0.0f;
+        if (v < vocab) {
+            const float rt = loss != LOSS_CE ? LOAD_T1(v, t, t_cols) : 0.0f;
+            ds = grad_1(loss, rt, LOAD_S1(v, s, s_cols), (int)v, y, R, 0.0f, 0.0f, P) * inv_denom;
+        }
+        g[v] = ds;
+    }
 }
 
 /* Merges the pass-1 states of each team's work-items in a fixed tree (work-item tid takes tid + off for
@@ -1045,12 +1066,12 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     const ulong at = in_launch ? lrow : 0;
     __global const T_ELEM *t = teacher + t_off + at * t_stride;
     __global const S_ELEM *s = student + s_off + at * s_stride;
-    /* ce with its gradient on one work-item per row: the exact maximum first (student_max), and pass 1
-     * keeps its weights in the gradient's row where the host allows it (keep_exps: an fp32 gradient in a
-     * buffer of its own). */
+    /* ce, kl and soft_ce with their gradient on one work-item per row: the student's exact maximum first
+     * (student_max), and pass 1 keeps its weights in the gradient's row where the host allows it
+     * (keep_exps: an fp32 gradient in a buffer of its own). */
     int exact = 0, keeping = 0;
 #if KLCL_WG == 1
-    exact = loss == LOSS_CE && exact_max && used;
+    exact = WEIGHED_GRAD(loss) && exact_max && used;
 #if KLCL_G_DTYPE == 0
     keeping = exact && keep_exps && fuse_grad && in_launch;
 #endif
@@ -1083,7 +1104,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         barrier(CLK_GLOBAL_MEM_FENCE);
         const int compute = used && !U.invalid && !(loss == LOSS_RKL && (S.bad & 8u));
         if (in_launch && compute && keeping)
-            grad_kept(s, keep, nvec, vocab, s_cols, y, U.R, P, inv_denom);
+            grad_kept(loss, t, s, keep, nvec, vocab, t_cols, s_cols, y, U.R, P, inv_denom);
         else if (in_launch)
             grad_row(loss, t, s, grad + g_off + lrow * g_stride, tid, team, vocab, t_cols, s_cols, y, U.R, p2.y,
                      U.g_ref, P, inv_denom, compute, used ? NAN : 0.0f);

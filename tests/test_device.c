@@ -778,11 +778,11 @@ static void test_cl_mem_tensors(void **state)
 }
 
 /* The gradient written over the student in place (the same cl_mem, or a sub-buffer of it: what the fused
- * linear path does) has the same bits, and the row losses too, as one written to a buffer of its own. A
- * CPU device's ce weighs every logit in pass 1 and scales those weights for the gradient where it may
- * (kept in the gradient's row); in place that would overwrite logits still to be read (the label's for
- * the loss, every one for the softcap's derivative), so klcl must see the overlap. With and without
- * softcap, labels inside the rows, V not a multiple of 16. */
+ * linear path does) has the same bits, and the row losses too, as one written to a buffer of its own. On
+ * a CPU device ce, kl and soft_ce scale pass 1's weights for the gradient where they may (kept in the
+ * gradient's row); in place that would overwrite logits still to be read (the label's for ce's loss,
+ * every one for the softcap's derivative), so klcl must see the overlap. With and without softcap, labels
+ * inside the rows, V not a multiple of 16. */
 static void test_grad_in_place(void **state)
 {
     (void)state;
@@ -798,8 +798,8 @@ static void test_grad_in_place(void **state)
     cl_mem t = make_buffer(cc, n * sizeof(float), 0, d.teacher, n * sizeof(float));
     cl_mem y = make_buffer(cc, rows * sizeof(int32_t), 0, d.labels, rows * sizeof(int32_t));
     cl_mem g = make_buffer(cc, n * sizeof(float), 0, NULL, 0);
-    const klcl_loss losses[] = {KLCL_LOSS_CE, KLCL_LOSS_KL};
-    for (size_t li = 0; li < 2; li++)
+    const klcl_loss losses[] = {KLCL_LOSS_CE, KLCL_LOSS_KL, KLCL_LOSS_SOFT_CE};
+    for (size_t li = 0; li < 3; li++)
         for (int cap = 0; cap < 2; cap++)
             for (int sub = 0; sub < 2; sub++) {
                 klcl_loss_desc desc = desc_for(losses[li]);
