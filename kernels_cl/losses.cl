@@ -56,7 +56,15 @@ typedef struct loss_params {
 /* Softmax statistics of one row (see common.cl): log p = (x_t - mt) / tau - lst, log q likewise. */
 typedef struct row_softmax {
     float mt, lst, ms, lss, lss1;
+    float ps, qs; /* exp2(-lst log2(e)), exp2(-lss log2(e)): the factors of p and q in `weighed` */
 } row_softmax;
+
+/* R's ps and qs, from its lst and lss: once per row, not per logit. */
+inline void softmax_scales(row_softmax *R)
+{
+    R->ps = exp2(-R->lst * M_LOG2E_F);
+    R->qs = exp2(-R->lss * M_LOG2E_F);
+}
 
 /* The losses whose gradient forms q, and p, as pass 1 forms its weights (exact_max): ce, kl, soft_ce. */
 #define WEIGHED_GRAD(loss) ((loss) == LOSS_CE || (loss) == LOSS_KL || (loss) == LOSS_SOFT_CE)
@@ -125,11 +133,12 @@ typedef struct row_softmax {
         }                                                                                                \
         return ds;                                                                                       \
     }                                                                                                    \
-    /* exp((x - m)/tau - l) as exp2((x - m) k) exp2(-l log2(e)): the first factor is pass 1's weight    \
-     * bit for bit (exact_max), which grad_kept scales instead of computing again. */                    \
-    inline T weighed##S(T x, float m, float l, loss_params P)                                            \
+    /* exp((x - m)/tau - l) as exp2((x - m) k) times scale = exp2(-l log2(e)) (softmax_scales): the     \
+     * first factor is pass 1's weight bit for bit (exact_max), which grad_kept scales instead of       \
+     * computing again. */                                                                               \
+    inline T weighed##S(T x, float m, float scale, loss_params P)                                        \
     {                                                                                                    \
-        return exp2((x - m) * (M_LOG2E_F * P.inv_tau)) * exp2(-l * M_LOG2E_F);                          \
+        return exp2((x - m) * (M_LOG2E_F * P.inv_tau)) * scale;                                          \
     }                                                                                                    \
     /* dL/ds of ce, kl and soft_ce from q (the student's probabilities), before 1/denominator; rt, rs:  \
      * the raw logits; idx: their token indices. ce's q - onehot is formed in fp32 before anything else  \
@@ -142,7 +151,7 @@ typedef struct row_softmax {
             dz = (q - (1.0f - P.eps) * onehot) - P.eps / (float)P.vocab +                                \
                  2.0f * P.zl * (R.ms * P.inv_tau + R.lss) * q;                                           \
         } else {                                                                                         \
-            dz = q - weighed##S(softcap##S(rt, P.cap), R.mt, R.lst, P);                                  \
+            dz = q - weighed##S(softcap##S(rt, P.cap), R.mt, R.ps, P);                                   \
         }                                                                                                \
         return capped##S(P.scale * dz * P.inv_tau, rs, P);                                               \
     }                                                                                                    \
@@ -152,7 +161,7 @@ typedef struct row_softmax {
     {                                                                                                    \
         const T xs = softcap##S(rs, P.cap);                                                              \
         if (WEIGHED_GRAD(loss))                                                                          \
-            return weighed_grad##S(loss, weighed##S(xs, R.ms, R.lss, P), rt, rs, idx, y, R, P);           \
+            return weighed_grad##S(loss, weighed##S(xs, R.ms, R.qs, P), rt, rs, idx, y, R, P);            \
         const T b = (xs - R.ms) * P.inv_tau - R.lss, q = exp(b);                                         \
         const T xt = softcap##S(rt, P.cap);                                                              \
         const T a = (xt - R.mt) * P.inv_tau - R.lst, p = exp(a);                                         \
@@ -821,9 +830,8 @@ inline void grad_kept(const int loss, __global const T_ELEM *t, __global const S
                       float inv_denom)
 {
     const intV lane = KLCL_CAT(as_int, KLCL_VW)(KLCL_LANES);
-    const float qs = exp2(-R.lss * M_LOG2E_F);
     for (uint kk = 0; kk < nvec; kk++) {
-        const floatV q = KLCL_CAT(vload, KLCL_VW)(kk, g) * qs;
+        const floatV q = KLCL_CAT(vload, KLCL_VW)(kk, g) * R.qs;
         const floatV rt = loss != LOSS_CE ? LOAD_TV(kk, t) : (floatV)(0.0f);
         const floatV rs = P.cap > 0.0f ? LOAD_SV(kk, s) : (floatV)(0.0f);
         const floatV ds = weighed_gradV(loss, q, rt, rs, (intV)(kk * KLCL_VW) + lane, y, R, P);
@@ -889,6 +897,7 @@ inline row_setup row_prepare(const int loss, row_state S, __global const T_ELEM 
     }
     U.R.lss = log(S.L.ss);
     U.R.lss1 = log(S.L.ss1);
+    softmax_scales(&U.R);
     U.g_ref = 0.0f;
     if (IS_CENTERED(loss) && !U.invalid) {
         const float xt = softcap1(LOAD_T1(S.asi, t, t_cols), P.cap), xs = softcap1(LOAD_S1(S.asi, s, s_cols), P.cap);
@@ -1147,7 +1156,7 @@ inline void part_body(const int loss, __local float *lf, __local uint *lu, __loc
     } else {
         /* The merged row's softmax statistics and reference token, as klcl_merge wrote them. */
         __global const float *stats = row_stats + row * RS_COUNT;
-        row_softmax R = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        row_softmax R = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
         float g_ref = 0.0f;
         int work = 0, teacher_ok = 0;
         if (in_launch && used) {
@@ -1159,6 +1168,7 @@ inline void part_body(const int loss, __local float *lf, __local uint *lu, __loc
             R.ms = stats[RS_MAX_S];
             R.lss = stats[RS_LOGS_S];
             R.lss1 = stats[RS_LOGS_S1];
+            softmax_scales(&R);
             g_ref = stats[RS_G_REF];
         }
         const float2 p2 = team_sum(l4, lid, tid, team,
@@ -1239,6 +1249,7 @@ inline void grad_body(const int loss, GRAD_ARGS)
     R.ms = stats[RS_MAX_S];
     R.lss = stats[RS_LOGS_S];
     R.lss1 = stats[RS_LOGS_S1];
+    softmax_scales(&R);
     const int y = has_labels ? labels[l_off + row] : -1;
     grad_row(loss, t, s, g, gid, gsize, vocab, t_cols, s_cols, y, R, stats[RS_AUX], stats[RS_G_REF], P, inv_denom,
              compute, (flags & FLAG_SKIPPED) ? 0.0f : NAN);
