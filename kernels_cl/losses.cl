@@ -569,6 +569,22 @@ inline neg_seen neg_note(neg_seen n, floatV x) { return x < n ? x : n; }
 inline int neg_any(neg_seen n) { return any(n == (floatV)(KLCL_NEG_INF)); }
 #endif
 
+/* The gradient's columns first, first + step, ... below s_cols one by one, as grad_row writes those past its
+ * whole vectors: 0 past the loss's columns. */
+inline void grad_columns(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, __global G_ELEM *g,
+                         uint first, uint step, uint vocab, uint t_cols, uint s_cols, int y, row_softmax R, float aux,
+                         float g_ref, loss_params P, float inv_denom)
+{
+    for (uint v = first; v < s_cols; v += step) {
+        float ds = 0.0f;
+        if (v < vocab) {
+            const float rt = loss != LOSS_CE ? LOAD_T1(v, t, t_cols) : 0.0f;
+            ds = grad_1(loss, rt, LOAD_S1(v, s, s_cols), (int)v, y, R, aux, g_ref, P) * inv_denom;
+        }
+        STORE_G1(ds, v, g);
+    }
+}
+
 /* Writes the s_cols columns of a student-shaped gradient row from the row's statistics, columns
  * first, first + step, ... (KLCL_VW-wide vectors, then the tail): the loss's columns [0, vocab) (teacher
  * columns past t_cols read as -inf), zeros for student columns a truncated loss does not use; or, when
@@ -601,14 +617,7 @@ inline void grad_row(const int loss, __global const T_ELEM *t, __global const S_
         STORE_GV(ds * inv_denom, kk, g);
     }
 #endif
-    for (uint v = nvec * KLCL_VW + first; v < s_cols; v += step) {
-        float ds = 0.0f;
-        if (v < vocab) {
-            const float rt = loss != LOSS_CE ? LOAD_T1(v, t, t_cols) : 0.0f;
-            ds = grad_1(loss, rt, LOAD_S1(v, s, s_cols), (int)v, y, R, aux, g_ref, P) * inv_denom;
-        }
-        STORE_G1(ds, v, g);
-    }
+    grad_columns(loss, t, s, g, nvec * KLCL_VW + first, step, vocab, t_cols, s_cols, y, R, aux, g_ref, P, inv_denom);
 }
 
 /* A row's flags before any logit is read (mask, ignore_index, a label outside the loss's columns), and
@@ -824,27 +833,21 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
 
 /* The gradient of one row of ce, kl or soft_ce from the student's weights pass 1 kept in g (keep_exps):
  * the whole vectors [0, nvec) from them, the same bits as grad_row's exponentials (weighed); the columns
- * past them as grad_row computes them. One work-item per row; g holds fp32. */
-inline void grad_kept(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, __global float *g,
+ * past them as grad_row computes them. One work-item per row; g holds fp32 (G_ELEM is float). */
+inline void grad_kept(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, __global G_ELEM *g,
                       uint nvec, uint vocab, uint t_cols, uint s_cols, int y, row_softmax R, loss_params P,
                       float inv_denom)
 {
+    __global float *kept = (__global float *)g;
     const intV lane = KLCL_CAT(as_int, KLCL_VW)(KLCL_LANES);
     for (uint kk = 0; kk < nvec; kk++) {
-        const floatV q = KLCL_CAT(vload, KLCL_VW)(kk, g) * R.qs;
+        const floatV q = KLCL_CAT(vload, KLCL_VW)(kk, kept) * R.qs;
         const floatV rt = loss != LOSS_CE ? LOAD_TV(kk, t) : (floatV)(0.0f);
         const floatV rs = P.cap > 0.0f ? LOAD_SV(kk, s) : (floatV)(0.0f);
         const floatV ds = weighed_gradV(loss, q, rt, rs, (intV)(kk * KLCL_VW) + lane, y, R, P);
-        KLCL_CAT(vstore, KLCL_VW)(ds * inv_denom, kk, g);
+        KLCL_CAT(vstore, KLCL_VW)(ds * inv_denom, kk, kept);
     }
-    for (uint v = nvec * KLCL_VW; v < s_cols; v++) {
-        float ds = 0.0f;
-        if (v < vocab) {
-            const float rt = loss != LOSS_CE ? LOAD_T1(v, t, t_cols) : 0.0f;
-            ds = grad_1(loss, rt, LOAD_S1(v, s, s_cols), (int)v, y, R, 0.0f, 0.0f, P) * inv_denom;
-        }
-        g[v] = ds;
-    }
+    grad_columns(loss, t, s, g, nvec * KLCL_VW, 1, vocab, t_cols, s_cols, y, R, 0.0f, 0.0f, P, inv_denom);
 }
 
 /* Merges the pass-1 states of each team's work-items in a fixed tree (work-item tid takes tid + off for
@@ -1086,9 +1089,9 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
 #endif
 #endif
     const float ms_floor = exact ? student_max(s, nvec, nvec * KLCL_VW, vocab, s_cols, cap) : KLCL_NEG_INF;
-    __global float *keep = (__global float *)(grad + g_off + at * g_stride);
+    __global G_ELEM *g = grad + g_off + at * g_stride;
     row_state S = pass1(loss, t, s, 0, used ? nvec : 0, nvec * KLCL_VW, used ? vocab : 0, tid, team, t_cols, s_cols,
-                        has_teacher, cap, k, ms_floor, keep, &keeping);
+                        has_teacher, cap, k, ms_floor, (__global float *)g, &keeping);
     S = team_merge(loss, lf, lu, lid, tid, team, S, k);
     const row_setup U = row_prepare(loss, S, t, s, t_cols, s_cols, has_teacher, t_logprob, P);
     float2 p2 = (float2)(0.0f);
@@ -1113,10 +1116,10 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         barrier(CLK_GLOBAL_MEM_FENCE);
         const int compute = used && !U.invalid && !(loss == LOSS_RKL && (S.bad & 8u));
         if (in_launch && compute && keeping)
-            grad_kept(loss, t, s, keep, nvec, vocab, t_cols, s_cols, y, U.R, P, inv_denom);
-        else if (in_launch)
-            grad_row(loss, t, s, grad + g_off + lrow * g_stride, tid, team, vocab, t_cols, s_cols, y, U.R, p2.y,
-                     U.g_ref, P, inv_denom, compute, used ? NAN : 0.0f);
+            grad_kept(loss, t, s, g, nvec, vocab, t_cols, s_cols, y, U.R, P, inv_denom);
+        else if (in_launch) /* at is lrow */
+            grad_row(loss, t, s, g, tid, team, vocab, t_cols, s_cols, y, U.R, p2.y, U.g_ref, P, inv_denom, compute,
+                     used ? NAN : 0.0f);
     }
 }
 
