@@ -8,8 +8,9 @@
  *   exp        one exponential per logit read (the online softmax's minimum): the exp-throughput limit;
  *              each limit is the fastest of a GPU-style (strided) and a CPU-style (chunked) access pattern,
  *              with 8- and 16-wide vectors;
- *   klcl ops   kl forward; kl, ce and jsd forward with gradient (cl_mem tensors, no host transfers), for
- *              each element type of --dtype (inputs and gradient in that type; the same N as fp32);
+ *   klcl ops   kl forward; kl, ce and jsd forward with gradient, or those of --ops (cl_mem tensors, no host
+ *              transfers), for each element type of --dtype (inputs and gradient in that type; the same N as
+ *              fp32);
  *   reference  the CPU reference on a few rows, as a rate per logit, for the speed-up.
  * Per case it prints useful bytes per second (inputs read once, gradient written once, in the case's type),
  * the fraction of the streaming limit over those bytes, logits per second, the fraction of the exp limit,
@@ -20,8 +21,11 @@
  * case prints the row strategy klcl used (work-items per row, parts per row: klcl_context_row_strategy).
  *
  *   klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--dtype f32,bf16]
- *              [--small-rows N,N,...] [--small-vocab V] [--csv FILE] [--json FILE]
+ *              [--small-rows N,N,...] [--small-vocab V] [--ops OP,OP,...] [--csv FILE] [--json FILE]
  *              [--format table|csv|json] [--tune]
+ *
+ * --ops picks the operations: each a loss (kl, rkl, soft_ce, ce, jsd, skl, srkl, tvd, kd) for its forward
+ * pass, or LOSS+grad with its gradient; kd and ce get labels, every loss but ce a teacher.
  *
  * --small-rows defaults to 1,2 and --small-vocab to 262144; --small-rows 0 leaves the few-row shapes out.
  *
@@ -53,13 +57,16 @@ typedef struct bench_op {
     int with_grad;
 } bench_op;
 
-static const bench_op ops[] = {
+/* --ops: LOSS (forward) or LOSS+grad for every loss of klcl_loss_name; by default the four below. */
+enum { MAX_OPS = 2 * KLCL_LOSS_COUNT };
+static bench_op ops[MAX_OPS] = {
     {"kl", KLCL_LOSS_KL, 0},
     {"kl+grad", KLCL_LOSS_KL, 1},
     {"ce+grad", KLCL_LOSS_CE, 1},
     {"jsd+grad", KLCL_LOSS_JSD, 1},
 };
-enum { OP_COUNT = sizeof ops / sizeof ops[0], MAX_REPS = 101, REF_ROWS = 4, MAX_VOCABS = 16, MAX_DTYPES = 3 };
+static int nops = 4;
+enum { MAX_REPS = 101, REF_ROWS = 4, MAX_VOCABS = 16, MAX_DTYPES = 3 };
 /* The shortest timing sample, and the most runs one sample may take. */
 #define SAMPLE_MIN_S 0.02
 enum { SAMPLE_MAX_RUNS = 1000 };
@@ -133,7 +140,8 @@ static double median_seconds(void (*run)(void *arg, int n), void *arg, int reps)
 
 #define USAGE                                                                                          \
     "usage: klcl-bench [--device SPEC] [--mib N] [--reps N] [--vocab V,V,...] [--dtype f32,bf16] "         \
-    "[--small-rows N,N,...] [--small-vocab V] [--csv FILE] [--json FILE] [--format table|csv|json] [--tune]\n"
+    "[--small-rows N,N,...] [--small-vocab V] [--ops OP,OP,...] [--csv FILE] [--json FILE] "                    \
+    "[--format table|csv|json] [--tune]\n"
 
 static void usage_error(const char *fmt, const char *arg)
 {
@@ -388,6 +396,33 @@ static double time_startup(const char *device, double *platforms_ms)
     return pclose(p) == 0 ? ms : NAN;
 }
 
+/* --ops: each OP a loss's name (forward) or NAME+grad (with its gradient), each once. */
+static void parse_ops(const char *v)
+{
+    static char names[MAX_OPS][32];
+    const char *msg = "--ops %s: expected a comma-separated list of losses (kl, rkl, soft_ce, ce, jsd, skl, srkl, "
+                      "tvd, kd), each alone (forward) or with +grad, each once";
+    nops = 0;
+    for (const char *p = v; *p;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        int grad = len > 5 && !strncmp(p + len - 5, "+grad", 5), found = -1;
+        size_t base = grad ? len - 5 : len;
+        for (int l = 0; l < KLCL_LOSS_COUNT; l++) {
+            const char *name = klcl_loss_name((klcl_loss)l);
+            if (strlen(name) == base && !strncmp(p, name, base)) found = l;
+        }
+        if (found < 0 || nops == MAX_OPS) usage_error(msg, v);
+        for (int i = 0; i < nops; i++)
+            if (ops[i].loss == (klcl_loss)found && ops[i].with_grad == grad) usage_error(msg, v);
+        snprintf(names[nops], sizeof names[nops], "%s%s", klcl_loss_name((klcl_loss)found), grad ? "+grad" : "");
+        ops[nops] = (bench_op){names[nops], (klcl_loss)found, grad};
+        nops++;
+        p = end ? end + 1 : p + len;
+        if (end && !*p) usage_error(msg, v);
+    }
+}
+
 static int parse_dtypes(const char *v, klcl_dtype *out)
 {
     int n = 0;
@@ -451,7 +486,7 @@ int main(int argc, char **argv)
         }
         if (strcmp(a, "--device") && strcmp(a, "--mib") && strcmp(a, "--reps") && strcmp(a, "--csv") &&
             strcmp(a, "--json") && strcmp(a, "--format") && strcmp(a, "--vocab") && strcmp(a, "--dtype") &&
-            strcmp(a, "--small-rows") && strcmp(a, "--small-vocab"))
+            strcmp(a, "--small-rows") && strcmp(a, "--small-vocab") && strcmp(a, "--ops"))
             usage_error("unknown argument '%s'", a);
         if (!v || !*v) usage_error("%s needs a value", a);
         i++;
@@ -459,6 +494,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--csv")) csv_path = v;
         else if (!strcmp(a, "--json")) json_path = v;
         else if (!strcmp(a, "--dtype")) nd = parse_dtypes(v, dtypes);
+        else if (!strcmp(a, "--ops")) parse_ops(v);
         else if (!strcmp(a, "--small-rows")) nsmall = parse_list(a, v, small_rows, MAX_SMALL, 0, 1);
         else if (!strcmp(a, "--small-vocab")) {
             size_t sv[1];
@@ -495,6 +531,9 @@ int main(int argc, char **argv)
     if (probe) return startup_probe(device);
     /* Text for a person goes to stdout with the table, else to stderr, keeping stdout parseable. */
     FILE *text = format == FORMAT_TABLE ? stdout : stderr;
+    int opw = 9; /* the table's first column: the longest op's name */
+    for (int i = 0; i < nops; i++)
+        if ((int)strlen(ops[i].name) > opw) opw = (int)strlen(ops[i].name);
 
     /* Outputs are opened first: a bad path fails now, not after the run. */
     FILE *csv = csv_path ? fopen(csv_path, "w") : NULL;
@@ -557,10 +596,10 @@ int main(int argc, char **argv)
                startup_warm, startup_first, platforms_ms);
         printf("limits per shape: 'read' streams teacher+student once (in the type of the rows below it); 'exp' does "
                "one exp per logit read;\nteam: work-items per row, parts: work-groups per row\n\n");
-        printf("%-9s %-5s %6s %7s %9s %9s %7s %9s %7s %9s %5s %5s\n", "op", "type", "N", "V", "ms", "GB/s", "of read",
+        printf("%-*s %-5s %6s %7s %9s %9s %7s %9s %7s %9s %5s %5s\n", opw, "op", "type", "N", "V", "ms", "GB/s", "of read",
                "Glogit/s", "of exp", "vs ref", "team", "parts");
     }
-    bench_case cases[MAX_SHAPES * MAX_DTYPES * OP_COUNT];
+    bench_case cases[MAX_SHAPES * MAX_DTYPES * MAX_OPS];
     bench_limit limits[MAX_SHAPES * MAX_DTYPES];
     size_t ncases = 0, nlimits = 0;
 
@@ -605,13 +644,13 @@ int main(int argc, char **argv)
             double read_gbps = 2.0 * (double)n * (double)elem / t_read * 1e-9;
             limits[nlimits++] = (bench_limit){dt, rows, vocab, t_read, read_gbps, t_exp, exp_rate};
             if (table) {
-                printf("%-9s %-5s %6zu %7zu %9.3f %9.2f %7s %9.3f %7s %9s\n", "read", klcl_dtype_name(dt), rows, vocab,
+                printf("%-*s %-5s %6zu %7zu %9.3f %9.2f %7s %9.3f %7s %9s\n", opw, "read", klcl_dtype_name(dt), rows, vocab,
                        1e3 * t_read, read_gbps, "1.00", 2.0 * (double)n / t_read * 1e-9, "", "");
                 if (id == 0)
-                    printf("%-9s %-5s %6zu %7zu %9.3f %9s %7s %9.3f %7s %9s\n", "exp", "", rows, vocab, 1e3 * t_exp, "",
+                    printf("%-*s %-5s %6zu %7zu %9.3f %9s %7s %9.3f %7s %9s\n", opw, "exp", "", rows, vocab, 1e3 * t_exp, "",
                            "", exp_rate, "1.00", "");
             }
-            for (int op = 0; op < OP_COUNT; op++) {
+            for (int op = 0; op < nops; op++) {
                 klcl_loss_desc desc;
                 klcl_loss_desc_init(&desc, ops[op].loss);
                 klcl_batch b = KLCL_BATCH_INIT;
@@ -622,9 +661,8 @@ int main(int argc, char **argv)
                 if (ops[op].loss != KLCL_LOSS_CE) {
                     b.teacher = klcl_mem_tensor(in, 0, 0);
                     b.teacher.dtype = dt;
-                } else {
-                    b.labels = klcl_mem_tensor(ybuf, 0, 0);
                 }
+                if (ops[op].loss == KLCL_LOSS_CE || ops[op].loss == KLCL_LOSS_KD) b.labels = klcl_mem_tensor(ybuf, 0, 0);
                 if (ops[op].with_grad) {
                     b.grad = klcl_mem_tensor(grad, 0, 0);
                     b.grad.dtype = dt;
@@ -642,9 +680,8 @@ int main(int argc, char **argv)
                 if (ops[op].loss != KLCL_LOSS_CE) {
                     rb.teacher = klcl_host_tensor(hd, 0);
                     rb.teacher.dtype = dt;
-                } else {
-                    rb.labels = klcl_host_tensor(labels, 0);
                 }
+                if (ops[op].loss == KLCL_LOSS_CE || ops[op].loss == KLCL_LOSS_KD) rb.labels = klcl_host_tensor(labels, 0);
                 if (rgrad) {
                     rb.grad = klcl_host_tensor(rgrad, 0);
                     rb.grad.dtype = dt;
@@ -662,7 +699,7 @@ int main(int argc, char **argv)
                                                parts,        sec,       gbps,           gbps / read_gbps,
                                                logit_rate,   logit_rate / exp_rate, speedup};
                 if (table)
-                    printf("%-9s %-5s %6zu %7zu %9.3f %9.2f %7.2f %9.3f %7.2f %8.1fx %5zu %5zu\n", ops[op].name,
+                    printf("%-*s %-5s %6zu %7zu %9.3f %9.2f %7.2f %9.3f %7.2f %8.1fx %5zu %5zu\n", opw, ops[op].name,
                            klcl_dtype_name(dt), rows, vocab, 1e3 * sec, gbps, gbps / read_gbps, logit_rate,
                            logit_rate / exp_rate, speedup, team, parts);
             }

@@ -68,6 +68,9 @@ inline void softmax_scales(row_softmax *R)
 
 /* The losses whose gradient forms q, and p, as pass 1 forms its weights (exact_max): ce, kl, soft_ce. */
 #define WEIGHED_GRAD(loss) ((loss) == LOSS_CE || (loss) == LOSS_KL || (loss) == LOSS_SOFT_CE)
+/* The losses whose gradient a row kernel may take from what its passes kept in the gradient's row
+ * (grad_kept): those and the centred ones, whose pass 2 forms q the same way. */
+#define KEEPS(loss) (WEIGHED_GRAD(loss) || IS_CENTERED(loss))
 
 #define MIXES(loss) ((loss) == LOSS_JSD || (loss) == LOSS_SKL || (loss) == LOSS_SRKL)
 
@@ -92,7 +95,7 @@ inline void softmax_scales(row_softmax *R)
             const T r = b - lm;                                                                          \
             return r - exp(P.lwb + r);                                                                   \
         }                                                                                                \
-        case LOSS_TVD: return 0.5f * sign(exp(b) - exp(a));                                              \
+        case LOSS_TVD: return 0.5f * sign(b - a); /* sign(q - p), exactly where both round alike */       \
         default: return (T)(0.0f);                                                                       \
         }                                                                                                \
     }                                                                                                    \
@@ -107,13 +110,13 @@ inline void softmax_scales(row_softmax *R)
         }                                                                                                \
         return q * (g_ref - centered_g##S(loss, xt, xs, a, b, lm, P));                                   \
     }                                                                                                    \
-    /* Pass 2 for one group of logits (jsd, skl, srkl, tvd): adds the loss terms and the centred row    \
-     * sum. */                                                                                           \
-    inline void pass2_##S(const int loss, int teacher_ok, T rt, T rs, row_softmax R, float g_ref,        \
-                          loss_params P, T *l, T *aux)                                                   \
+    /* Pass 2 for one group of softcapped logits xt, xs with q (weighed): adds the loss terms (jsd, skl,  \
+     * srkl, tvd) and the centred row sum; returns the term it added to the sum, which the gradient       \
+     * (centered_ds) needs again. */                                                                     \
+    inline T pass2_##S(const int loss, T xt, T xs, T q, row_softmax R, float g_ref, loss_params P, T *l,  \
+                       T *aux)                                                                           \
     {                                                                                                    \
-        const T xs = softcap##S(rs, P.cap), xt = softcap##S(rt, P.cap);                                  \
-        const T b = (xs - R.ms) * P.inv_tau - R.lss, q = exp(b);                                         \
+        const T b = (xs - R.ms) * P.inv_tau - R.lss;                                                     \
         const T a = (xt - R.mt) * P.inv_tau - R.lst, p = exp(a);                                         \
         const T lm = mix_log##S(loss, a, b, p, q, P);                                                    \
         switch (loss) {                                                                                  \
@@ -122,7 +125,9 @@ inline void softmax_scales(row_softmax *R)
         case LOSS_SRKL: *l += xlogratio##S(q, b, lm); break;                                             \
         case LOSS_TVD: *l += 0.5f * fabs(p - q); break;                                                  \
         }                                                                                                \
-        *aux += q > (T)(0.0f) ? centered_term##S(loss, xt, xs, a, b, q, lm, g_ref, P) : (T)(0.0f);       \
+        const T term = q > (T)(0.0f) ? centered_term##S(loss, xt, xs, a, b, q, lm, g_ref, P) : (T)(0.0f); \
+        *aux += term;                                                                                    \
+        return term;                                                                                     \
     }                                                                                                    \
     /* ds times the softcap's derivative at the raw logits rs. */                                      \
     inline T capped##S(T ds, T rs, loss_params P)                                                        \
@@ -136,9 +141,20 @@ inline void softmax_scales(row_softmax *R)
     /* exp((x - m)/tau - l) as exp2((x - m) k) times scale = exp2(-l log2(e)) (softmax_scales): the     \
      * first factor is pass 1's weight bit for bit (exact_max), which grad_kept scales instead of       \
      * computing again. */                                                                               \
+    inline T weight##S(T x, float m, loss_params P)                                                     \
+    {                                                                                                    \
+        return exp2((x - m) * (M_LOG2E_F * P.inv_tau));                                                  \
+    }                                                                                                    \
     inline T weighed##S(T x, float m, float scale, loss_params P)                                        \
     {                                                                                                    \
-        return exp2((x - m) * (M_LOG2E_F * P.inv_tau)) * scale;                                          \
+        return weight##S(x, m, P) * scale;                                                               \
+    }                                                                                                    \
+    /* dL/ds of the centred losses from q and the term pass 2 added for it (pass2_), before             \
+     * 1/denominator. */                                                                                 \
+    inline T centered_ds##S(T q, T term, float aux, T rs, loss_params P)                                 \
+    {                                                                                                    \
+        const T dz = q == (T)(0.0f) ? (T)(0.0f) : q * aux - term;                                        \
+        return capped##S(P.scale * dz * P.inv_tau, rs, P);                                               \
     }                                                                                                    \
     /* dL/ds of ce, kl and soft_ce from q (the student's probabilities), before 1/denominator; rt, rs:  \
      * the raw logits; idx: their token indices. ce's q - onehot is formed in fp32 before anything else  \
@@ -162,21 +178,16 @@ inline void softmax_scales(row_softmax *R)
         const T xs = softcap##S(rs, P.cap);                                                              \
         if (WEIGHED_GRAD(loss))                                                                          \
             return weighed_grad##S(loss, weighed##S(xs, R.ms, R.qs, P), rt, rs, idx, y, R, P);            \
-        const T b = (xs - R.ms) * P.inv_tau - R.lss, q = exp(b);                                         \
         const T xt = softcap##S(rt, P.cap);                                                              \
-        const T a = (xt - R.mt) * P.inv_tau - R.lst, p = exp(a);                                         \
+        if (IS_CENTERED(loss)) {                                                                         \
+            T l = (T)(0.0f), sum = (T)(0.0f);                                                            \
+            const T q = weighed##S(xs, R.ms, R.qs, P);                                                   \
+            return centered_ds##S(q, pass2_##S(loss, xt, xs, q, R, g_ref, P, &l, &sum), aux, rs, P);      \
+        }                                                                                                \
+        /* kd: alpha times ce at tau = 1 plus (1 - alpha) times its soft part, kl's closed form */       \
+        const T q = exp((xs - R.ms) * P.inv_tau - R.lss), p = exp((xt - R.mt) * P.inv_tau - R.lst);       \
         const T onehot = idx == (IT)(y) ? (T)(1.0f) : (T)(0.0f);                                         \
-        T dz, ds;                                                                                        \
-        if (IS_CENTERED(loss))                                                                           \
-            dz = q == (T)(0.0f) ? (T)(0.0f)                                                              \
-                                : q * aux - centered_term##S(loss, xt, xs, a, b, q, mix_log##S(loss, a, b, p, q, P), \
-                                                             g_ref, P);                                  \
-        else                                                                                             \
-            dz = q - p; /* kd's soft part */                                                             \
-        if (loss == LOSS_KD)                                                                             \
-            ds = P.alpha * (exp((xs - R.ms) - R.lss1) - onehot) + (1.0f - P.alpha) * P.scale * dz * P.inv_tau; \
-        else                                                                                             \
-            ds = P.scale * dz * P.inv_tau;                                                               \
+        const T ds = P.alpha * (exp((xs - R.ms) - R.lss1) - onehot) + (1.0f - P.alpha) * P.scale * (q - p) * P.inv_tau; \
         return capped##S(ds, rs, P);                                                                     \
     }
 
@@ -660,11 +671,13 @@ inline uint block_flags(const int loss, __global const T_ELEM *t, __global const
     return (any(bad_tv) ? 1u : 0u) | (any(bad_sv) ? 2u : 0u) | (any(bad_zv) ? (loss == LOSS_RKL ? 8u : 4u) : 0u);
 }
 
-/* ce, kl and soft_ce with their gradient on one work-item per row (exact_max; CPU devices): the row's
- * largest softcapped student logit, taken before pass 1 so that pass 1 weighs every logit against the
- * final maximum ms. Its weights exp2((x_s - ms) k) are then the exponentials of the gradient's
+/* A gradient on one work-item per row (exact_max; CPU devices; the losses of KEEPS): the row's largest
+ * softcapped student logit, taken before pass 1 so that pass 1 weighs every logit against the final
+ * maximum ms. Its weights exp2((x_s - ms) k) are then the exponentials of
  * q = exp2((x_s - ms) k) exp2(-log S log2(e)) (weighed), bit for bit: pass 1 stores them in the gradient's
- * row (keep_exps), and the gradient scales them (grad_kept) instead of taking that exponential again.
+ * row (keep_exps). For ce, kl and soft_ce the gradient scales them (grad_kept) instead of taking that
+ * exponential again; a centred loss's pass 2 forms its q from them and leaves in their place the term
+ * its gradient needs (pass2_), whose log m and teacher's exponential the gradient then does not take.
  * The same maximum as pass 1 would end with: softcap is monotonic, and fmax ignores NaN as the running
  * maxima do. */
 inline float student_max(__global const S_ELEM *s, uint nvec, uint v0, uint v1, uint s_cols, float cap)
@@ -831,23 +844,29 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
     return S;
 }
 
-/* The gradient of one row of ce, kl or soft_ce from the student's weights pass 1 kept in g (keep_exps):
- * the whole vectors [0, nvec) from them, the same bits as grad_row's exponentials (weighed); the columns
- * past them as grad_row computes them. One work-item per row; g holds fp32 (G_ELEM is float). */
+/* The gradient of one row from what its passes kept in g (keep_exps): for ce, kl and soft_ce the student's
+ * weights of pass 1, for the centred losses the terms of pass 2 (pass2_), with q computed again. The whole
+ * vectors [0, nvec) from them, the same bits as grad_row's; the columns past them as grad_row computes
+ * them. One work-item per row; g holds fp32 (G_ELEM is float). */
 inline void grad_kept(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, __global G_ELEM *g,
-                      uint nvec, uint vocab, uint t_cols, uint s_cols, int y, row_softmax R, loss_params P,
-                      float inv_denom)
+                      uint nvec, uint vocab, uint t_cols, uint s_cols, int y, row_softmax R, float aux, float g_ref,
+                      loss_params P, float inv_denom)
 {
     __global float *kept = (__global float *)g;
     const intV lane = KLCL_CAT(as_int, KLCL_VW)(KLCL_LANES);
-    for (uint kk = 0; kk < nvec; kk++) {
+    for (uint kk = 0; kk < nvec && IS_CENTERED(loss); kk++) {
+        const floatV rs = LOAD_SV(kk, s), term = KLCL_CAT(vload, KLCL_VW)(kk, kept);
+        const floatV ds = centered_dsV(weighedV(softcapV(rs, P.cap), R.ms, R.qs, P), term, aux, rs, P);
+        KLCL_CAT(vstore, KLCL_VW)(ds * inv_denom, kk, kept);
+    }
+    for (uint kk = 0; kk < nvec && !IS_CENTERED(loss); kk++) {
         const floatV q = KLCL_CAT(vload, KLCL_VW)(kk, kept) * R.qs;
         const floatV rt = loss != LOSS_CE ? LOAD_TV(kk, t) : (floatV)(0.0f);
         const floatV rs = P.cap > 0.0f ? LOAD_SV(kk, s) : (floatV)(0.0f);
         const floatV ds = weighed_gradV(loss, q, rt, rs, (intV)(kk * KLCL_VW) + lane, y, R, P);
         KLCL_CAT(vstore, KLCL_VW)(ds * inv_denom, kk, kept);
     }
-    grad_columns(loss, t, s, g, nvec * KLCL_VW, 1, vocab, t_cols, s_cols, y, R, 0.0f, 0.0f, P, inv_denom);
+    grad_columns(loss, t, s, g, nvec * KLCL_VW, 1, vocab, t_cols, s_cols, y, R, aux, g_ref, P, inv_denom);
 }
 
 /* Merges the pass-1 states of each team's work-items in a fixed tree (work-item tid takes tid + off for
@@ -918,8 +937,8 @@ inline row_setup row_prepare(const int loss, row_state S, __global const T_ELEM 
 #define NEEDS_PASS2(loss, want_grad) (!ONE_PASS(loss) || (IS_CENTERED(loss) && (want_grad)))
 
 inline float2 pass2(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, uint k0, uint k1, uint v0,
-                    uint v1, uint tid, uint team, uint t_cols, uint s_cols, row_softmax R, float g_ref,
-                    int teacher_ok, loss_params P)
+                    uint v1, uint tid, uint team, uint t_cols, uint s_cols, row_softmax R, float g_ref, loss_params P,
+                    __global float *keep, int keeping)
 {
     acc_t l_acc = 0, aux_acc = 0;
     uint n = 0;
@@ -934,17 +953,27 @@ inline float2 pass2(const int loss, __global const T_ELEM *t, __global const S_E
     floatV lv = (floatV)(0.0f), auxv = (floatV)(0.0f);
 #define P2_TOTAL(x) hsumV(x)
 #endif
+    /* keeping (one work-item per row): pass 1's weights of q in, the terms of the gradient (centered_ds)
+     * out */
+    const int kept = KLCL_WG == 1 && keeping;
     for (uint kk = k0 + tid; kk < k1; kk += team) {
 #ifdef KLCL_PREFETCH
         const floatV rt = next_t, rs = next_s;
         if (kk + team < k1) load_next(t, s, kk + team, 1, &next_t, &next_s);
+#else
+        const floatV rt = LOAD_TV(kk, t), rs = LOAD_SV(kk, s);
+#endif
+        const floatV xt = softcapV(rt, P.cap), xs = softcapV(rs, P.cap);
+        const floatV w = kept ? KLCL_CAT(vload, KLCL_VW)(kk, keep) : weightV(xs, R.ms, P);
+#ifdef KLCL_PREFETCH
         floatV lt = (floatV)(0.0f), at = (floatV)(0.0f);
-        pass2_V(loss, teacher_ok, rt, rs, R, g_ref, P, &lt, &at);
+        const floatV term = pass2_V(loss, xt, xs, w * R.qs, R, g_ref, P, &lt, &at);
         lv += hsumV(lt);
         auxv += hsumV(at);
 #else
-        pass2_V(loss, teacher_ok, LOAD_TV(kk, t), LOAD_SV(kk, s), R, g_ref, P, &lv, &auxv);
+        const floatV term = pass2_V(loss, xt, xs, w * R.qs, R, g_ref, P, &lv, &auxv);
 #endif
+        if (kept) KLCL_CAT(vstore, KLCL_VW)(term, kk, keep);
         if (++n == ACC_BLOCK) {
             l_acc += P2_TOTAL(lv);
             aux_acc += P2_TOTAL(auxv);
@@ -954,8 +983,10 @@ inline float2 pass2(const int loss, __global const T_ELEM *t, __global const S_E
     }
     float l1 = P2_TOTAL(lv), aux1 = P2_TOTAL(auxv);
 #undef P2_TOTAL
-    for (uint v = v0 + tid; v < v1; v += team)
-        pass2_1(loss, teacher_ok, LOAD_T1(v, t, t_cols), LOAD_S1(v, s, s_cols), R, g_ref, P, &l1, &aux1);
+    for (uint v = v0 + tid; v < v1; v += team) {
+        const float xt = softcap1(LOAD_T1(v, t, t_cols), P.cap), xs = softcap1(LOAD_S1(v, s, s_cols), P.cap);
+        pass2_1(loss, xt, xs, weighed1(xs, R.ms, R.qs, P), R, g_ref, P, &l1, &aux1);
+    }
     return (float2)((float)(l_acc + l1), (float)(aux_acc + aux1));
 }
 
@@ -1078,12 +1109,12 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     const ulong at = in_launch ? lrow : 0;
     __global const T_ELEM *t = teacher + t_off + at * t_stride;
     __global const S_ELEM *s = student + s_off + at * s_stride;
-    /* ce, kl and soft_ce with their gradient on one work-item per row: the student's exact maximum first
-     * (student_max), and pass 1 keeps its weights in the gradient's row where the host allows it
-     * (keep_exps: an fp32 gradient in a buffer of its own). */
+    /* A gradient of ce, kl, soft_ce or a centred loss on one work-item per row: the student's exact
+     * maximum first (student_max), and the passes keep their weights and terms in the gradient's row where
+     * the host allows it (keep_exps: an fp32 gradient in a buffer of its own). */
     int exact = 0, keeping = 0;
 #if KLCL_WG == 1
-    exact = WEIGHED_GRAD(loss) && exact_max && used;
+    exact = KEEPS(loss) && exact_max && used;
 #if KLCL_G_DTYPE == 0
     keeping = exact && keep_exps && fuse_grad && in_launch;
 #endif
@@ -1099,7 +1130,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         const int work = used && !U.invalid;
         p2 = team_sum(l4, lid, tid, team,
                       pass2(loss, t, s, 0, work ? nvec : 0, nvec * KLCL_VW, work ? vocab : 0, tid, team, t_cols, s_cols, U.R,
-                            U.g_ref, U.teacher_ok, P));
+                            U.g_ref, P, (__global float *)g, keeping));
     }
     if (in_launch && tid == 0) {
         __global float *stats = row_stats + row * RS_COUNT;
@@ -1116,7 +1147,7 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
         barrier(CLK_GLOBAL_MEM_FENCE);
         const int compute = used && !U.invalid && !(loss == LOSS_RKL && (S.bad & 8u));
         if (in_launch && compute && keeping)
-            grad_kept(loss, t, s, g, nvec, vocab, t_cols, s_cols, y, U.R, P, inv_denom);
+            grad_kept(loss, t, s, g, nvec, vocab, t_cols, s_cols, y, U.R, p2.y, U.g_ref, P, inv_denom);
         else if (in_launch) /* at is lrow */
             grad_row(loss, t, s, g, tid, team, vocab, t_cols, s_cols, y, U.R, p2.y, U.g_ref, P, inv_denom, compute,
                      used ? NAN : 0.0f);
@@ -1161,11 +1192,10 @@ inline void part_body(const int loss, __local float *lf, __local uint *lu, __loc
         __global const float *stats = row_stats + row * RS_COUNT;
         row_softmax R = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
         float g_ref = 0.0f;
-        int work = 0, teacher_ok = 0;
+        int work = 0;
         if (in_launch && used) {
             const int f = row_flags[row * RF_COUNT + RF_FLAGS];
             work = !(f & FLAG_INVALID);
-            teacher_ok = (f & FLAG_TEACHER_OK) != 0;
             R.mt = stats[RS_MAX_T];
             R.lst = stats[RS_LOGS_T];
             R.ms = stats[RS_MAX_S];
@@ -1176,7 +1206,7 @@ inline void part_body(const int loss, __local float *lf, __local uint *lu, __loc
         }
         const float2 p2 = team_sum(l4, lid, tid, team,
                                    pass2(loss, t, s, k0, work ? k1 : k0, nvec * KLCL_VW, work ? v1 : 0, tid, team, t_cols,
-                                         s_cols, R, g_ref, teacher_ok, P));
+                                         s_cols, R, g_ref, P, (__global float *)grad, 0));
         if (in_launch && tid == 0) vstore2(p2, unit, partials + (ulong)launch_rows * parts * STATE_WORDS);
     }
 }

@@ -779,10 +779,10 @@ static void test_cl_mem_tensors(void **state)
 
 /* The gradient written over the student in place (the same cl_mem, or a sub-buffer of it: what the fused
  * linear path does) has the same bits, and the row losses too, as one written to a buffer of its own. On
- * a CPU device ce, kl and soft_ce scale pass 1's weights for the gradient where they may (kept in the
- * gradient's row); in place that would overwrite logits still to be read (the label's for ce's loss,
- * every one for the softcap's derivative), so klcl must see the overlap. With and without softcap, labels
- * inside the rows, V not a multiple of 16. */
+ * a CPU device the row kernel keeps exponentials in the gradient's row where it may (pass 1's weights for
+ * ce, kl and soft_ce; pass 2's terms for the centred losses); in place that would overwrite logits still
+ * to be read (the label's for ce's loss, every one for q and the softcap's derivative), so klcl must see
+ * the overlap. Every loss, with and without softcap, labels inside the rows, V not a multiple of 16. */
 static void test_grad_in_place(void **state)
 {
     (void)state;
@@ -798,11 +798,10 @@ static void test_grad_in_place(void **state)
     cl_mem t = make_buffer(cc, n * sizeof(float), 0, d.teacher, n * sizeof(float));
     cl_mem y = make_buffer(cc, rows * sizeof(int32_t), 0, d.labels, rows * sizeof(int32_t));
     cl_mem g = make_buffer(cc, n * sizeof(float), 0, NULL, 0);
-    const klcl_loss losses[] = {KLCL_LOSS_CE, KLCL_LOSS_KL, KLCL_LOSS_SOFT_CE};
-    for (size_t li = 0; li < 3; li++)
+    for (int li = 0; li < KLCL_LOSS_COUNT; li++)
         for (int cap = 0; cap < 2; cap++)
             for (int sub = 0; sub < 2; sub++) {
-                klcl_loss_desc desc = desc_for(losses[li]);
+                klcl_loss_desc desc = desc_for((klcl_loss)li);
                 desc.softcap = cap ? 8.0f : 0.0f;
                 cl_mem s = make_buffer(cc, n * sizeof(float), 0, d.student, n * sizeof(float));
                 klcl_batch b = KLCL_BATCH_INIT;
@@ -828,7 +827,7 @@ static void test_grad_in_place(void **state)
                                  CL_SUCCESS);
                 if (memcmp(l_own, l_in, sizeof l_own) != 0 || memcmp(g_own, g_in, n * sizeof(float)) != 0)
                     fail_msg("%s softcap %d, %s: in place differs from a gradient buffer of its own",
-                             klcl_loss_name(losses[li]), cap ? 8 : 0, sub ? "sub-buffer" : "same cl_mem");
+                             klcl_loss_name((klcl_loss)li), cap ? 8 : 0, sub ? "sub-buffer" : "same cl_mem");
                 if (sub) clReleaseMemObject(over);
                 clReleaseMemObject(s);
             }

@@ -528,6 +528,14 @@ set -e
 if [ -x "$(dirname "$KLCL")/klcl-bench" ]; then
     # Found next to klcl: its own usage message and exit status come through.
     expect 2 "usage: klcl-bench" bench --no-such-flag
+    # --ops: unknown names and repeats refused, naming the option; the operations asked for are the ones run
+    # (kd with labels and a teacher), in that order, and no others.
+    expect 2 "^klcl-bench: --ops kl,nope: expected" bench --ops kl,nope
+    expect 2 "--ops jsd\+grad,jsd\+grad: .*each once" bench --ops jsd+grad,jsd+grad
+    run bench_ops bench --mib 0.125 --vocab 4096 --reps 1 --small-rows 0 --dtype f32 --ops kd+grad,tvd
+    ops_run=$(awk '$2 == "f32" && $1 != "read" {print $1}' bench_ops.out | tr '\n' ' ')
+    [ "$rc" -eq 0 ] && [ "$ops_run" = "kd+grad tvd " ] && ok ||
+        bad "bench --ops kd+grad,tvd: exit $rc, ran '$ops_run'; stderr: $(cat bench_ops.err)"
 else
     echo "note: klcl-bench not built; only its absence was tested"
 fi
