@@ -483,7 +483,7 @@ typedef struct launch {
     cl_mem rs, rf;
     cl_int has_teacher, t_logprob, want_grad;
     cl_int fuse_grad;  /* the row kernel writes the gradient (no launch_grad) */
-    cl_int exact_max;  /* a gradient (not kd's) on one work-item per row: the maximum before pass 1 */
+    cl_int exact_max;  /* a gradient on one work-item per row: the maximum before pass 1 */
     cl_int keep_exps;  /* and, fused, the gradient from what the passes kept in the gradient's rows */
     float inv_denom;   /* 1/denominator known to the host, */
     cl_mem denom_buf;  /* or, when set, read by the gradient kernel from this buffer */
@@ -504,13 +504,6 @@ static int needs_pass2(klcl_loss kind, int want_grad)
     case KLCL_LOSS_RKL: return want_grad;
     default: return 0;
     }
-}
-
-/* The losses whose row kernel can keep exponentials in the gradient's row (KEEPS in kernels_cl/losses.cl):
- * every one but kd. */
-static int keeps_exps(klcl_loss kind)
-{
-    return kind != KLCL_LOSS_KD;
 }
 
 /* Whether the caller's gradient may share memory with its student logits (written over them in place):
@@ -644,8 +637,7 @@ static klcl_status launch_init(klcl_context *ctx, const klcl_loss_desc *desc, co
     /* Whether or not the row kernel writes the gradient (asynchronous calls leave it to the gradient
      * kernel), and whether or not over the student: the same statistics, hence the same bits, either way.
      * An fp32 gradient only: only there can its row keep the weights. */
-    L->exact_max = L->want_grad && keeps_exps(L->kind) && ctx->wg == 1 && ctx->keep_exps &&
-                   b->grad.dtype == KLCL_DTYPE_F32;
+    L->exact_max = L->want_grad && ctx->wg == 1 && ctx->keep_exps && b->grad.dtype == KLCL_DTYPE_F32;
     L->how = klcl_row_strategy(ctx, rows, L->w.width,
                                (L->w.t_cols < L->w.s_cols ? L->w.t_cols : L->w.s_cols) / (size_t)ctx->vw);
     const size_t launch_max = rows < ROWS_PER_LAUNCH ? rows : ROWS_PER_LAUNCH;

@@ -123,7 +123,7 @@ struct klcl_context {
     int from_cache; /* the fp32 program came from the binary cache */
     size_t wg; /* work-group size of the row kernels */
     int fuse_grad; /* synchronous calls: the row kernels write the gradient too (program.c) */
-    int keep_exps; /* with fuse_grad, the row kernel keeps exponentials in the gradient's row (not kd) */
+    int keep_exps; /* with fuse_grad, the row kernel keeps exponentials in the gradient's row */
     int prefetch;  /* the row loops load the next vectors first (GPUs; program.c) */
     char build_extra[KLCL_BUILD_EXTRA_MAX + 1]; /* KLCL_BUILD_OPTIONS, read when the kernels build (program.c) */
     int vw;        /* floats per vector load of the row and gradient kernels: 8 or 16 (program.c) */

@@ -317,11 +317,11 @@ klcl_status klcl_program_build(klcl_context *ctx)
      * right after the statistics, instead of a second kernel reading it again from memory. A GPU keeps the
      * separate, fully parallel gradient kernel. KLCL_FUSE_GRAD=0 or 1 overrides (the bits are the same). */
     ctx->fuse_grad = env_switch("KLCL_FUSE_GRAD", (type & CL_DEVICE_TYPE_CPU) != 0);
-    /* On one work-item per row, every loss but kd with a gradient takes each row's student maximum first,
-     * so that pass 1's weights are the exponentials of q bit for bit; fused, they are kept in the
-     * gradient's row instead of computed again: ce takes one exponential per logit instead of two, kl and
-     * soft_ce three instead of four, and a centred loss's gradient only q's, its pass 2 leaving it the
-     * rest (losses.cl, student_max; BENCHMARKS.md). KLCL_KEEP_EXPS=0 turns both off. */
+    /* On one work-item per row, a loss with a gradient takes each row's student maximum first, so that
+     * pass 1's weights are the exponentials of q bit for bit; fused, they are kept in the gradient's row
+     * instead of computed again: ce takes one exponential per logit instead of two, kl and soft_ce three
+     * instead of four, kd five instead of six, and a centred loss's gradient only q's, its pass 2 leaving
+     * it the rest (losses.cl, student_max; BENCHMARKS.md). KLCL_KEEP_EXPS=0 turns both off. */
     ctx->keep_exps = env_switch("KLCL_KEEP_EXPS", 1);
     cl_uint units = 1;
     if (clGetDeviceInfo(ctx->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof units, &units, NULL) != CL_SUCCESS || !units)

@@ -66,11 +66,9 @@ inline void softmax_scales(row_softmax *R)
     R->qs = exp2(-R->lss * M_LOG2E_F);
 }
 
-/* The losses whose gradient forms q, and p, as pass 1 forms its weights (exact_max): ce, kl, soft_ce. */
-#define WEIGHED_GRAD(loss) ((loss) == LOSS_CE || (loss) == LOSS_KL || (loss) == LOSS_SOFT_CE)
-/* The losses whose gradient a row kernel may take from what its passes kept in the gradient's row
- * (grad_kept): those and the centred ones, whose pass 2 forms q the same way. */
-#define KEEPS(loss) (WEIGHED_GRAD(loss) || IS_CENTERED(loss))
+/* The losses whose gradient is a closed form in q, and p, formed as pass 1 forms its weights (exact_max):
+ * ce, kl, soft_ce and kd. */
+#define WEIGHED_GRAD(loss) ((loss) == LOSS_CE || (loss) == LOSS_KL || (loss) == LOSS_SOFT_CE || (loss) == LOSS_KD)
 
 #define MIXES(loss) ((loss) == LOSS_JSD || (loss) == LOSS_SKL || (loss) == LOSS_SRKL)
 
@@ -156,39 +154,38 @@ inline void softmax_scales(row_softmax *R)
         const T dz = q == (T)(0.0f) ? (T)(0.0f) : q * aux - term;                                        \
         return capped##S(P.scale * dz * P.inv_tau, rs, P);                                               \
     }                                                                                                    \
-    /* dL/ds of ce, kl and soft_ce from q (the student's probabilities), before 1/denominator; rt, rs:  \
-     * the raw logits; idx: their token indices. ce's q - onehot is formed in fp32 before anything else  \
-     * touches it. */                                                                                    \
+    /* dL/ds of ce, kl, soft_ce and kd from q (the student's probabilities), before 1/denominator; rt,   \
+     * rs: the raw logits; idx: their token indices. ce's q - onehot is formed in fp32 before anything   \
+     * else touches it. kd: alpha times ce at tau = 1 plus (1 - alpha) times its soft part, kl's. */     \
     inline T weighed_grad##S(const int loss, T q, T rt, T rs, IT idx, int y, row_softmax R, loss_params P) \
     {                                                                                                    \
+        const T onehot = idx == (IT)(y) ? (T)(1.0f) : (T)(0.0f);                                         \
         T dz;                                                                                            \
         if (loss == LOSS_CE) {                                                                           \
-            const T onehot = idx == (IT)(y) ? (T)(1.0f) : (T)(0.0f);                                     \
             dz = (q - (1.0f - P.eps) * onehot) - P.eps / (float)P.vocab +                                \
                  2.0f * P.zl * (R.ms * P.inv_tau + R.lss) * q;                                           \
         } else {                                                                                         \
             dz = q - weighed##S(softcap##S(rt, P.cap), R.mt, R.ps, P);                                   \
         }                                                                                                \
+        if (loss == LOSS_KD) {                                                                           \
+            const T xs = softcap##S(rs, P.cap);                                                          \
+            return capped##S(P.alpha * (exp((xs - R.ms) - R.lss1) - onehot) +                           \
+                                 (1.0f - P.alpha) * P.scale * dz * P.inv_tau,                            \
+                             rs, P);                                                                     \
+        }                                                                                                \
         return capped##S(P.scale * dz * P.inv_tau, rs, P);                                               \
     }                                                                                                    \
-    /* dL/ds for one group of logits, before 1/denominator; idx: their token indices. */                 \
+    /* dL/ds for one group of logits, before 1/denominator; idx: their token indices. A centred loss's:  \
+     * q aux less the term its pass 2 adds (centered_ds). */                                             \
     inline T grad_##S(const int loss, T rt, T rs, IT idx, int y, row_softmax R, float aux, float g_ref,  \
                       loss_params P)                                                                     \
     {                                                                                                    \
         const T xs = softcap##S(rs, P.cap);                                                              \
         if (WEIGHED_GRAD(loss))                                                                          \
             return weighed_grad##S(loss, weighed##S(xs, R.ms, R.qs, P), rt, rs, idx, y, R, P);            \
-        const T xt = softcap##S(rt, P.cap);                                                              \
-        if (IS_CENTERED(loss)) {                                                                         \
-            T l = (T)(0.0f), sum = (T)(0.0f);                                                            \
-            const T q = weighed##S(xs, R.ms, R.qs, P);                                                   \
-            return centered_ds##S(q, pass2_##S(loss, xt, xs, q, R, g_ref, P, &l, &sum), aux, rs, P);      \
-        }                                                                                                \
-        /* kd: alpha times ce at tau = 1 plus (1 - alpha) times its soft part, kl's closed form */       \
-        const T q = exp((xs - R.ms) * P.inv_tau - R.lss), p = exp((xt - R.mt) * P.inv_tau - R.lst);       \
-        const T onehot = idx == (IT)(y) ? (T)(1.0f) : (T)(0.0f);                                         \
-        const T ds = P.alpha * (exp((xs - R.ms) - R.lss1) - onehot) + (1.0f - P.alpha) * P.scale * (q - p) * P.inv_tau; \
-        return capped##S(ds, rs, P);                                                                     \
+        T l = (T)(0.0f), sum = (T)(0.0f);                                                                \
+        const T q = weighed##S(xs, R.ms, R.qs, P);                                                       \
+        return centered_ds##S(q, pass2_##S(loss, softcap##S(rt, P.cap), xs, q, R, g_ref, P, &l, &sum), aux, rs, P); \
     }
 
 KLCL_LOSS_HELPERS(float, int, 1)
@@ -671,12 +668,12 @@ inline uint block_flags(const int loss, __global const T_ELEM *t, __global const
     return (any(bad_tv) ? 1u : 0u) | (any(bad_sv) ? 2u : 0u) | (any(bad_zv) ? (loss == LOSS_RKL ? 8u : 4u) : 0u);
 }
 
-/* A gradient on one work-item per row (exact_max; CPU devices; the losses of KEEPS): the row's largest
+/* A gradient on one work-item per row (exact_max; CPU devices; every loss): the row's largest
  * softcapped student logit, taken before pass 1 so that pass 1 weighs every logit against the final
  * maximum ms. Its weights exp2((x_s - ms) k) are then the exponentials of
  * q = exp2((x_s - ms) k) exp2(-log S log2(e)) (weighed), bit for bit: pass 1 stores them in the gradient's
- * row (keep_exps). For ce, kl and soft_ce the gradient scales them (grad_kept) instead of taking that
- * exponential again; a centred loss's pass 2 forms its q from them and leaves in their place the term
+ * row (keep_exps). For ce, kl, soft_ce and kd the gradient scales them (grad_kept) instead of taking
+ * that exponential again; a centred loss's pass 2 forms its q from them and leaves in their place the term
  * its gradient needs (pass2_), whose log m and teacher's exponential the gradient then does not take.
  * The same maximum as pass 1 would end with: softcap is monotonic, and fmax ignores NaN as the running
  * maxima do. */
@@ -844,8 +841,8 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
     return S;
 }
 
-/* The gradient of one row from what its passes kept in g (keep_exps): for ce, kl and soft_ce the student's
- * weights of pass 1, for the centred losses the terms of pass 2 (pass2_), with q computed again. The whole
+/* The gradient of one row from what its passes kept in g (keep_exps): for ce, kl, soft_ce and kd the
+ * student's weights of pass 1, for the centred losses the terms of pass 2 (pass2_), with q computed again. The whole
  * vectors [0, nvec) from them, the same bits as grad_row's; the columns past them as grad_row computes
  * them. One work-item per row; g holds fp32 (G_ELEM is float). */
 inline void grad_kept(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, __global G_ELEM *g,
@@ -862,7 +859,7 @@ inline void grad_kept(const int loss, __global const T_ELEM *t, __global const S
     for (uint kk = 0; kk < nvec && !IS_CENTERED(loss); kk++) {
         const floatV q = KLCL_CAT(vload, KLCL_VW)(kk, kept) * R.qs;
         const floatV rt = loss != LOSS_CE ? LOAD_TV(kk, t) : (floatV)(0.0f);
-        const floatV rs = P.cap > 0.0f ? LOAD_SV(kk, s) : (floatV)(0.0f);
+        const floatV rs = P.cap > 0.0f || loss == LOSS_KD ? LOAD_SV(kk, s) : (floatV)(0.0f);
         const floatV ds = weighed_gradV(loss, q, rt, rs, (intV)(kk * KLCL_VW) + lane, y, R, P);
         KLCL_CAT(vstore, KLCL_VW)(ds * inv_denom, kk, kept);
     }
@@ -1109,12 +1106,11 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     const ulong at = in_launch ? lrow : 0;
     __global const T_ELEM *t = teacher + t_off + at * t_stride;
     __global const S_ELEM *s = student + s_off + at * s_stride;
-    /* A gradient of ce, kl, soft_ce or a centred loss on one work-item per row: the student's exact
-     * maximum first (student_max), and the passes keep their weights and terms in the gradient's row where
+    /* A gradient on one work-item per row: the student's exact maximum first (student_max), and the passes keep their weights and terms in the gradient's row where
      * the host allows it (keep_exps: an fp32 gradient in a buffer of its own). */
     int exact = 0, keeping = 0;
 #if KLCL_WG == 1
-    exact = KEEPS(loss) && exact_max && used;
+    exact = exact_max && used;
 #if KLCL_G_DTYPE == 0
     keeping = exact && keep_exps && fuse_grad && in_launch;
 #endif
