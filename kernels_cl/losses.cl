@@ -93,7 +93,7 @@ inline void softmax_scales(row_softmax *R)
             const T r = b - lm;                                                                          \
             return r - exp(P.lwb + r);                                                                   \
         }                                                                                                \
-        case LOSS_TVD: return 0.5f * sign(b - a); /* sign(q - p), exactly where both round alike */       \
+        case LOSS_TVD: return 0.5f * sign(b - a); /* sign(q - p), decided where q and p round alike */    \
         default: return (T)(0.0f);                                                                       \
         }                                                                                                \
     }                                                                                                    \
@@ -673,8 +673,8 @@ inline uint block_flags(const int loss, __global const T_ELEM *t, __global const
  * maximum ms. Its weights exp2((x_s - ms) k) are then the exponentials of
  * q = exp2((x_s - ms) k) exp2(-log S log2(e)) (weighed), bit for bit: pass 1 stores them in the gradient's
  * row (keep_exps). For ce, kl, soft_ce and kd the gradient scales them (grad_kept) instead of taking
- * that exponential again; a centred loss's pass 2 forms its q from them and leaves in their place the term
- * its gradient needs (pass2_), whose log m and teacher's exponential the gradient then does not take.
+ * that exponential again; a centred loss's pass 2 forms its q from them and leaves in their place the
+ * term its gradient needs (pass2_), whose log m and teacher's exponential the gradient then does not take.
  * The same maximum as pass 1 would end with: softcap is monotonic, and fmax ignores NaN as the running
  * maxima do. */
 inline float student_max(__global const S_ELEM *s, uint nvec, uint v0, uint v1, uint s_cols, float cap)
@@ -842,9 +842,9 @@ inline row_state pass1(const int loss, __global const T_ELEM *t, __global const 
 }
 
 /* The gradient of one row from what its passes kept in g (keep_exps): for ce, kl, soft_ce and kd the
- * student's weights of pass 1, for the centred losses the terms of pass 2 (pass2_), with q computed again. The whole
- * vectors [0, nvec) from them, the same bits as grad_row's; the columns past them as grad_row computes
- * them. One work-item per row; g holds fp32 (G_ELEM is float). */
+ * student's weights of pass 1; for the centred losses the terms of pass 2 (pass2_), with q computed
+ * again. The whole vectors [0, nvec) from them, the same bits as grad_row's; the columns past them as
+ * grad_row computes them. One work-item per row; g holds fp32 (G_ELEM is float). */
 inline void grad_kept(const int loss, __global const T_ELEM *t, __global const S_ELEM *s, __global G_ELEM *g,
                       uint nvec, uint vocab, uint t_cols, uint s_cols, int y, row_softmax R, float aux, float g_ref,
                       loss_params P, float inv_denom)
@@ -1106,8 +1106,9 @@ inline void rows_body(const int loss, __local float *lf, __local uint *lu, __loc
     const ulong at = in_launch ? lrow : 0;
     __global const T_ELEM *t = teacher + t_off + at * t_stride;
     __global const S_ELEM *s = student + s_off + at * s_stride;
-    /* A gradient on one work-item per row: the student's exact maximum first (student_max), and the passes keep their weights and terms in the gradient's row where
-     * the host allows it (keep_exps: an fp32 gradient in a buffer of its own). */
+    /* A gradient on one work-item per row: the student's exact maximum first (student_max), and the
+     * passes keep their weights and terms in the gradient's row where the host allows it (keep_exps: an
+     * fp32 gradient in a buffer of its own). */
     int exact = 0, keeping = 0;
 #if KLCL_WG == 1
     exact = exact_max && used;
