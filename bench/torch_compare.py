@@ -6,51 +6,112 @@ table of ratios (PyTorch time / klcl time: above 1 means klcl is faster) with ge
     ./build/klcl-bench --csv /tmp/klcl.csv && /usr/bin/python3 bench/torch_compare.py /tmp/klcl.csv
 
 Runs on the CPU, or on CUDA with --cuda. Not part of the tests: it needs python3-torch.
-PyTorch computes each loss the way a training script does (log_softmax, then the loss), in the case's
-element type (the CSV's dtype column: f32, bf16 or f16); a type this PyTorch cannot compute on this device
-is reported as such and left out of the means."""
+PyTorch computes each loss the way a training script does (log_softmax, then the loss; every loss klcl-bench
+can run, with klcl's default parameters), in the case's element type (the CSV's dtype column: f32, bf16 or
+f16); a type this PyTorch cannot compute on this device is reported as such and left out of the means.
+--check compares PyTorch's loss values with klcl's (`klcl eval`) on a small case of every loss first."""
 import argparse
 import csv
+import json
 import math
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 
 
-def kl_forward(t, s, y):
-    with torch.no_grad():
-        return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+# klcl_loss_desc_init's defaults, which klcl-bench runs with: tau 1, scale 1, beta 0.5, lambda 0.1, alpha 0.5.
+BETA, LAMBDA, ALPHA = 0.5, 0.1, 0.5
 
 
-def kl_grad(t, s, y):
-    s = s.detach().requires_grad_()
-    F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean").backward()
-    return s.grad
+def mixture_kl(la, lb, wa):
+    """KL(a || m) with m = wa a + (1 - wa) b, log m by logsumexp (never the log of a sum of probabilities),
+    as TRL's GKD trainer and DistiLLM write their mixtures."""
+    lm = torch.logsumexp(torch.stack([la + math.log(wa), lb + math.log(1 - wa)]), 0)
+    return F.kl_div(lm, la, log_target=True, reduction="batchmean")
 
 
-def ce_grad(t, s, y):
-    s = s.detach().requires_grad_()
-    F.cross_entropy(s, y).backward()
-    return s.grad
-
-
-def jsd_grad(t, s, y, beta=0.5):
-    """Generalized JSD as TRL's GKD trainer writes it (mixture by logsumexp)."""
-    s = s.detach().requires_grad_()
+def loss_value(name, t, s, y):
+    """The loss of klcl's `name` the way a training script writes it: log_softmax, then the loss, mean
+    over the rows."""
+    if name == "ce":
+        return F.cross_entropy(s, y)
     lq, lp = F.log_softmax(s, -1), F.log_softmax(t, -1)
-    lm = torch.logsumexp(torch.stack([lq + math.log(1 - beta), lp + math.log(beta)]), 0)
-    loss = beta * F.kl_div(lm, lp, log_target=True, reduction="batchmean") + (1 - beta) * F.kl_div(
-        lm, lq, log_target=True, reduction="batchmean")
-    loss.backward()
-    return s.grad
+    if name == "kl":
+        return F.kl_div(lq, lp, log_target=True, reduction="batchmean")
+    if name == "rkl":
+        return F.kl_div(lp, lq, log_target=True, reduction="batchmean")
+    if name == "soft_ce":
+        return -(lp.exp() * lq).sum(-1).mean()
+    if name == "jsd":
+        lm = torch.logsumexp(torch.stack([lq + math.log(1 - BETA), lp + math.log(BETA)]), 0)
+        return BETA * F.kl_div(lm, lp, log_target=True, reduction="batchmean") + (1 - BETA) * F.kl_div(
+            lm, lq, log_target=True, reduction="batchmean")
+    if name == "skl":
+        return mixture_kl(lp, lq, LAMBDA)
+    if name == "srkl":
+        return mixture_kl(lq, lp, LAMBDA)
+    if name == "tvd":
+        return 0.5 * (lp.exp() - lq.exp()).abs().sum(-1).mean()
+    if name == "kd":
+        return ALPHA * F.cross_entropy(s, y) + (1 - ALPHA) * F.kl_div(lq, lp, log_target=True, reduction="batchmean")
+    raise ValueError(name)
+
+
+def operation(name, grad):
+    """klcl-bench's op `name` (forward) or `name+grad` (the loss and its gradient with respect to s)."""
+    def forward(t, s, y):
+        with torch.no_grad():
+            return loss_value(name, t, s, y)
+
+    def with_grad(t, s, y):
+        s = s.detach().requires_grad_()
+        loss_value(name, t, s, y).backward()
+        return s.grad
+
+    return with_grad if grad else forward
 
 
 DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
 
-OPS = {"kl": kl_forward, "kl+grad": kl_grad, "ce+grad": ce_grad, "jsd+grad": jsd_grad}
+LOSSES = ("kl", "rkl", "soft_ce", "ce", "jsd", "skl", "srkl", "tvd", "kd")
+OPS = {name + suffix: operation(name, suffix == "+grad") for name in LOSSES for suffix in ("", "+grad")}
+
+
+def check_values(klcl):
+    """PyTorch's loss values, in double precision, against klcl's CPU reference (`klcl eval --device cpu`,
+    double precision, its per-row values stored as fp32) on the same 8 x 1000 fp32 logits and labels: every
+    loss, default parameters. Returns the number of losses that disagree by more than 1e-7 relative."""
+    import numpy
+    g = torch.Generator().manual_seed(2)
+    n, v = 8, 1000
+    t = torch.rand(n, v, generator=g) * 12 - 6
+    s = torch.rand(n, v, generator=g) * 12 - 6
+    y = (torch.arange(n) * 7919) % v
+    with tempfile.TemporaryDirectory() as d:
+        paths = [os.path.join(d, f) for f in ("t.npy", "s.npy", "y.npy")]
+        for path, x in zip(paths, (t.numpy(), s.numpy(), y.numpy().astype(numpy.int32))):
+            numpy.save(path, x)
+        run = subprocess.run([klcl, "eval", "--teacher", paths[0], "--student", paths[1], "--labels", paths[2],
+                              "--loss", ",".join(LOSSES), "--device", "cpu", "--json", "--quiet"],
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"--check: {klcl} eval failed ({run.returncode}): {run.stderr.strip()}")
+    metrics = json.loads(run.stdout)["metrics"]
+    bad = 0
+    print(f"PyTorch (double) against klcl's reference on {n} x {v}:")
+    for name in LOSSES:
+        want = metrics[name]["value"]
+        got = float(loss_value(name, t.double(), s.double(), y))
+        ok = want is not None and abs(got - want) <= 1e-7 * max(1.0, abs(want))
+        bad += not ok
+        print(f"  {name:<8} klcl {want!r:<22} PyTorch {got!r:<22} {'ok' if ok else 'DIFFERS'}")
+    return bad
 
 
 # The shortest timing sample and the most runs in one, as klcl-bench times klcl.
@@ -78,12 +139,22 @@ def median_seconds(fn, args, reps, sync):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("klcl_csv")
+    ap.add_argument("klcl_csv", nargs="?")
+    ap.add_argument("--check", action="store_true",
+                    help="first compare PyTorch's loss values with klcl's on a small case (exit 1 if one differs)")
+    ap.add_argument("--klcl", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                   "build", "klcl"), help="the klcl tool, for --check")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--cuda", action="store_true")
     ap.add_argument("--csv", help="write the joined table here")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch CPU threads (default: all cores)")
     args = ap.parse_args()
+    if not args.klcl_csv and not args.check:
+        ap.error("a klcl-bench CSV (or --check) is needed")
+    if args.check and check_values(args.klcl):
+        sys.exit(1)
+    if not args.klcl_csv:
+        return
     torch.set_num_threads(max(1, args.threads))
     dev = torch.device("cuda" if args.cuda else "cpu")
     sync = torch.cuda.synchronize if args.cuda else (lambda: None)
@@ -94,7 +165,7 @@ def main():
     rows = list(csv.DictReader(open(args.klcl_csv)))
     print(f"klcl on {rows[0]['device']} against PyTorch {torch.__version__} on {dev} "
           f"({torch.get_num_threads()} threads); ratio = PyTorch time / klcl time")
-    head = f"{'op':<9} {'type':<5} {'N':>6} {'V':>7} {'klcl ms':>9} {'torch ms':>9} {'ratio':>7}"
+    head = f"{'op':<12} {'type':<5} {'N':>6} {'V':>7} {'klcl ms':>9} {'torch ms':>9} {'ratio':>7}"
     if compiled:
         head += f" {'compiled ms':>11} {'ratio':>7}"
     print(head)
@@ -113,9 +184,9 @@ def main():
         try:
             eager = median_seconds(OPS[op], (t, s, y), args.reps, sync)
         except RuntimeError as e:  # e.g. a half type this PyTorch has no CPU kernel for
-            print(f"{op:<9} {dt:<5} {n:>6} {v:>7} {1e3 * klcl_s:>9.2f}  PyTorch cannot: {str(e).splitlines()[0][:60]}")
+            print(f"{op:<12} {dt:<5} {n:>6} {v:>7} {1e3 * klcl_s:>9.2f}  PyTorch cannot: {str(e).splitlines()[0][:60]}")
             continue
-        line = f"{op:<9} {dt:<5} {n:>6} {v:>7} {1e3 * klcl_s:>9.2f} {1e3 * eager:>9.2f} {eager / klcl_s:>7.2f}"
+        line = f"{op:<12} {dt:<5} {n:>6} {v:>7} {1e3 * klcl_s:>9.2f} {1e3 * eager:>9.2f} {eager / klcl_s:>7.2f}"
         rec = {"op": op, "dtype": dt, "rows": n, "vocab": v, "klcl_s": klcl_s, "torch_s": eager,
                "ratio": eager / klcl_s}
         key = op if dt == "f32" else f"{op} {dt}"
