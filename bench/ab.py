@@ -80,14 +80,15 @@ def main():
                     fracs.setdefault(key, {}).setdefault(name, []).append(float(frac) if frac else float("nan"))
 
     base = names[0]
-    head = f"{'op':<9} {'type':<5} {'N':>6} {'V':>7}"
+    opw = max([9] + [len(key[0]) for key in order])
+    head = f"{'op':<{opw}} {'type':<5} {'N':>6} {'V':>7}"
     for n in names:
         head += f" | {n + ' ms':>12} {'x' + base[:6]:>8} {'limit':>6}"
     print("\nmedian over rounds; x" + base + ": the baseline's time / this one's (above 1: faster); "
           "limit: fraction of the exp limit on CPU devices, of the read bandwidth elsewhere")
     print(head)
     for key in order:
-        line = f"{key[0]:<9} {key[1]:<5} {key[2]:>6} {key[3]:>7}"
+        line = f"{key[0]:<{opw}} {key[1]:<5} {key[2]:>6} {key[3]:>7}"
         b = statistics.median(times[key][base]) if base in times[key] else float("nan")
         for n in names:
             if n not in times[key]:

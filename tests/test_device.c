@@ -780,7 +780,7 @@ static void test_cl_mem_tensors(void **state)
 /* The gradient written over the student in place (the same cl_mem, or a sub-buffer of it: what the fused
  * linear path does) has the same bits, and the row losses too, as one written to a buffer of its own. On
  * a CPU device the row kernel keeps exponentials in the gradient's row where it may (pass 1's weights for
- * ce, kl and soft_ce; pass 2's terms for the centred losses); in place that would overwrite logits still
+ * ce, kl, soft_ce and kd; pass 2's terms for the centred losses); in place that would overwrite logits still
  * to be read (the label's for ce's loss, every one for q and the softcap's derivative), so klcl must see
  * the overlap. Every loss, with and without softcap, labels inside the rows, V not a multiple of 16. */
 static void test_grad_in_place(void **state)
