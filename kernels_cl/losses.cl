@@ -66,6 +66,19 @@ inline void softmax_scales(row_softmax *R)
     R->qs = exp2(-R->lss * M_LOG2E_F);
 }
 
+/* A row's softmax statistics as row_write stored them in its row_stats, with their scales. */
+inline row_softmax softmax_of_stats(__global const float *stats)
+{
+    row_softmax R;
+    R.mt = stats[RS_MAX_T];
+    R.lst = stats[RS_LOGS_T];
+    R.ms = stats[RS_MAX_S];
+    R.lss = stats[RS_LOGS_S];
+    R.lss1 = stats[RS_LOGS_S1];
+    softmax_scales(&R);
+    return R;
+}
+
 /* The losses whose gradient is a closed form in q, and p, formed as pass 1 forms its weights (exact_max):
  * ce, kl, soft_ce and kd. */
 #define WEIGHED_GRAD(loss) ((loss) == LOSS_CE || (loss) == LOSS_KL || (loss) == LOSS_SOFT_CE || (loss) == LOSS_KD)
@@ -180,11 +193,9 @@ inline void softmax_scales(row_softmax *R)
     inline T grad_##S(const int loss, T rt, T rs, IT idx, int y, row_softmax R, float aux, float g_ref,  \
                       loss_params P)                                                                     \
     {                                                                                                    \
-        const T xs = softcap##S(rs, P.cap);                                                              \
-        if (WEIGHED_GRAD(loss))                                                                          \
-            return weighed_grad##S(loss, weighed##S(xs, R.ms, R.qs, P), rt, rs, idx, y, R, P);            \
+        const T xs = softcap##S(rs, P.cap), q = weighed##S(xs, R.ms, R.qs, P);                           \
+        if (WEIGHED_GRAD(loss)) return weighed_grad##S(loss, q, rt, rs, idx, y, R, P);                   \
         T l = (T)(0.0f), sum = (T)(0.0f);                                                                \
-        const T q = weighed##S(xs, R.ms, R.qs, P);                                                       \
         return centered_ds##S(q, pass2_##S(loss, softcap##S(rt, P.cap), xs, q, R, g_ref, P, &l, &sum), aux, rs, P); \
     }
 
@@ -851,17 +862,20 @@ inline void grad_kept(const int loss, __global const T_ELEM *t, __global const S
 {
     __global float *kept = (__global float *)g;
     const intV lane = KLCL_CAT(as_int, KLCL_VW)(KLCL_LANES);
-    for (uint kk = 0; kk < nvec && IS_CENTERED(loss); kk++) {
-        const floatV rs = LOAD_SV(kk, s), term = KLCL_CAT(vload, KLCL_VW)(kk, kept);
-        const floatV ds = centered_dsV(weighedV(softcapV(rs, P.cap), R.ms, R.qs, P), term, aux, rs, P);
-        KLCL_CAT(vstore, KLCL_VW)(ds * inv_denom, kk, kept);
-    }
-    for (uint kk = 0; kk < nvec && !IS_CENTERED(loss); kk++) {
-        const floatV q = KLCL_CAT(vload, KLCL_VW)(kk, kept) * R.qs;
-        const floatV rt = loss != LOSS_CE ? LOAD_TV(kk, t) : (floatV)(0.0f);
-        const floatV rs = P.cap > 0.0f || loss == LOSS_KD ? LOAD_SV(kk, s) : (floatV)(0.0f);
-        const floatV ds = weighed_gradV(loss, q, rt, rs, (intV)(kk * KLCL_VW) + lane, y, R, P);
-        KLCL_CAT(vstore, KLCL_VW)(ds * inv_denom, kk, kept);
+    if (IS_CENTERED(loss)) {
+        for (uint kk = 0; kk < nvec; kk++) {
+            const floatV rs = LOAD_SV(kk, s), term = KLCL_CAT(vload, KLCL_VW)(kk, kept);
+            const floatV ds = centered_dsV(weighedV(softcapV(rs, P.cap), R.ms, R.qs, P), term, aux, rs, P);
+            KLCL_CAT(vstore, KLCL_VW)(ds * inv_denom, kk, kept);
+        }
+    } else {
+        for (uint kk = 0; kk < nvec; kk++) {
+            const floatV q = KLCL_CAT(vload, KLCL_VW)(kk, kept) * R.qs;
+            const floatV rt = loss != LOSS_CE ? LOAD_TV(kk, t) : (floatV)(0.0f);
+            const floatV rs = P.cap > 0.0f || loss == LOSS_KD ? LOAD_SV(kk, s) : (floatV)(0.0f);
+            const floatV ds = weighed_gradV(loss, q, rt, rs, (intV)(kk * KLCL_VW) + lane, y, R, P);
+            KLCL_CAT(vstore, KLCL_VW)(ds * inv_denom, kk, kept);
+        }
     }
     grad_columns(loss, t, s, g, nvec * KLCL_VW, 1, vocab, t_cols, s_cols, y, R, aux, g_ref, P, inv_denom);
 }
@@ -1193,12 +1207,7 @@ inline void part_body(const int loss, __local float *lf, __local uint *lu, __loc
         if (in_launch && used) {
             const int f = row_flags[row * RF_COUNT + RF_FLAGS];
             work = !(f & FLAG_INVALID);
-            R.mt = stats[RS_MAX_T];
-            R.lst = stats[RS_LOGS_T];
-            R.ms = stats[RS_MAX_S];
-            R.lss = stats[RS_LOGS_S];
-            R.lss1 = stats[RS_LOGS_S1];
-            softmax_scales(&R);
+            R = softmax_of_stats(stats);
             g_ref = stats[RS_G_REF];
         }
         const float2 p2 = team_sum(l4, lid, tid, team,
@@ -1273,13 +1282,7 @@ inline void grad_body(const int loss, GRAD_ARGS)
     __global const S_ELEM *s = student + s_off + lrow * s_stride;
     const loss_params P = PARAMS_FROM_ARGS;
     const int compute = !(flags & (FLAG_SKIPPED | FLAG_INVALID | FLAG_NO_GRADIENT));
-    row_softmax R;
-    R.mt = stats[RS_MAX_T];
-    R.lst = stats[RS_LOGS_T];
-    R.ms = stats[RS_MAX_S];
-    R.lss = stats[RS_LOGS_S];
-    R.lss1 = stats[RS_LOGS_S1];
-    softmax_scales(&R);
+    const row_softmax R = softmax_of_stats(stats);
     const int y = has_labels ? labels[l_off + row] : -1;
     grad_row(loss, t, s, g, gid, gsize, vocab, t_cols, s_cols, y, R, stats[RS_AUX], stats[RS_G_REF], P, inv_denom,
              compute, (flags & FLAG_SKIPPED) ? 0.0f : NAN);

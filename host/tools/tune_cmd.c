@@ -6,8 +6,8 @@
  * every loss with gradient against the CPU reference): a driver can crash on a size it claims to
  * support, and a crash there only rejects the pair, where in klcl_tune itself it would end the run. The
  * sizes are checked several at once, before any timing (a check is mostly the device compiler's work:
- * 15-38 s per size with PoCL's compiler cache cold, two at once on 2 cores); the other vector width at the fastest size is
- * checked when klcl_tune asks (tune->precheck). The checks run this executable afresh (exec), never a
+ * 15-38 s per size with PoCL's compiler cache cold, two at once on 2 cores); the other vector width at
+ * the fastest size is checked when klcl_tune asks (tune->precheck). The checks run this executable afresh (exec), never a
  * forked copy of a process that has used OpenCL. */
 #define _POSIX_C_SOURCE 200809L /* fork, waitpid */
 
